@@ -1,0 +1,19 @@
+//! The hopwise protocol core.
+//!
+//! A pure state machine: no sockets, no async runtime, no clock reads, no global randomness.
+//! Time is always an argument, randomness comes from a seed in the configuration, and timers are
+//! deadlines returned by [`Node::poll_timeout`]. See [`node`] for the driving contract and
+//! `docs/ARCHITECTURE.md` for how the crates fit together.
+
+pub mod coords;
+mod id;
+pub mod link;
+pub mod node;
+pub mod peers;
+mod time;
+pub mod wire;
+
+pub use coords::{Algorithm, Coordinate, VivaldiConfig};
+pub use id::NodeId;
+pub use node::{Config, Event, Input, Node, NodeStats, Output, Transmit};
+pub use time::{Duration, Instant};

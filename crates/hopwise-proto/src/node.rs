@@ -1,0 +1,587 @@
+//! The hopwise node: one sans-I/O state machine per overlay member.
+//!
+//! # Driving a node
+//!
+//! The driver owns the socket and the clock. It
+//! 1. feeds every received datagram and every expired deadline through [`Node::handle_input`];
+//! 2. then drains [`Node::poll_output`] until it returns [`Output::Timeout`], sending each
+//!    [`Output::Transmit`] and acting on each [`Output::Event`];
+//! 3. calls `handle_input(Input::Timeout(now))` once that deadline has passed.
+//!
+//! The node never reads a clock and draws all randomness from the seed in its [`Config`], so the
+//! same inputs always give the same outputs.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+
+use indexmap::IndexMap;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tracing::trace;
+
+use crate::coords::{Coordinate, Observation, Vivaldi, VivaldiConfig};
+use crate::link::{Link, LossVerdict};
+use crate::peers::{KnownNode, PeerTable};
+use crate::wire::{GossipEntry, MAX_GOSSIP, Message, Packet, Probe, WireCoord};
+use crate::{Duration, Instant, NodeId};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: NodeId,
+    /// Seeds this node's random generator; a node's behaviour is a function of it and its inputs.
+    pub rng_seed: u64,
+    /// Addresses to contact at start, before anything is known.
+    pub bootstrap: Vec<SocketAddr>,
+    /// A landmark is pinned at the origin of the coordinate space and never moves.
+    pub landmark: bool,
+    /// Mean time between two probes sent by this node (each timer is jittered by ±20%).
+    pub probe_interval: Duration,
+    /// A probe unanswered after this long counts as lost.
+    pub probe_timeout: Duration,
+    /// Consecutive lost probes after which a link is declared down.
+    pub max_missed_probes: u32,
+    /// Neighbours kept because they are the closest found so far.
+    pub near_neighbours: usize,
+    /// Neighbours kept at random, so the coordinate is constrained from every direction.
+    pub far_neighbours: usize,
+    /// Share of probes spent on nodes that are not yet neighbours once the set is full.
+    pub explore_fraction: f64,
+    /// Gossip entries carried by each probe and reply.
+    pub gossip_per_probe: usize,
+    /// Bound on the table of known nodes.
+    pub max_known_nodes: usize,
+    pub vivaldi: VivaldiConfig,
+}
+
+impl Config {
+    pub fn new(id: NodeId, rng_seed: u64) -> Self {
+        Self {
+            id,
+            rng_seed,
+            bootstrap: Vec::new(),
+            landmark: false,
+            probe_interval: Duration::from_millis(250),
+            probe_timeout: Duration::from_millis(1_500),
+            max_missed_probes: 4,
+            near_neighbours: 8,
+            far_neighbours: 40,
+            explore_fraction: 0.2,
+            gossip_per_probe: 3,
+            max_known_nodes: 4_096,
+            vivaldi: VivaldiConfig::default(),
+        }
+    }
+}
+
+pub enum Input<'a> {
+    Datagram {
+        now: Instant,
+        from: SocketAddr,
+        data: &'a [u8],
+    },
+    Timeout(Instant),
+}
+
+#[must_use]
+#[derive(Debug)]
+pub enum Output {
+    Transmit(Transmit),
+    Event(Event),
+    /// Nothing more to do until this deadline (or the next datagram).
+    Timeout(Instant),
+}
+
+/// A datagram to send.
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+impl fmt::Debug for Transmit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transmit")
+            .field("destination", &self.destination)
+            .field("len", &self.contents.len())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    LinkUp { id: NodeId, addr: SocketAddr, rtt_ms: f64 },
+    LinkDown { id: NodeId },
+}
+
+/// Counters a driver can show (`hopwise status`) or aggregate (simulator reports).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub datagrams_received: u64,
+    pub bytes_received: u64,
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    /// Datagrams that failed to decode.
+    pub dropped_malformed: u64,
+    /// Well-formed datagrams that made no sense here (unsolicited replies, our own id).
+    pub dropped_unexpected: u64,
+    pub probes_sent: u64,
+    pub probes_lost: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighbourRole {
+    Near,
+    Far,
+}
+
+/// A node we probe regularly.
+#[derive(Debug, Clone)]
+pub struct Neighbour {
+    pub addr: SocketAddr,
+    pub role: NeighbourRole,
+    pub link: Link,
+    pub coord: Coordinate,
+    pub error: f64,
+    pub last_probed: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct PendingProbe {
+    seq: u32,
+    addr: SocketAddr,
+    sent_at: Instant,
+}
+
+pub struct Node {
+    config: Config,
+    rng: ChaCha8Rng,
+    now: Instant,
+    vivaldi: Vivaldi,
+    known: PeerTable,
+    neighbours: IndexMap<NodeId, Neighbour>,
+    pending: Vec<PendingProbe>,
+    next_seq: u32,
+    next_probe_at: Instant,
+    outputs: VecDeque<Output>,
+    stats: NodeStats,
+    /// Reused for every coordinate update.
+    observations: Vec<Observation>,
+}
+
+impl Node {
+    pub fn new(config: Config, now: Instant) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(config.rng_seed);
+        let vivaldi = if config.landmark {
+            let origin = Coordinate::new(0.0, 0.0, config.vivaldi.min_height_ms);
+            Vivaldi::fixed(config.vivaldi.clone(), origin)
+        } else {
+            Vivaldi::new(config.vivaldi.clone())
+        };
+        let known = PeerTable::new(config.max_known_nodes);
+        Self {
+            config,
+            rng,
+            now,
+            vivaldi,
+            known,
+            neighbours: IndexMap::new(),
+            pending: Vec::new(),
+            next_seq: 0,
+            // The first timer fires at once and greets the bootstrap addresses.
+            next_probe_at: now,
+            outputs: VecDeque::new(),
+            stats: NodeStats::default(),
+            observations: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    pub fn coordinate(&self) -> Coordinate {
+        self.vivaldi.coordinate()
+    }
+
+    pub fn coordinate_error(&self) -> f64 {
+        self.vivaldi.error()
+    }
+
+    pub fn coordinate_updates(&self) -> u64 {
+        self.vivaldi.updates()
+    }
+
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    pub fn neighbours(&self) -> impl Iterator<Item = (&NodeId, &Neighbour)> {
+        self.neighbours.iter()
+    }
+
+    pub fn known_nodes(&self) -> &PeerTable {
+        &self.known
+    }
+
+    pub fn handle_input(&mut self, input: Input<'_>) {
+        match input {
+            Input::Datagram { now, from, data } => {
+                self.advance(now);
+                self.handle_datagram(from, data);
+            }
+            Input::Timeout(now) => self.advance(now),
+        }
+        self.expire_probes();
+        if self.now >= self.next_probe_at {
+            self.on_probe_timer();
+        }
+    }
+
+    /// The next output; [`Output::Timeout`] means the queue is drained.
+    pub fn poll_output(&mut self) -> Output {
+        self.outputs
+            .pop_front()
+            .unwrap_or_else(|| Output::Timeout(self.poll_timeout()))
+    }
+
+    /// The earliest deadline at which the node needs `Input::Timeout`.
+    pub fn poll_timeout(&self) -> Instant {
+        self.pending
+            .iter()
+            .map(|p| p.sent_at + self.config.probe_timeout)
+            .fold(self.next_probe_at, Instant::min)
+    }
+
+    fn advance(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    fn handle_datagram(&mut self, from: SocketAddr, data: &[u8]) {
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += data.len() as u64;
+        let packet = match Packet::parse(data) {
+            Ok(packet) => packet,
+            Err(error) => {
+                trace!(%from, %error, "dropping malformed datagram");
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        };
+        if packet.sender == self.config.id {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        match packet.message {
+            Message::ProbeRequest(probe) => self.on_probe_request(from, packet.sender, probe),
+            Message::ProbeReply(probe) => self.on_probe_reply(from, packet.sender, probe),
+        }
+    }
+
+    fn on_probe_request(&mut self, from: SocketAddr, sender: NodeId, probe: Probe) {
+        self.hear_from(sender, from, &probe);
+        let reply = Probe {
+            seq: probe.seq,
+            timestamp_us: probe.timestamp_us,
+            coord: self.wire_coord(),
+            gossip: self.pick_gossip(Some(sender)),
+        };
+        self.send(from, Message::ProbeReply(reply));
+    }
+
+    fn on_probe_reply(&mut self, from: SocketAddr, sender: NodeId, probe: Probe) {
+        let Some(index) = self
+            .pending
+            .iter()
+            .position(|p| p.seq == probe.seq && p.addr == from)
+        else {
+            self.stats.dropped_unexpected += 1;
+            return;
+        };
+        let pending = self.pending.swap_remove(index);
+        if pending.sent_at.as_micros() as u64 != probe.timestamp_us {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        let rtt_ms = (self.now - pending.sent_at).as_millis_f64().max(0.001);
+        self.hear_from(sender, from, &probe);
+        let coord = coordinate_of(&probe.coord);
+        let error = f64::from(probe.coord.error);
+        if let Some(neighbour) = self.neighbours.get_mut(&sender) {
+            neighbour.link.on_sample(rtt_ms);
+        } else if !self.admit(sender, from, rtt_ms, coord, error) {
+            return;
+        }
+        self.update_coordinate(&sender);
+    }
+
+    /// Everything a packet from `sender` itself tells us: where it is and whom it knows.
+    fn hear_from(&mut self, sender: NodeId, from: SocketAddr, probe: &Probe) {
+        let coord = coordinate_of(&probe.coord);
+        let error = f64::from(probe.coord.error);
+        if let Some(neighbour) = self.neighbours.get_mut(&sender) {
+            neighbour.addr = from;
+            neighbour.coord = coord;
+            neighbour.error = error;
+        }
+        let heard = KnownNode {
+            id: sender,
+            addr: from,
+            coord,
+            error,
+            heard_at: self.now,
+        };
+        self.known.learn(heard, &mut self.rng);
+        for entry in &probe.gossip {
+            if entry.id == self.config.id || self.neighbours.contains_key(&entry.id) {
+                continue;
+            }
+            let gossiped = KnownNode {
+                id: entry.id,
+                addr: entry.addr,
+                coord: coordinate_of(&entry.coord),
+                error: f64::from(entry.coord.error),
+                heard_at: self.now,
+            };
+            self.known.learn(gossiped, &mut self.rng);
+        }
+    }
+
+    /// Decides whether a freshly measured node becomes a neighbour, and in which role.
+    fn admit(&mut self, id: NodeId, addr: SocketAddr, rtt_ms: f64, coord: Coordinate, error: f64) -> bool {
+        let count = |role| self.neighbours.values().filter(|n| n.role == role).count();
+        let (near, far) = (count(NeighbourRole::Near), count(NeighbourRole::Far));
+        let farthest_near = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| n.role == NeighbourRole::Near)
+            .max_by(|a, b| a.1.link.filtered_rtt_ms().total_cmp(&b.1.link.filtered_rtt_ms()))
+            .map(|(id, n)| (*id, n.link.filtered_rtt_ms()));
+        let role = if near < self.config.near_neighbours {
+            NeighbourRole::Near
+        } else if farthest_near.is_some_and(|(_, worst)| rtt_ms < worst) {
+            let (demoted, _) = farthest_near.expect("checked above");
+            if far < self.config.far_neighbours {
+                self.neighbours[&demoted].role = NeighbourRole::Far;
+            } else {
+                self.neighbours.swap_remove(&demoted);
+                self.outputs.push_back(Output::Event(Event::LinkDown { id: demoted }));
+            }
+            NeighbourRole::Near
+        } else if far < self.config.far_neighbours {
+            NeighbourRole::Far
+        } else if self.rng.random_bool(FAR_ROTATION_PROBABILITY) {
+            let far_ids: Vec<NodeId> = self
+                .neighbours
+                .iter()
+                .filter(|(_, n)| n.role == NeighbourRole::Far)
+                .map(|(id, _)| *id)
+                .collect();
+            let victim = far_ids[self.rng.random_range(0..far_ids.len())];
+            self.neighbours.swap_remove(&victim);
+            self.outputs.push_back(Output::Event(Event::LinkDown { id: victim }));
+            NeighbourRole::Far
+        } else {
+            return false;
+        };
+        let neighbour = Neighbour {
+            addr,
+            role,
+            link: Link::new(rtt_ms, self.config.max_missed_probes),
+            coord,
+            error,
+            last_probed: self.now,
+        };
+        self.neighbours.insert(id, neighbour);
+        self.outputs
+            .push_back(Output::Event(Event::LinkUp { id, addr, rtt_ms }));
+        true
+    }
+
+    fn update_coordinate(&mut self, latest: &NodeId) {
+        self.observations.clear();
+        let mut latest_observation = None;
+        for (id, n) in &self.neighbours {
+            let observation = Observation {
+                coord: n.coord,
+                error: n.error,
+                rtt_ms: n.link.filtered_rtt_ms(),
+            };
+            if id == latest {
+                latest_observation = Some(observation);
+            }
+            self.observations.push(observation);
+        }
+        if let Some(latest) = latest_observation {
+            self.vivaldi.update(&latest, &self.observations, &mut self.rng);
+        }
+    }
+
+    fn on_probe_timer(&mut self) {
+        let jitter = self.rng.random_range(0.8..1.2);
+        self.next_probe_at = self.now + self.config.probe_interval.mul_f64(jitter);
+        if self.neighbours.is_empty() && self.known.is_empty() {
+            // Still alone: greet every bootstrap address, but no more than once a second.
+            self.next_probe_at = self.now + Duration::from_secs(1).mul_f64(jitter);
+            for addr in self.config.bootstrap.clone() {
+                self.send_probe(addr);
+            }
+            return;
+        }
+        let full = self.neighbours.len() >= self.config.near_neighbours + self.config.far_neighbours;
+        let explore = !full || self.rng.random_bool(self.config.explore_fraction);
+        let target = if explore { self.pick_candidate() } else { None };
+        match target.or_else(|| self.stalest_neighbour()) {
+            Some(addr) => self.send_probe(addr),
+            None => {
+                if let Some(addr) = self.config.bootstrap.first().copied() {
+                    self.send_probe(addr);
+                }
+            }
+        }
+    }
+
+    /// A known node that is not a neighbour yet: half the time the one that the coordinates
+    /// predict to be closest among a small random sample (to find near neighbours quickly), half
+    /// the time a uniformly random one (to keep far constraints diverse).
+    fn pick_candidate(&mut self) -> Option<SocketAddr> {
+        let guided = self.rng.random_bool(0.5);
+        let me = self.vivaldi.coordinate();
+        let mut best: Option<(f64, SocketAddr)> = None;
+        for _ in 0..CANDIDATE_SAMPLE {
+            let Some(node) = self.known.random(&mut self.rng) else {
+                return None;
+            };
+            if self.neighbours.contains_key(&node.id) || self.pending.iter().any(|p| p.addr == node.addr) {
+                continue;
+            }
+            let score = if guided { me.distance_ms(&node.coord) } else { 0.0 };
+            if best.is_none_or(|(s, _)| score < s) {
+                best = Some((score, node.addr));
+            }
+            if !guided {
+                break;
+            }
+        }
+        best.map(|(_, addr)| addr)
+    }
+
+    fn stalest_neighbour(&mut self) -> Option<SocketAddr> {
+        let pending = &self.pending;
+        let (_, neighbour) = self
+            .neighbours
+            .iter_mut()
+            .filter(|(_, n)| !pending.iter().any(|p| p.addr == n.addr))
+            .min_by_key(|(_, n)| n.last_probed)?;
+        neighbour.last_probed = self.now;
+        Some(neighbour.addr)
+    }
+
+    fn send_probe(&mut self, addr: SocketAddr) {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.pending.push(PendingProbe {
+            seq,
+            addr,
+            sent_at: self.now,
+        });
+        self.stats.probes_sent += 1;
+        let probe = Probe {
+            seq,
+            timestamp_us: self.now.as_micros() as u64,
+            coord: self.wire_coord(),
+            gossip: self.pick_gossip(None),
+        };
+        self.send(addr, Message::ProbeRequest(probe));
+    }
+
+    fn expire_probes(&mut self) {
+        let deadline = self.config.probe_timeout;
+        let now = self.now;
+        let mut index = 0;
+        while index < self.pending.len() {
+            if now < self.pending[index].sent_at + deadline {
+                index += 1;
+                continue;
+            }
+            let lost = self.pending.swap_remove(index);
+            self.stats.probes_lost += 1;
+            let Some((&id, neighbour)) = self.neighbours.iter_mut().find(|(_, n)| n.addr == lost.addr) else {
+                continue;
+            };
+            if neighbour.link.on_probe_lost() == LossVerdict::WentDown {
+                self.neighbours.swap_remove(&id);
+                self.known.remove(&id);
+                self.outputs.push_back(Output::Event(Event::LinkDown { id }));
+            }
+        }
+    }
+
+    /// Up to `gossip_per_probe` distinct neighbours (known alive, fresh coordinates), or known
+    /// nodes while this node has no neighbours yet.
+    fn pick_gossip(&mut self, exclude: Option<NodeId>) -> Vec<GossipEntry> {
+        let wanted = self.config.gossip_per_probe.min(MAX_GOSSIP);
+        let mut entries: Vec<GossipEntry> = Vec::with_capacity(wanted);
+        for _ in 0..wanted * 2 {
+            if entries.len() == wanted {
+                break;
+            }
+            let candidate = if self.neighbours.is_empty() {
+                self.known
+                    .random(&mut self.rng)
+                    .map(|n| (n.id, n.addr, n.coord, n.error))
+            } else {
+                let index = self.rng.random_range(0..self.neighbours.len());
+                self.neighbours
+                    .get_index(index)
+                    .map(|(id, n)| (*id, n.addr, n.coord, n.error))
+            };
+            let Some((id, addr, coord, error)) = candidate else {
+                break;
+            };
+            if Some(id) == exclude || entries.iter().any(|e| e.id == id) {
+                continue;
+            }
+            entries.push(GossipEntry {
+                id,
+                addr,
+                coord: to_wire(coord, error),
+            });
+        }
+        entries
+    }
+
+    fn wire_coord(&self) -> WireCoord {
+        to_wire(self.vivaldi.coordinate(), self.vivaldi.error())
+    }
+
+    fn send(&mut self, destination: SocketAddr, message: Message) {
+        let contents = Packet {
+            sender: self.config.id,
+            message,
+        }
+        .to_bytes();
+        self.stats.datagrams_sent += 1;
+        self.stats.bytes_sent += contents.len() as u64;
+        self.outputs
+            .push_back(Output::Transmit(Transmit { destination, contents }));
+    }
+}
+
+/// Chance that a measured node which qualifies only as a far neighbour replaces a random far
+/// neighbour when the set is full: slow rotation keeps constraints diverse.
+const FAR_ROTATION_PROBABILITY: f64 = 0.25;
+/// Known nodes sampled when looking for the closest candidate.
+const CANDIDATE_SAMPLE: usize = 16;
+
+fn coordinate_of(wire: &WireCoord) -> Coordinate {
+    Coordinate::new(f64::from(wire.x1), f64::from(wire.x2), f64::from(wire.height))
+}
+
+fn to_wire(coord: Coordinate, error: f64) -> WireCoord {
+    WireCoord {
+        x1: coord.x1 as f32,
+        x2: coord.x2 as f32,
+        height: coord.height as f32,
+        error: error as f32,
+    }
+}

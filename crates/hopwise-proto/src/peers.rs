@@ -1,0 +1,110 @@
+//! The nodes this node has heard of, directly or through gossip: a bounded table.
+
+use std::net::SocketAddr;
+
+use indexmap::IndexMap;
+use rand::{Rng, RngExt};
+
+use crate::coords::Coordinate;
+use crate::{Instant, NodeId};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownNode {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub coord: Coordinate,
+    pub error: f64,
+    pub heard_at: Instant,
+}
+
+/// Insertion-ordered (so iteration is deterministic) and capped: when full, a random entry makes
+/// room, so a flood of gossip costs bounded memory.
+#[derive(Debug)]
+pub struct PeerTable {
+    nodes: IndexMap<NodeId, KnownNode>,
+    capacity: usize,
+}
+
+impl PeerTable {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            nodes: IndexMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Records what we heard about `node`. `direct` information (from the node itself) always
+    /// replaces the address; gossip only fills in nodes we have not heard from directly recently.
+    pub fn learn(&mut self, node: KnownNode, rng: &mut impl Rng) {
+        if let Some(existing) = self.nodes.get_mut(&node.id) {
+            *existing = node;
+            return;
+        }
+        if self.nodes.len() >= self.capacity {
+            let victim = rng.random_range(0..self.nodes.len());
+            self.nodes.swap_remove_index(victim);
+        }
+        self.nodes.insert(node.id, node);
+    }
+
+    pub fn get(&self, id: &NodeId) -> Option<&KnownNode> {
+        self.nodes.get(id)
+    }
+
+    pub fn remove(&mut self, id: &NodeId) -> Option<KnownNode> {
+        self.nodes.swap_remove(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &KnownNode> {
+        self.nodes.values()
+    }
+
+    /// A uniformly chosen entry.
+    pub fn random(&self, rng: &mut impl Rng) -> Option<&KnownNode> {
+        if self.nodes.is_empty() {
+            return None;
+        }
+        self.nodes.get_index(rng.random_range(0..self.nodes.len())).map(|(_, n)| n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn node(i: u8) -> KnownNode {
+        KnownNode {
+            id: NodeId::from_bytes([i; 16]),
+            addr: SocketAddr::from(([10, 0, 0, i], 7000)),
+            coord: Coordinate::default(),
+            error: 1.0,
+            heard_at: Instant::ZERO,
+        }
+    }
+
+    #[test]
+    fn stays_within_capacity_and_updates_in_place() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut table = PeerTable::new(4);
+        for i in 0..10 {
+            table.learn(node(i), &mut rng);
+            assert!(table.len() <= 4);
+        }
+        assert!(table.get(&node(9).id).is_some(), "the newest entry is kept");
+        let mut moved = node(9);
+        moved.coord.x1 = 42.0;
+        table.learn(moved.clone(), &mut rng);
+        assert_eq!(table.len(), 4);
+        assert_eq!(table.get(&moved.id), Some(&moved));
+    }
+}

@@ -1,0 +1,178 @@
+//! Wire formats. Every datagram starts with the same 20-byte header:
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |  magic 0x68   |  version = 1  |     kind      |  reserved = 0 |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                                                               |
+//! +                     sender NodeId (16 bytes)                  +
+//! |                                                               |
+//! +                                                               +
+//! |                                                               |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                      kind-specific body ...                   |
+//! ```
+//!
+//! All integers are big-endian. The magic byte lets a runner classify a datagram from its first
+//! byte before parsing it (see [`accepts`]); the version byte lets later formats coexist.
+//! Decoding untrusted bytes never panics and allocates at most [`probe::MAX_GOSSIP`] entries.
+
+mod codec;
+pub mod probe;
+
+use std::fmt;
+
+use crate::NodeId;
+pub use probe::{GossipEntry, MAX_GOSSIP, Probe, WireCoord};
+
+pub const MAGIC: u8 = 0x68;
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 4 + NodeId::LEN;
+
+/// The largest datagram the core emits or accepts.
+pub const MAX_DATAGRAM: usize = 1200;
+
+const KIND_PROBE_REQUEST: u8 = 1;
+const KIND_PROBE_REPLY: u8 = 2;
+
+/// Why a datagram was dropped. Malformed input is never an error for the node as a whole: it is
+/// counted and discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    Truncated,
+    TooLong(usize),
+    BadMagic(u8),
+    UnsupportedVersion(u8),
+    UnknownKind(u8),
+    ReservedBitsSet,
+    BadAddressFamily(u8),
+    TooManyGossipEntries(u8),
+    InvalidCoordinate,
+    TrailingBytes(usize),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Truncated => write!(f, "datagram truncated"),
+            Self::TooLong(n) => write!(f, "datagram of {n} bytes exceeds {MAX_DATAGRAM}"),
+            Self::BadMagic(b) => write!(f, "bad magic byte {b:#04x}"),
+            Self::UnsupportedVersion(v) => write!(f, "unsupported version {v}"),
+            Self::UnknownKind(k) => write!(f, "unknown message kind {k}"),
+            Self::ReservedBitsSet => write!(f, "reserved header bits set"),
+            Self::BadAddressFamily(a) => write!(f, "bad address family {a}"),
+            Self::TooManyGossipEntries(n) => write!(f, "{n} gossip entries exceed the limit"),
+            Self::InvalidCoordinate => write!(f, "coordinate out of range"),
+            Self::TrailingBytes(n) => write!(f, "{n} trailing bytes"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// One decoded datagram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packet {
+    pub sender: NodeId,
+    pub message: Message,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A latency probe; also serves as hello and keepalive.
+    ProbeRequest(Probe),
+    /// The answer to a probe, echoing its sequence number and timestamp.
+    ProbeReply(Probe),
+}
+
+/// Cheap first-byte classification: could this datagram be a hopwise packet at all?
+pub fn accepts(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&MAGIC)
+}
+
+impl Packet {
+    pub fn parse(datagram: &[u8]) -> Result<Packet, DecodeError> {
+        if datagram.len() > MAX_DATAGRAM {
+            return Err(DecodeError::TooLong(datagram.len()));
+        }
+        let mut reader = codec::Reader::new(datagram);
+        let [magic, version, kind, reserved] = reader.bytes::<4>()?;
+        if magic != MAGIC {
+            return Err(DecodeError::BadMagic(magic));
+        }
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        if reserved != 0 {
+            return Err(DecodeError::ReservedBitsSet);
+        }
+        let sender = NodeId::from_bytes(reader.bytes()?);
+        let message = match kind {
+            KIND_PROBE_REQUEST => Message::ProbeRequest(Probe::parse(&mut reader)?),
+            KIND_PROBE_REPLY => Message::ProbeReply(Probe::parse(&mut reader)?),
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        reader.finish()?;
+        Ok(Packet { sender, message })
+    }
+
+    pub fn buffer_len(&self) -> usize {
+        HEADER_LEN
+            + match &self.message {
+                Message::ProbeRequest(probe) | Message::ProbeReply(probe) => probe.buffer_len(),
+            }
+    }
+
+    /// Appends the encoded packet to `out`.
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        out.reserve(self.buffer_len());
+        let kind = match &self.message {
+            Message::ProbeRequest(_) => KIND_PROBE_REQUEST,
+            Message::ProbeReply(_) => KIND_PROBE_REPLY,
+        };
+        out.extend_from_slice(&[MAGIC, VERSION, kind, 0]);
+        out.extend_from_slice(self.sender.as_bytes());
+        match &self.message {
+            Message::ProbeRequest(probe) | Message::ProbeReply(probe) => probe.emit(out),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.buffer_len());
+        self.emit(&mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_rejections() {
+        let mut good = vec![MAGIC, VERSION, KIND_PROBE_REQUEST, 0];
+        good.extend_from_slice(&[7; 16]);
+        assert_eq!(Packet::parse(&good[..3]), Err(DecodeError::Truncated));
+        let mut bad = good.clone();
+        bad[0] = 0x00;
+        assert_eq!(Packet::parse(&bad), Err(DecodeError::BadMagic(0)));
+        let mut bad = good.clone();
+        bad[1] = 9;
+        assert_eq!(Packet::parse(&bad), Err(DecodeError::UnsupportedVersion(9)));
+        let mut bad = good.clone();
+        bad[2] = 77;
+        assert_eq!(Packet::parse(&bad), Err(DecodeError::UnknownKind(77)));
+        let mut bad = good.clone();
+        bad[3] = 1;
+        assert_eq!(Packet::parse(&bad), Err(DecodeError::ReservedBitsSet));
+        // A probe body is missing after the header.
+        assert_eq!(Packet::parse(&good), Err(DecodeError::Truncated));
+        assert_eq!(
+            Packet::parse(&vec![MAGIC; MAX_DATAGRAM + 1]),
+            Err(DecodeError::TooLong(MAX_DATAGRAM + 1))
+        );
+        assert!(accepts(&good) && !accepts(&[]) && !accepts(&[0x16, 3, 1]));
+    }
+}

@@ -1,0 +1,266 @@
+//! The probe body, shared by requests and replies:
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                        sequence number                        |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |               timestamp, µs on the requester's clock          |
+//! +                (a reply echoes the request's value)           +
+//! |                                                               |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |        sender coordinate: x1, x2, height, error (4 x f32)     |
+//! +                           16 bytes                            +
+//! |                              ...                              |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! | gossip count  |  gossip entries (count x entry) ...           |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//!
+//! gossip entry:
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                      NodeId (16 bytes)                        |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! | family 4 or 6 | IPv4 (4) or IPv6 (16) address | port (16)     |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |             coordinate: x1, x2, height, error (4 x f32)       |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! ```
+//!
+//! Coordinates are milliseconds. Non-finite or out-of-range values are rejected at decode time so
+//! a bad peer cannot poison anyone's coordinate with NaN.
+
+use std::net::SocketAddr;
+
+use super::DecodeError;
+use super::codec::{Reader, put_socket_addr, socket_addr_len};
+use crate::NodeId;
+
+/// At most this many gossip entries ride on one probe; decoding rejects more.
+pub const MAX_GOSSIP: usize = 8;
+
+/// Largest magnitude accepted for a coordinate component, in milliseconds (well beyond any
+/// terrestrial round trip).
+const MAX_COMPONENT_MS: f32 = 100_000.0;
+/// Largest accepted error estimate (the estimator itself clamps far below this).
+const MAX_ERROR: f32 = 100.0;
+
+const COORD_LEN: usize = 16;
+
+/// A coordinate as carried on the wire, with the sender's error estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WireCoord {
+    pub x1: f32,
+    pub x2: f32,
+    pub height: f32,
+    pub error: f32,
+}
+
+impl WireCoord {
+    fn parse(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let coord = Self {
+            x1: reader.f32()?,
+            x2: reader.f32()?,
+            height: reader.f32()?,
+            error: reader.f32()?,
+        };
+        let component_ok = |v: f32| v.is_finite() && v.abs() <= MAX_COMPONENT_MS;
+        let valid = component_ok(coord.x1)
+            && component_ok(coord.x2)
+            && component_ok(coord.height)
+            && coord.height >= 0.0
+            && coord.error.is_finite()
+            && (0.0..=MAX_ERROR).contains(&coord.error);
+        if valid {
+            Ok(coord)
+        } else {
+            Err(DecodeError::InvalidCoordinate)
+        }
+    }
+
+    fn emit(&self, out: &mut Vec<u8>) {
+        for v in [self.x1, self.x2, self.height, self.error] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+}
+
+/// A node the sender knows about, passed on so that everyone learns the overlay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GossipEntry {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub coord: WireCoord,
+}
+
+impl GossipEntry {
+    fn buffer_len(&self) -> usize {
+        NodeId::LEN + socket_addr_len(&self.addr) + COORD_LEN
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub seq: u32,
+    pub timestamp_us: u64,
+    pub coord: WireCoord,
+    pub gossip: Vec<GossipEntry>,
+}
+
+impl Probe {
+    pub(super) fn parse(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let seq = reader.u32()?;
+        let timestamp_us = reader.u64()?;
+        let coord = WireCoord::parse(reader)?;
+        let count = reader.u8()?;
+        if usize::from(count) > MAX_GOSSIP {
+            return Err(DecodeError::TooManyGossipEntries(count));
+        }
+        // The smallest entry is an IPv4 one; refuse to allocate for entries that cannot be there.
+        let min_entry = NodeId::LEN + 7 + COORD_LEN;
+        if reader.remaining() < usize::from(count) * min_entry {
+            return Err(DecodeError::Truncated);
+        }
+        let mut gossip = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            gossip.push(GossipEntry {
+                id: NodeId::from_bytes(reader.bytes()?),
+                addr: reader.socket_addr()?,
+                coord: WireCoord::parse(reader)?,
+            });
+        }
+        Ok(Self {
+            seq,
+            timestamp_us,
+            coord,
+            gossip,
+        })
+    }
+
+    pub(super) fn buffer_len(&self) -> usize {
+        4 + 8 + COORD_LEN + 1 + self.gossip.iter().map(GossipEntry::buffer_len).sum::<usize>()
+    }
+
+    /// Emits at most [`MAX_GOSSIP`] entries; callers never build more.
+    pub(super) fn emit(&self, out: &mut Vec<u8>) {
+        debug_assert!(self.gossip.len() <= MAX_GOSSIP);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.timestamp_us.to_be_bytes());
+        self.coord.emit(out);
+        let entries = &self.gossip[..self.gossip.len().min(MAX_GOSSIP)];
+        out.push(entries.len() as u8);
+        for entry in entries {
+            out.extend_from_slice(entry.id.as_bytes());
+            put_socket_addr(out, &entry.addr);
+            entry.coord.emit(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Message, Packet};
+    use super::*;
+
+    fn sample() -> Packet {
+        Packet {
+            sender: NodeId::from_bytes([0x11; 16]),
+            message: Message::ProbeReply(Probe {
+                seq: 0x0102_0304,
+                timestamp_us: 0x0000_0000_0000_1388,
+                coord: WireCoord {
+                    x1: 1.0,
+                    x2: -2.0,
+                    height: 0.5,
+                    error: 0.25,
+                },
+                gossip: vec![GossipEntry {
+                    id: NodeId::from_bytes([0x22; 16]),
+                    addr: "10.0.0.7:7000".parse().unwrap(),
+                    coord: WireCoord {
+                        x1: 0.0,
+                        x2: 0.0,
+                        height: 2.0,
+                        error: 1.0,
+                    },
+                }],
+            }),
+        }
+    }
+
+    #[rustfmt::skip]
+    const SAMPLE_BYTES: &[u8] = &[
+        0x68, 0x01, 0x02, 0x00,                         // magic, version, kind = reply, reserved
+        0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, // sender
+        0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11,
+        0x01, 0x02, 0x03, 0x04,                         // seq
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x13, 0x88, // timestamp 5000 µs
+        0x3f, 0x80, 0x00, 0x00,                         // x1 = 1.0
+        0xc0, 0x00, 0x00, 0x00,                         // x2 = -2.0
+        0x3f, 0x00, 0x00, 0x00,                         // height = 0.5
+        0x3e, 0x80, 0x00, 0x00,                         // error = 0.25
+        0x01,                                           // one gossip entry
+        0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, // its id
+        0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22,
+        0x04, 0x0a, 0x00, 0x00, 0x07, 0x1b, 0x58,       // IPv4 10.0.0.7 port 7000
+        0x00, 0x00, 0x00, 0x00,                         // x1 = 0
+        0x00, 0x00, 0x00, 0x00,                         // x2 = 0
+        0x40, 0x00, 0x00, 0x00,                         // height = 2.0
+        0x3f, 0x80, 0x00, 0x00,                         // error = 1.0
+    ];
+
+    #[test]
+    fn emits_the_documented_layout() {
+        let packet = sample();
+        assert_eq!(packet.to_bytes(), SAMPLE_BYTES);
+        assert_eq!(packet.buffer_len(), SAMPLE_BYTES.len());
+    }
+
+    #[test]
+    fn parses_the_documented_layout() {
+        assert_eq!(Packet::parse(SAMPLE_BYTES), Ok(sample()));
+    }
+
+    #[test]
+    fn ipv6_entries_round_trip() {
+        let mut packet = sample();
+        let Message::ProbeReply(probe) = &mut packet.message else {
+            unreachable!()
+        };
+        probe.gossip[0].addr = "[2001:db8::1]:443".parse().unwrap();
+        let bytes = packet.to_bytes();
+        assert_eq!(bytes.len(), SAMPLE_BYTES.len() + 12);
+        assert_eq!(Packet::parse(&bytes), Ok(packet));
+    }
+
+    #[test]
+    fn rejects_bad_bodies() {
+        let mut nan = SAMPLE_BYTES.to_vec();
+        nan[32..36].copy_from_slice(&f32::NAN.to_be_bytes());
+        assert_eq!(Packet::parse(&nan), Err(DecodeError::InvalidCoordinate));
+
+        let mut negative_height = SAMPLE_BYTES.to_vec();
+        negative_height[40..44].copy_from_slice(&(-1.0f32).to_be_bytes());
+        assert_eq!(Packet::parse(&negative_height), Err(DecodeError::InvalidCoordinate));
+
+        let mut too_many = SAMPLE_BYTES.to_vec();
+        too_many[48] = 9;
+        assert_eq!(Packet::parse(&too_many), Err(DecodeError::TooManyGossipEntries(9)));
+
+        let mut claims_more = SAMPLE_BYTES.to_vec();
+        claims_more[48] = 2;
+        assert_eq!(Packet::parse(&claims_more), Err(DecodeError::Truncated));
+
+        let mut bad_family = SAMPLE_BYTES.to_vec();
+        bad_family[65] = 5;
+        assert_eq!(Packet::parse(&bad_family), Err(DecodeError::BadAddressFamily(5)));
+
+        let mut trailing = SAMPLE_BYTES.to_vec();
+        trailing.push(0);
+        assert_eq!(Packet::parse(&trailing), Err(DecodeError::TrailingBytes(1)));
+
+        for len in 0..SAMPLE_BYTES.len() {
+            assert!(Packet::parse(&SAMPLE_BYTES[..len]).is_err(), "prefix of {len} bytes");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The hopwise simulator: many real protocol nodes in one process, over real latency matrices,
+//! deterministic for a given seed.
+
+pub mod matrix;
+pub mod metrics;
+pub mod network;
+pub mod report;
+pub mod sim;
+
+pub use matrix::{Matrix, MatrixError, Unit};
+pub use network::NetworkConfig;
+pub use report::{Outcome, Report, coords_csv, run};
+pub use sim::{SimConfig, Simulation};

@@ -1,0 +1,265 @@
+//! The discrete-event loop: many real [`Node`]s in one process, virtual time jumping from one
+//! event to the next.
+//!
+//! Events are ordered by (time, insertion number), so ties resolve in a fixed order and a seed
+//! fully determines a run.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use hopwise_proto::{Algorithm, Config, Coordinate, Duration, Input, Instant, Node, NodeId, NodeStats, Output};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::matrix::Matrix;
+use crate::network::{Network, NetworkConfig};
+
+const BASE_ADDR: u32 = u32::from_be_bytes([10, 0, 0, 0]);
+const PORT: u16 = 7000;
+
+/// Simulated address of node `index`: 10.0.0.1, 10.0.0.2, ...
+pub fn addr_of(index: usize) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::from(BASE_ADDR + index as u32 + 1), PORT))
+}
+
+fn index_of(addr: SocketAddr, nodes: usize) -> Option<usize> {
+    let SocketAddr::V4(v4) = addr else { return None };
+    let index = u32::from(*v4.ip()).checked_sub(BASE_ADDR + 1)? as usize;
+    (index < nodes && v4.port() == PORT).then_some(index)
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Bootstrap addresses each node starts with (drawn at random among the others).
+    pub bootstrap_per_node: usize,
+    /// Nodes start at random times within this window.
+    pub start_spread: Duration,
+    /// Make node 0 a landmark (fixed at the origin) and give it to every node as a bootstrap.
+    pub landmark: bool,
+    pub algorithm: Algorithm,
+    pub network: NetworkConfig,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            bootstrap_per_node: 2,
+            start_spread: Duration::from_secs(1),
+            landmark: false,
+            algorithm: Algorithm::Fit,
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Scheduled {
+    at: Instant,
+    order: u64,
+    what: Happening,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Happening {
+    Start { node: usize },
+    Wake { node: usize },
+    Deliver { from: usize, to: usize, data: Vec<u8> },
+}
+
+pub struct Simulation {
+    configs: Vec<Option<Config>>,
+    nodes: Vec<Option<Node>>,
+    /// The deadline each node last asked for; a popped wake-up that differs is stale.
+    wake_at: Vec<Option<Instant>>,
+    network: Network,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    next_order: u64,
+    now: Instant,
+    events: u64,
+}
+
+impl Simulation {
+    pub fn new(matrix: Matrix, config: &SimConfig) -> Self {
+        let n = matrix.len();
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let mut sim = Self {
+            configs: Vec::with_capacity(n),
+            nodes: (0..n).map(|_| None).collect(),
+            wake_at: vec![None; n],
+            network: Network::new(matrix, config.network.clone(), rng.random()),
+            queue: BinaryHeap::new(),
+            next_order: 0,
+            now: Instant::ZERO,
+            events: 0,
+        };
+        for index in 0..n {
+            let mut node_config = Config::new(NodeId::random(&mut rng), rng.random());
+            node_config.vivaldi.algorithm = config.algorithm;
+            node_config.landmark = config.landmark && index == 0;
+            if config.landmark && index != 0 {
+                node_config.bootstrap.push(addr_of(0));
+            }
+            if n > 1 {
+                for _ in 0..config.bootstrap_per_node {
+                    let other = (index + rng.random_range(1..n)) % n;
+                    node_config.bootstrap.push(addr_of(other));
+                }
+            }
+            sim.configs.push(Some(node_config));
+            let start = Instant::ZERO + config.start_spread.mul_f64(rng.random::<f64>());
+            sim.schedule(start, Happening::Start { node: index });
+        }
+        sim
+    }
+
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Events processed so far (node starts, timer wake-ups and datagram deliveries).
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn matrix(&self) -> &Matrix {
+        self.network.matrix()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn node(&self, index: usize) -> Option<&Node> {
+        self.nodes[index].as_ref()
+    }
+
+    /// Every node's coordinate and error estimate (origin and full error for nodes not started).
+    pub fn coordinates(&self) -> Vec<(Coordinate, f64)> {
+        self.nodes
+            .iter()
+            .map(|n| n.as_ref().map_or((Coordinate::default(), 1.5), |n| (n.coordinate(), n.coordinate_error())))
+            .collect()
+    }
+
+    /// Counters summed over all nodes.
+    pub fn total_stats(&self) -> NodeStats {
+        let mut total = NodeStats::default();
+        for stats in self.nodes.iter().flatten().map(Node::stats) {
+            total.datagrams_received += stats.datagrams_received;
+            total.bytes_received += stats.bytes_received;
+            total.datagrams_sent += stats.datagrams_sent;
+            total.bytes_sent += stats.bytes_sent;
+            total.dropped_malformed += stats.dropped_malformed;
+            total.dropped_unexpected += stats.dropped_unexpected;
+            total.probes_sent += stats.probes_sent;
+            total.probes_lost += stats.probes_lost;
+        }
+        total
+    }
+
+    /// Processes every event up to and including `until`, then sets the clock to `until`.
+    pub fn run_until(&mut self, until: Instant) {
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.at > until {
+                break;
+            }
+            let Reverse(event) = self.queue.pop().expect("peeked");
+            self.now = event.at;
+            self.dispatch(event.what);
+        }
+        self.now = self.now.max(until);
+    }
+
+    fn schedule(&mut self, at: Instant, what: Happening) {
+        self.queue.push(Reverse(Scheduled {
+            at,
+            order: self.next_order,
+            what,
+        }));
+        self.next_order += 1;
+    }
+
+    fn dispatch(&mut self, what: Happening) {
+        let now = self.now;
+        let node = match what {
+            Happening::Start { node } => {
+                let config = self.configs[node].take().expect("each node starts once");
+                self.nodes[node] = Some(Node::new(config, now));
+                self.nodes[node].as_mut().expect("just started").handle_input(Input::Timeout(now));
+                node
+            }
+            Happening::Wake { node } => {
+                if self.wake_at[node] != Some(now) {
+                    return; // superseded by a later poll_timeout
+                }
+                self.wake_at[node] = None;
+                self.nodes[node].as_mut().expect("only started nodes wake").handle_input(Input::Timeout(now));
+                node
+            }
+            Happening::Deliver { from, to, data } => {
+                let Some(receiver) = self.nodes[to].as_mut() else {
+                    return; // not running: the datagram is lost
+                };
+                receiver.handle_input(Input::Datagram {
+                    now,
+                    from: addr_of(from),
+                    data: &data,
+                });
+                to
+            }
+        };
+        self.events += 1;
+        self.drain(node);
+    }
+
+    fn drain(&mut self, index: usize) {
+        let n = self.nodes.len();
+        loop {
+            let output = self.nodes[index].as_mut().expect("draining a running node").poll_output();
+            match output {
+                Output::Transmit(transmit) => {
+                    let Some(to) = index_of(transmit.destination, n) else { continue };
+                    if let Some(delay) = self.network.transit(index, to) {
+                        let happening = Happening::Deliver {
+                            from: index,
+                            to,
+                            data: transmit.contents,
+                        };
+                        self.schedule(self.now + delay, happening);
+                    }
+                }
+                Output::Event(_) => {}
+                Output::Timeout(at) => {
+                    let at = at.max(self.now);
+                    if self.wake_at[index] != Some(at) {
+                        self.wake_at[index] = Some(at);
+                        self.schedule(at, Happening::Wake { node: index });
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_map_back_to_indices() {
+        for i in [0, 1, 255, 256, 9_999] {
+            assert_eq!(index_of(addr_of(i), 10_000), Some(i));
+        }
+        assert_eq!(index_of(addr_of(10), 10), None);
+        assert_eq!(index_of("10.0.0.0:7000".parse().unwrap(), 10), None);
+        assert_eq!(index_of("10.0.0.1:7001".parse().unwrap(), 10), None);
+    }
+}
