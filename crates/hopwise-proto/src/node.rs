@@ -162,6 +162,11 @@ pub struct Node {
     pending: Vec<PendingProbe>,
     next_seq: u32,
     next_probe_at: Instant,
+    /// Bootstrap addresses that have never answered; retried with exponential backoff, so a
+    /// seed that was down when this node started is still found.
+    unanswered_bootstrap: Vec<SocketAddr>,
+    bootstrap_retry_at: Instant,
+    bootstrap_backoff: Duration,
     outputs: VecDeque<Output>,
     stats: NodeStats,
     /// Reused for every coordinate update.
@@ -178,6 +183,7 @@ impl Node {
             Vivaldi::new(config.vivaldi.clone())
         };
         let known = PeerTable::new(config.max_known_nodes);
+        let unanswered_bootstrap = config.bootstrap.clone();
         Self {
             config,
             rng,
@@ -189,6 +195,9 @@ impl Node {
             next_seq: 0,
             // The first timer fires at once and greets the bootstrap addresses.
             next_probe_at: now,
+            unanswered_bootstrap,
+            bootstrap_retry_at: now,
+            bootstrap_backoff: BOOTSTRAP_FIRST_RETRY,
             outputs: VecDeque::new(),
             stats: NodeStats::default(),
             observations: Vec::new(),
@@ -303,6 +312,7 @@ impl Node {
             return;
         }
         let rtt_ms = (self.now - pending.sent_at).as_millis_f64().max(0.001);
+        self.unanswered_bootstrap.retain(|addr| *addr != from);
         self.hear_from(sender, from, &probe);
         let coord = coordinate_of(&probe.coord);
         let error = f64::from(probe.coord.error);
@@ -329,6 +339,7 @@ impl Node {
             coord,
             error,
             heard_at: self.now,
+            direct_at: Some(self.now),
         };
         self.known.learn(heard, &mut self.rng);
         for entry in &probe.gossip {
@@ -341,6 +352,7 @@ impl Node {
                 coord: coordinate_of(&entry.coord),
                 error: f64::from(entry.coord.error),
                 heard_at: self.now,
+                direct_at: None,
             };
             self.known.learn(gossiped, &mut self.rng);
         }
@@ -419,13 +431,19 @@ impl Node {
     fn on_probe_timer(&mut self) {
         let jitter = self.rng.random_range(0.8..1.2);
         self.next_probe_at = self.now + self.config.probe_interval.mul_f64(jitter);
-        if self.neighbours.is_empty() && self.known.is_empty() {
-            // Still alone: greet every bootstrap address, but no more than once a second.
-            self.next_probe_at = self.now + Duration::from_secs(1).mul_f64(jitter);
-            for addr in self.config.bootstrap.clone() {
+        let alone = self.neighbours.is_empty() && self.known.is_empty();
+        if alone || (!self.unanswered_bootstrap.is_empty() && self.now >= self.bootstrap_retry_at) {
+            // Alone, greet every bootstrap address; otherwise only those that never answered.
+            let targets = if alone { self.config.bootstrap.clone() } else { self.unanswered_bootstrap.clone() };
+            for addr in targets {
                 self.send_probe(addr);
             }
-            return;
+            self.bootstrap_retry_at = self.now + self.bootstrap_backoff;
+            self.bootstrap_backoff = (self.bootstrap_backoff + self.bootstrap_backoff).min(BOOTSTRAP_MAX_RETRY);
+            if alone {
+                self.next_probe_at = self.now + BOOTSTRAP_FIRST_RETRY.mul_f64(jitter);
+                return;
+            }
         }
         let full = self.neighbours.len() >= self.config.near_neighbours + self.config.far_neighbours;
         let explore = !full || self.rng.random_bool(self.config.explore_fraction);
@@ -516,18 +534,23 @@ impl Node {
         }
     }
 
-    /// Up to `gossip_per_probe` distinct neighbours (known alive, fresh coordinates), or known
-    /// nodes while this node has no neighbours yet.
+    /// Up to `gossip_per_probe` distinct live nodes: mostly neighbours (fresh coordinates), and
+    /// some known nodes that contacted us recently, so that a newcomer is advertised before anyone
+    /// has adopted it as a neighbour. Nodes only heard of second-hand are never passed on, so the
+    /// dead do not circulate.
     fn pick_gossip(&mut self, exclude: Option<NodeId>) -> Vec<GossipEntry> {
         let wanted = self.config.gossip_per_probe.min(MAX_GOSSIP);
+        let recent_since = Instant::from_micros(self.now.as_micros() - GOSSIP_RECENT_CONTACT.as_micros());
         let mut entries: Vec<GossipEntry> = Vec::with_capacity(wanted);
         for _ in 0..wanted * 2 {
             if entries.len() == wanted {
                 break;
             }
-            let candidate = if self.neighbours.is_empty() {
+            let from_known = self.neighbours.is_empty() || self.rng.random_bool(GOSSIP_KNOWN_SHARE);
+            let candidate = if from_known {
                 self.known
                     .random(&mut self.rng)
+                    .filter(|n| n.direct_at.is_some_and(|at| at >= recent_since))
                     .map(|n| (n.id, n.addr, n.coord, n.error))
             } else {
                 let index = self.rng.random_range(0..self.neighbours.len());
@@ -536,7 +559,7 @@ impl Node {
                     .map(|(id, n)| (*id, n.addr, n.coord, n.error))
             };
             let Some((id, addr, coord, error)) = candidate else {
-                break;
+                continue;
             };
             if Some(id) == exclude || entries.iter().any(|e| e.id == id) {
                 continue;
@@ -570,6 +593,13 @@ impl Node {
 /// Chance that a measured node which qualifies only as a far neighbour replaces a random far
 /// neighbour when the set is full: slow rotation keeps constraints diverse.
 const FAR_ROTATION_PROBABILITY: f64 = 0.25;
+/// First and longest wait before greeting an unanswered bootstrap address again.
+const BOOTSTRAP_FIRST_RETRY: Duration = Duration::from_secs(1);
+const BOOTSTRAP_MAX_RETRY: Duration = Duration::from_secs(60);
+/// Share of gossip slots offered to recently heard known nodes rather than neighbours.
+const GOSSIP_KNOWN_SHARE: f64 = 0.34;
+/// A known node counts as alive for gossip this long after it last contacted us.
+const GOSSIP_RECENT_CONTACT: Duration = Duration::from_secs(30);
 /// Known nodes sampled when looking for the closest candidate.
 const CANDIDATE_SAMPLE: usize = 16;
 

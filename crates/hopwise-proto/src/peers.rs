@@ -15,6 +15,8 @@ pub struct KnownNode {
     pub coord: Coordinate,
     pub error: f64,
     pub heard_at: Instant,
+    /// When the node itself last sent us a packet (as opposed to being gossiped about).
+    pub direct_at: Option<Instant>,
 }
 
 /// Insertion-ordered (so iteration is deterministic) and capped: when full, a random entry makes
@@ -33,11 +35,11 @@ impl PeerTable {
         }
     }
 
-    /// Records what we heard about `node`. `direct` information (from the node itself) always
-    /// replaces the address; gossip only fills in nodes we have not heard from directly recently.
+    /// Records what we heard about `node`, keeping the time we last heard from it directly.
     pub fn learn(&mut self, node: KnownNode, rng: &mut impl Rng) {
         if let Some(existing) = self.nodes.get_mut(&node.id) {
-            *existing = node;
+            let direct_at = node.direct_at.or(existing.direct_at);
+            *existing = KnownNode { direct_at, ..node };
             return;
         }
         if self.nodes.len() >= self.capacity {
@@ -89,6 +91,7 @@ mod tests {
             coord: Coordinate::default(),
             error: 1.0,
             heard_at: Instant::ZERO,
+            direct_at: None,
         }
     }
 
@@ -101,10 +104,15 @@ mod tests {
             assert!(table.len() <= 4);
         }
         assert!(table.get(&node(9).id).is_some(), "the newest entry is kept");
-        let mut moved = node(9);
-        moved.coord.x1 = 42.0;
-        table.learn(moved.clone(), &mut rng);
+        let mut direct = node(9);
+        direct.direct_at = Some(Instant::from_micros(5));
+        table.learn(direct, &mut rng);
+        let mut gossiped = node(9);
+        gossiped.coord.x1 = 42.0;
+        table.learn(gossiped.clone(), &mut rng);
         assert_eq!(table.len(), 4);
-        assert_eq!(table.get(&moved.id), Some(&moved));
+        let kept = table.get(&gossiped.id).unwrap();
+        assert_eq!(kept.coord.x1, 42.0, "gossip updates the coordinate");
+        assert_eq!(kept.direct_at, Some(Instant::from_micros(5)), "but not when we last heard from the node");
     }
 }

@@ -55,6 +55,30 @@ impl Default for SimConfig {
     }
 }
 
+/// Each node's bootstrap addresses. The first is a random earlier node it has a two-way path to,
+/// so the bootstrap graph is a spanning tree (wherever the matrix allows one) and the cold-start
+/// overlay is connected; the others are drawn at random. With a landmark, everyone knows node 0.
+fn bootstrap_lists(matrix: &Matrix, config: &SimConfig, rng: &mut ChaCha8Rng) -> Vec<Vec<SocketAddr>> {
+    let n = matrix.len();
+    let two_way = |a: usize, b: usize| matrix.rtt_ms(a, b).is_some() && matrix.rtt_ms(b, a).is_some();
+    (0..n)
+        .map(|index| {
+            let mut list = Vec::new();
+            if config.landmark && index != 0 {
+                list.push(addr_of(0));
+            }
+            let earlier: Vec<usize> = (0..index).filter(|&j| two_way(index, j)).collect();
+            if !earlier.is_empty() && config.bootstrap_per_node > 0 {
+                list.push(addr_of(earlier[rng.random_range(0..earlier.len())]));
+            }
+            while n > 1 && list.len() < config.bootstrap_per_node + usize::from(config.landmark && index != 0) {
+                list.push(addr_of((index + rng.random_range(1..n)) % n));
+            }
+            list
+        })
+        .collect()
+}
+
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Scheduled {
     at: Instant,
@@ -85,6 +109,7 @@ impl Simulation {
     pub fn new(matrix: Matrix, config: &SimConfig) -> Self {
         let n = matrix.len();
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let bootstrap = bootstrap_lists(&matrix, config, &mut rng);
         let mut sim = Self {
             configs: Vec::with_capacity(n),
             nodes: (0..n).map(|_| None).collect(),
@@ -95,19 +120,11 @@ impl Simulation {
             now: Instant::ZERO,
             events: 0,
         };
-        for index in 0..n {
+        for (index, bootstrap) in bootstrap.into_iter().enumerate() {
             let mut node_config = Config::new(NodeId::random(&mut rng), rng.random());
             node_config.vivaldi.algorithm = config.algorithm;
             node_config.landmark = config.landmark && index == 0;
-            if config.landmark && index != 0 {
-                node_config.bootstrap.push(addr_of(0));
-            }
-            if n > 1 {
-                for _ in 0..config.bootstrap_per_node {
-                    let other = (index + rng.random_range(1..n)) % n;
-                    node_config.bootstrap.push(addr_of(other));
-                }
-            }
+            node_config.bootstrap = bootstrap;
             sim.configs.push(Some(node_config));
             let start = Instant::ZERO + config.start_spread.mul_f64(rng.random::<f64>());
             sim.schedule(start, Happening::Start { node: index });
@@ -164,6 +181,14 @@ impl Simulation {
         total
     }
 
+    /// Stops node `index` at once, as if its process died: it sends nothing more and whatever
+    /// reaches it is lost.
+    pub fn stop_node(&mut self, index: usize) {
+        self.nodes[index] = None;
+        self.configs[index] = None;
+        self.wake_at[index] = None;
+    }
+
     /// Processes every event up to and including `until`, then sets the clock to `until`.
     pub fn run_until(&mut self, until: Instant) {
         while let Some(Reverse(next)) = self.queue.peek() {
@@ -190,7 +215,9 @@ impl Simulation {
         let now = self.now;
         let node = match what {
             Happening::Start { node } => {
-                let config = self.configs[node].take().expect("each node starts once");
+                let Some(config) = self.configs[node].take() else {
+                    return; // stopped before it started
+                };
                 self.nodes[node] = Some(Node::new(config, now));
                 self.nodes[node].as_mut().expect("just started").handle_input(Input::Timeout(now));
                 node
@@ -200,7 +227,10 @@ impl Simulation {
                     return; // superseded by a later poll_timeout
                 }
                 self.wake_at[node] = None;
-                self.nodes[node].as_mut().expect("only started nodes wake").handle_input(Input::Timeout(now));
+                let Some(running) = self.nodes[node].as_mut() else {
+                    return;
+                };
+                running.handle_input(Input::Timeout(now));
                 node
             }
             Happening::Deliver { from, to, data } => {

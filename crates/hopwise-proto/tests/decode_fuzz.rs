@@ -1,0 +1,141 @@
+//! Untrusted bytes: every decoder and the node itself must drop garbage without panicking,
+//! without unbounded allocation, and must count what they drop.
+
+use std::net::SocketAddr;
+
+use hopwise_proto::wire::{GossipEntry, MAX_GOSSIP, Message, Packet, Probe, WireCoord};
+use hopwise_proto::{Config, Input, Instant, Node, NodeId, Output};
+use proptest::prelude::*;
+
+fn wire_coord() -> impl Strategy<Value = WireCoord> {
+    (-1e4f32..1e4, -1e4f32..1e4, 0f32..1e3, 0f32..2.0).prop_map(|(x1, x2, height, error)| WireCoord {
+        x1,
+        x2,
+        height,
+        error,
+    })
+}
+
+fn socket_addr() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+    ]
+}
+
+fn packet() -> impl Strategy<Value = Packet> {
+    let entry = (any::<[u8; 16]>(), socket_addr(), wire_coord()).prop_map(|(id, addr, coord)| GossipEntry {
+        id: NodeId::from_bytes(id),
+        addr,
+        coord,
+    });
+    let probe = (any::<u32>(), any::<u64>(), wire_coord(), prop::collection::vec(entry, 0..=MAX_GOSSIP)).prop_map(
+        |(seq, timestamp_us, coord, gossip)| Probe {
+            seq,
+            timestamp_us,
+            coord,
+            gossip,
+        },
+    );
+    (any::<[u8; 16]>(), any::<bool>(), probe).prop_map(|(sender, request, probe)| Packet {
+        sender: NodeId::from_bytes(sender),
+        message: if request { Message::ProbeRequest(probe) } else { Message::ProbeReply(probe) },
+    })
+}
+
+fn fresh_node() -> Node {
+    let mut node = Node::new(Config::new(NodeId::from_bytes([1; 16]), 5), Instant::ZERO);
+    drain(&mut node);
+    node
+}
+
+fn drain(node: &mut Node) {
+    while !matches!(node.poll_output(), Output::Timeout(_)) {}
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..1500)) {
+        let _ = Packet::parse(&data);
+    }
+
+    #[test]
+    fn random_bodies_behind_a_valid_header_never_panic(kind in 0u8..4, body in prop::collection::vec(any::<u8>(), 0..600)) {
+        let mut data = vec![0x68, 1, kind, 0];
+        data.extend_from_slice(&[9; 16]);
+        data.extend_from_slice(&body);
+        let _ = Packet::parse(&data);
+    }
+
+    #[test]
+    fn valid_packets_round_trip(packet in packet()) {
+        let bytes = packet.to_bytes();
+        prop_assert_eq!(bytes.len(), packet.buffer_len());
+        prop_assert_eq!(Packet::parse(&bytes), Ok(packet));
+    }
+
+    #[test]
+    fn truncated_and_mutated_packets_are_rejected_or_decoded_without_panic(
+        packet in packet(),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+        xor in 1u8..=255,
+    ) {
+        let bytes = packet.to_bytes();
+        let cut = cut.index(bytes.len());
+        prop_assert!(Packet::parse(&bytes[..cut]).is_err());
+        let mut mutated = bytes.clone();
+        let at = flip.index(mutated.len());
+        mutated[at] ^= xor;
+        if let Ok(decoded) = Packet::parse(&mutated) {
+            // Whatever decodes re-encodes to exactly the bytes it came from.
+            prop_assert_eq!(decoded.to_bytes(), mutated);
+        }
+    }
+
+    #[test]
+    fn the_node_counts_and_survives_garbage(datagrams in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..1500), 1..40)) {
+        let mut node = fresh_node();
+        let from: SocketAddr = "192.0.2.9:4000".parse().unwrap();
+        let mut malformed = 0;
+        for (i, data) in datagrams.iter().enumerate() {
+            malformed += u64::from(Packet::parse(data).is_err());
+            let now = Instant::from_micros(i as i64 * 1_000);
+            node.handle_input(Input::Datagram { now, from, data });
+            drain(&mut node);
+        }
+        prop_assert_eq!(node.stats().dropped_malformed, malformed);
+        prop_assert_eq!(node.stats().datagrams_received, datagrams.len() as u64);
+        prop_assert!(node.coordinate().x1.is_finite() && node.coordinate().height.is_finite());
+    }
+}
+
+#[test]
+fn unsolicited_replies_are_dropped_and_counted() {
+    let mut node = fresh_node();
+    let reply = Packet {
+        sender: NodeId::from_bytes([2; 16]),
+        message: Message::ProbeReply(Probe {
+            seq: 77,
+            timestamp_us: 0,
+            coord: WireCoord {
+                x1: 1.0,
+                x2: 1.0,
+                height: 1.0,
+                error: 0.1,
+            },
+            gossip: Vec::new(),
+        }),
+    };
+    let data = reply.to_bytes();
+    node.handle_input(Input::Datagram {
+        now: Instant::from_micros(10),
+        from: "192.0.2.1:1".parse().unwrap(),
+        data: &data,
+    });
+    assert_eq!(node.stats().dropped_unexpected, 1);
+    assert_eq!(node.neighbours().count(), 0);
+    assert!(node.known_nodes().is_empty(), "an unsolicited reply teaches nothing");
+}
