@@ -159,9 +159,11 @@ impl Vivaldi {
 
     fn update_error(&mut self, latest: &Observation, weight: f64) {
         let predicted = self.coord.distance_ms(&latest.coord);
-        let sample_error = ((predicted - latest.rtt_ms).abs() / latest.rtt_ms).min(self.config.max_error);
+        let sample_error =
+            ((predicted - latest.rtt_ms).abs() / latest.rtt_ms).min(self.config.max_error);
         let alpha = self.config.ce * weight;
-        self.error = (sample_error * alpha + self.error * (1.0 - alpha)).clamp(0.0, self.config.max_error);
+        self.error =
+            (sample_error * alpha + self.error * (1.0 - alpha)).clamp(0.0, self.config.max_error);
     }
 
     fn spring_step(&mut self, peer: &Observation, weight: f64, rng: &mut impl Rng) {
@@ -227,7 +229,12 @@ struct LocalFit<'a> {
 }
 
 impl<'a> LocalFit<'a> {
-    fn new(config: &'a VivaldiConfig, huber_delta: f64, neighbours: &'a [Observation], rng: &mut impl Rng) -> Self {
+    fn new(
+        config: &'a VivaldiConfig,
+        huber_delta: f64,
+        neighbours: &'a [Observation],
+        rng: &mut impl Rng,
+    ) -> Self {
         let tie_breaks = neighbours
             .iter()
             .map(|_| {
@@ -259,7 +266,11 @@ impl<'a> LocalFit<'a> {
     fn huber(&self, residual: f64) -> f64 {
         let delta = self.huber_delta;
         let abs = residual.abs();
-        if abs <= delta { 0.5 * abs * abs } else { delta * (abs - 0.5 * delta) }
+        if abs <= delta {
+            0.5 * abs * abs
+        } else {
+            delta * (abs - 0.5 * delta)
+        }
     }
 
     fn gravity(&self, c: &Coordinate) -> f64 {
@@ -272,7 +283,10 @@ impl<'a> LocalFit<'a> {
             .neighbours
             .iter()
             .filter(|n| Self::usable(n))
-            .map(|n| self.confidence(n) * self.huber((c.distance_ms(&n.coord) - n.rtt_ms) / self.scale(n)))
+            .map(|n| {
+                self.confidence(n)
+                    * self.huber((c.distance_ms(&n.coord) - n.rtt_ms) / self.scale(n))
+            })
             .sum();
         residuals + self.gravity(c)
     }
@@ -290,7 +304,11 @@ impl<'a> LocalFit<'a> {
             used += 1;
             let (dx, dy) = (c.x1 - n.coord.x1, c.x2 - n.coord.x2);
             let planar = dx.hypot(dy);
-            let unit = if planar > 1e-6 { [dx / planar, dy / planar] } else { *tie_break };
+            let unit = if planar > 1e-6 {
+                [dx / planar, dy / planar]
+            } else {
+                *tie_break
+            };
             let scale = self.scale(n);
             let residual = (c.distance_ms(&n.coord) - n.rtt_ms) / scale;
             let robust = if residual.abs() <= self.huber_delta {
@@ -340,8 +358,9 @@ fn solve3(mut a: [[f64; 3]; 3], mut b: [f64; 3]) -> Option<[f64; 3]> {
         b.swap(col, pivot);
         for row in col + 1..3 {
             let factor = a[row][col] / a[col][col];
-            for k in col..3 {
-                a[row][k] -= factor * a[col][k];
+            let pivot_row = a[col];
+            for (target, source) in a[row].iter_mut().zip(pivot_row).skip(col) {
+                *target -= factor * source;
             }
             b[row] -= factor * b[col];
         }
@@ -378,8 +397,10 @@ mod tests {
                     error: nodes[k].error(),
                     rtt_ms: truth[i].distance_ms(&truth[k]),
                 };
-                let neighbours: Vec<Observation> =
-                    (0..nodes.len()).filter(|&k| k != i).map(|k| observe(k, &nodes)).collect();
+                let neighbours: Vec<Observation> = (0..nodes.len())
+                    .filter(|&k| k != i)
+                    .map(|k| observe(k, &nodes))
+                    .collect();
                 let latest = observe(j, &nodes);
                 nodes[i].update(&latest, &neighbours, &mut rng);
             }
@@ -402,7 +423,9 @@ mod tests {
     }
 
     fn line() -> Vec<Coordinate> {
-        (0..6).map(|i| Coordinate::new(20.0 * i as f64, 0.0, 0.0)).collect()
+        (0..6)
+            .map(|i| Coordinate::new(20.0 * i as f64, 0.0, 0.0))
+            .collect()
     }
 
     fn grid() -> Vec<Coordinate> {
@@ -430,7 +453,10 @@ mod tests {
             let nodes = embed(&truth, Algorithm::Fit, 300, seed);
             let worst = worst_relative_error(&truth, &nodes);
             assert!(worst < 0.02, "seed {seed}: worst relative error {worst}");
-            assert!(nodes.iter().all(|n| n.error() < 0.05), "seed {seed}: error estimates stay high");
+            assert!(
+                nodes.iter().all(|n| n.error() < 0.05),
+                "seed {seed}: error estimates stay high"
+            );
         }
     }
 
@@ -452,8 +478,14 @@ mod tests {
             let worst = worst_relative_error(&truth, &nodes);
             assert!(worst < 0.03, "seed {seed}: worst relative error {worst}");
             let heights: Vec<f64> = nodes.iter().map(|n| n.coordinate().height).collect();
-            assert!((heights[8] - 25.0).abs() < 2.0, "seed {seed}: heights {heights:?}");
-            assert!(heights[..8].iter().all(|&h| h < 2.0), "seed {seed}: heights {heights:?}");
+            assert!(
+                (heights[8] - 25.0).abs() < 2.0,
+                "seed {seed}: heights {heights:?}"
+            );
+            assert!(
+                heights[..8].iter().all(|&h| h < 2.0),
+                "seed {seed}: heights {heights:?}"
+            );
         }
     }
 
@@ -484,10 +516,20 @@ mod tests {
 
     #[test]
     fn solves_a_known_system() {
-        let x = solve3([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 4.0]], [3.0, 4.0, 5.0]).unwrap();
+        let x = solve3(
+            [[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 4.0]],
+            [3.0, 4.0, 5.0],
+        )
+        .unwrap();
         for (got, want) in x.iter().zip([1.0, 1.0, 1.0]) {
             assert!((got - want).abs() < 1e-12);
         }
-        assert_eq!(solve3([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.0, 0.0, 1.0]], [1.0, 2.0, 3.0]), None);
+        assert_eq!(
+            solve3(
+                [[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.0, 0.0, 1.0]],
+                [1.0, 2.0, 3.0]
+            ),
+            None
+        );
     }
 }

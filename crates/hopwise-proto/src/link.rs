@@ -133,7 +133,11 @@ impl Link {
         if self.outcome_count == 0 {
             return 0.0;
         }
-        let mask = if self.outcome_count >= 32 { u32::MAX } else { (1 << self.outcome_count) - 1 };
+        let mask = if self.outcome_count >= 32 {
+            u32::MAX
+        } else {
+            (1 << self.outcome_count) - 1
+        };
         f64::from((self.outcomes & mask).count_ones()) / f64::from(self.outcome_count)
     }
 

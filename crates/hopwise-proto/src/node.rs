@@ -109,8 +109,14 @@ impl fmt::Debug for Transmit {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    LinkUp { id: NodeId, addr: SocketAddr, rtt_ms: f64 },
-    LinkDown { id: NodeId },
+    LinkUp {
+        id: NodeId,
+        addr: SocketAddr,
+        rtt_ms: f64,
+    },
+    LinkDown {
+        id: NodeId,
+    },
 }
 
 /// Counters a driver can show (`hopwise status`) or aggregate (simulator reports).
@@ -359,14 +365,25 @@ impl Node {
     }
 
     /// Decides whether a freshly measured node becomes a neighbour, and in which role.
-    fn admit(&mut self, id: NodeId, addr: SocketAddr, rtt_ms: f64, coord: Coordinate, error: f64) -> bool {
+    fn admit(
+        &mut self,
+        id: NodeId,
+        addr: SocketAddr,
+        rtt_ms: f64,
+        coord: Coordinate,
+        error: f64,
+    ) -> bool {
         let count = |role| self.neighbours.values().filter(|n| n.role == role).count();
         let (near, far) = (count(NeighbourRole::Near), count(NeighbourRole::Far));
         let farthest_near = self
             .neighbours
             .iter()
             .filter(|(_, n)| n.role == NeighbourRole::Near)
-            .max_by(|a, b| a.1.link.filtered_rtt_ms().total_cmp(&b.1.link.filtered_rtt_ms()))
+            .max_by(|a, b| {
+                a.1.link
+                    .filtered_rtt_ms()
+                    .total_cmp(&b.1.link.filtered_rtt_ms())
+            })
             .map(|(id, n)| (*id, n.link.filtered_rtt_ms()));
         let role = if near < self.config.near_neighbours {
             NeighbourRole::Near
@@ -376,7 +393,8 @@ impl Node {
                 self.neighbours[&demoted].role = NeighbourRole::Far;
             } else {
                 self.neighbours.swap_remove(&demoted);
-                self.outputs.push_back(Output::Event(Event::LinkDown { id: demoted }));
+                self.outputs
+                    .push_back(Output::Event(Event::LinkDown { id: demoted }));
             }
             NeighbourRole::Near
         } else if far < self.config.far_neighbours {
@@ -390,7 +408,8 @@ impl Node {
                 .collect();
             let victim = far_ids[self.rng.random_range(0..far_ids.len())];
             self.neighbours.swap_remove(&victim);
-            self.outputs.push_back(Output::Event(Event::LinkDown { id: victim }));
+            self.outputs
+                .push_back(Output::Event(Event::LinkDown { id: victim }));
             NeighbourRole::Far
         } else {
             return false;
@@ -424,7 +443,8 @@ impl Node {
             self.observations.push(observation);
         }
         if let Some(latest) = latest_observation {
-            self.vivaldi.update(&latest, &self.observations, &mut self.rng);
+            self.vivaldi
+                .update(&latest, &self.observations, &mut self.rng);
         }
     }
 
@@ -434,18 +454,24 @@ impl Node {
         let alone = self.neighbours.is_empty() && self.known.is_empty();
         if alone || (!self.unanswered_bootstrap.is_empty() && self.now >= self.bootstrap_retry_at) {
             // Alone, greet every bootstrap address; otherwise only those that never answered.
-            let targets = if alone { self.config.bootstrap.clone() } else { self.unanswered_bootstrap.clone() };
+            let targets = if alone {
+                self.config.bootstrap.clone()
+            } else {
+                self.unanswered_bootstrap.clone()
+            };
             for addr in targets {
                 self.send_probe(addr);
             }
             self.bootstrap_retry_at = self.now + self.bootstrap_backoff;
-            self.bootstrap_backoff = (self.bootstrap_backoff + self.bootstrap_backoff).min(BOOTSTRAP_MAX_RETRY);
+            self.bootstrap_backoff =
+                (self.bootstrap_backoff + self.bootstrap_backoff).min(BOOTSTRAP_MAX_RETRY);
             if alone {
                 self.next_probe_at = self.now + BOOTSTRAP_FIRST_RETRY.mul_f64(jitter);
                 return;
             }
         }
-        let full = self.neighbours.len() >= self.config.near_neighbours + self.config.far_neighbours;
+        let full =
+            self.neighbours.len() >= self.config.near_neighbours + self.config.far_neighbours;
         let explore = !full || self.rng.random_bool(self.config.explore_fraction);
         let target = if explore { self.pick_candidate() } else { None };
         match target.or_else(|| self.stalest_neighbour()) {
@@ -466,13 +492,17 @@ impl Node {
         let me = self.vivaldi.coordinate();
         let mut best: Option<(f64, SocketAddr)> = None;
         for _ in 0..CANDIDATE_SAMPLE {
-            let Some(node) = self.known.random(&mut self.rng) else {
-                return None;
-            };
-            if self.neighbours.contains_key(&node.id) || self.pending.iter().any(|p| p.addr == node.addr) {
+            let node = self.known.random(&mut self.rng)?;
+            if self.neighbours.contains_key(&node.id)
+                || self.pending.iter().any(|p| p.addr == node.addr)
+            {
                 continue;
             }
-            let score = if guided { me.distance_ms(&node.coord) } else { 0.0 };
+            let score = if guided {
+                me.distance_ms(&node.coord)
+            } else {
+                0.0
+            };
             if best.is_none_or(|(s, _)| score < s) {
                 best = Some((score, node.addr));
             }
@@ -523,13 +553,18 @@ impl Node {
             }
             let lost = self.pending.swap_remove(index);
             self.stats.probes_lost += 1;
-            let Some((&id, neighbour)) = self.neighbours.iter_mut().find(|(_, n)| n.addr == lost.addr) else {
+            let Some((&id, neighbour)) = self
+                .neighbours
+                .iter_mut()
+                .find(|(_, n)| n.addr == lost.addr)
+            else {
                 continue;
             };
             if neighbour.link.on_probe_lost() == LossVerdict::WentDown {
                 self.neighbours.swap_remove(&id);
                 self.known.remove(&id);
-                self.outputs.push_back(Output::Event(Event::LinkDown { id }));
+                self.outputs
+                    .push_back(Output::Event(Event::LinkDown { id }));
             }
         }
     }
@@ -540,7 +575,8 @@ impl Node {
     /// dead do not circulate.
     fn pick_gossip(&mut self, exclude: Option<NodeId>) -> Vec<GossipEntry> {
         let wanted = self.config.gossip_per_probe.min(MAX_GOSSIP);
-        let recent_since = Instant::from_micros(self.now.as_micros() - GOSSIP_RECENT_CONTACT.as_micros());
+        let recent_since =
+            Instant::from_micros(self.now.as_micros() - GOSSIP_RECENT_CONTACT.as_micros());
         let mut entries: Vec<GossipEntry> = Vec::with_capacity(wanted);
         for _ in 0..wanted * 2 {
             if entries.len() == wanted {
@@ -585,8 +621,10 @@ impl Node {
         .to_bytes();
         self.stats.datagrams_sent += 1;
         self.stats.bytes_sent += contents.len() as u64;
-        self.outputs
-            .push_back(Output::Transmit(Transmit { destination, contents }));
+        self.outputs.push_back(Output::Transmit(Transmit {
+            destination,
+            contents,
+        }));
     }
 }
 
@@ -604,7 +642,11 @@ const GOSSIP_RECENT_CONTACT: Duration = Duration::from_secs(30);
 const CANDIDATE_SAMPLE: usize = 16;
 
 fn coordinate_of(wire: &WireCoord) -> Coordinate {
-    Coordinate::new(f64::from(wire.x1), f64::from(wire.x2), f64::from(wire.height))
+    Coordinate::new(
+        f64::from(wire.x1),
+        f64::from(wire.x2),
+        f64::from(wire.height),
+    )
 }
 
 fn to_wire(coord: Coordinate, error: f64) -> WireCoord {

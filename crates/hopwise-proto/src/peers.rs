@@ -74,7 +74,9 @@ impl PeerTable {
         if self.nodes.is_empty() {
             return None;
         }
-        self.nodes.get_index(rng.random_range(0..self.nodes.len())).map(|(_, n)| n)
+        self.nodes
+            .get_index(rng.random_range(0..self.nodes.len()))
+            .map(|(_, n)| n)
     }
 }
 
@@ -113,6 +115,10 @@ mod tests {
         assert_eq!(table.len(), 4);
         let kept = table.get(&gossiped.id).unwrap();
         assert_eq!(kept.coord.x1, 42.0, "gossip updates the coordinate");
-        assert_eq!(kept.direct_at, Some(Instant::from_micros(5)), "but not when we last heard from the node");
+        assert_eq!(
+            kept.direct_at,
+            Some(Instant::from_micros(5)),
+            "but not when we last heard from the node"
+        );
     }
 }

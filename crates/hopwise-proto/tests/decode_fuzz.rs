@@ -8,11 +8,13 @@ use hopwise_proto::{Config, Input, Instant, Node, NodeId, Output};
 use proptest::prelude::*;
 
 fn wire_coord() -> impl Strategy<Value = WireCoord> {
-    (-1e4f32..1e4, -1e4f32..1e4, 0f32..1e3, 0f32..2.0).prop_map(|(x1, x2, height, error)| WireCoord {
-        x1,
-        x2,
-        height,
-        error,
+    (-1e4f32..1e4, -1e4f32..1e4, 0f32..1e3, 0f32..2.0).prop_map(|(x1, x2, height, error)| {
+        WireCoord {
+            x1,
+            x2,
+            height,
+            error,
+        }
     })
 }
 
@@ -24,22 +26,32 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
 }
 
 fn packet() -> impl Strategy<Value = Packet> {
-    let entry = (any::<[u8; 16]>(), socket_addr(), wire_coord()).prop_map(|(id, addr, coord)| GossipEntry {
-        id: NodeId::from_bytes(id),
-        addr,
-        coord,
+    let entry = (any::<[u8; 16]>(), socket_addr(), wire_coord()).prop_map(|(id, addr, coord)| {
+        GossipEntry {
+            id: NodeId::from_bytes(id),
+            addr,
+            coord,
+        }
     });
-    let probe = (any::<u32>(), any::<u64>(), wire_coord(), prop::collection::vec(entry, 0..=MAX_GOSSIP)).prop_map(
-        |(seq, timestamp_us, coord, gossip)| Probe {
+    let probe = (
+        any::<u32>(),
+        any::<u64>(),
+        wire_coord(),
+        prop::collection::vec(entry, 0..=MAX_GOSSIP),
+    )
+        .prop_map(|(seq, timestamp_us, coord, gossip)| Probe {
             seq,
             timestamp_us,
             coord,
             gossip,
-        },
-    );
+        });
     (any::<[u8; 16]>(), any::<bool>(), probe).prop_map(|(sender, request, probe)| Packet {
         sender: NodeId::from_bytes(sender),
-        message: if request { Message::ProbeRequest(probe) } else { Message::ProbeReply(probe) },
+        message: if request {
+            Message::ProbeRequest(probe)
+        } else {
+            Message::ProbeReply(probe)
+        },
     })
 }
 
@@ -137,5 +149,8 @@ fn unsolicited_replies_are_dropped_and_counted() {
     });
     assert_eq!(node.stats().dropped_unexpected, 1);
     assert_eq!(node.neighbours().count(), 0);
-    assert!(node.known_nodes().is_empty(), "an unsolicited reply teaches nothing");
+    assert!(
+        node.known_nodes().is_empty(),
+        "an unsolicited reply teaches nothing"
+    );
 }

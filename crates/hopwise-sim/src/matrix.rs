@@ -37,9 +37,17 @@ pub enum MatrixError {
     #[error("the matrix is empty")]
     Empty,
     #[error("row {row} has {found} entries, expected {expected}")]
-    NotSquare { row: usize, found: usize, expected: usize },
+    NotSquare {
+        row: usize,
+        found: usize,
+        expected: usize,
+    },
     #[error("row {row}, column {column}: {token:?} is not a number")]
-    BadNumber { row: usize, column: usize, token: String },
+    BadNumber {
+        row: usize,
+        column: usize,
+        token: String,
+    },
     #[error("invalid JSON matrix: {0}")]
     Json(String),
 }
@@ -110,7 +118,11 @@ impl Matrix {
             return Err(MatrixError::Empty);
         };
         let has_header = first.iter().any(|t| !is_numeric_or_blank(t));
-        let (header, body) = if has_header { (Some(first), &rows[1..]) } else { (None, &rows[..]) };
+        let (header, body) = if has_header {
+            (Some(first), &rows[1..])
+        } else {
+            (None, &rows[..])
+        };
         let n = body.len();
         if n == 0 {
             return Err(MatrixError::Empty);
@@ -159,7 +171,8 @@ impl Matrix {
     }
 
     fn parse_json(text: &str, unit: Unit) -> Result<Matrix, MatrixError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| MatrixError::Json(e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| MatrixError::Json(e.to_string()))?;
         let Value::Object(map) = value else {
             return Err(MatrixError::Json("top level is not an object".into()));
         };
@@ -176,7 +189,9 @@ impl Matrix {
         let mut rtt_ms = vec![f64::NAN; n * n];
         for (src, row) in &map {
             let i = names.binary_search(src).expect("every key was collected");
-            let Value::Object(row) = row else { unreachable!("checked above") };
+            let Value::Object(row) = row else {
+                unreachable!("checked above")
+            };
             for (dst, rtt) in row {
                 let j = names.binary_search(dst).expect("every key was collected");
                 let rtt = rtt
@@ -289,7 +304,10 @@ mod tests {
 
     #[test]
     fn rejects_malformed_tables() {
-        assert!(matches!(Matrix::parse("", Unit::Milliseconds), Err(MatrixError::Empty)));
+        assert!(matches!(
+            Matrix::parse("", Unit::Milliseconds),
+            Err(MatrixError::Empty)
+        ));
         assert!(matches!(
             Matrix::parse("0 1\n1 0 3\n", Unit::Milliseconds),
             Err(MatrixError::NotSquare { row: 1, .. })
@@ -298,7 +316,10 @@ mod tests {
             Matrix::parse("0 1\n1 x\n", Unit::Milliseconds),
             Err(MatrixError::BadNumber { .. })
         ));
-        assert!(matches!(Matrix::parse("{\"a\": 3}", Unit::Milliseconds), Err(MatrixError::Json(_))));
+        assert!(matches!(
+            Matrix::parse("{\"a\": 3}", Unit::Milliseconds),
+            Err(MatrixError::Json(_))
+        ));
     }
 
     #[test]

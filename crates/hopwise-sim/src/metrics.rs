@@ -60,7 +60,11 @@ mod tests {
         ])
         .unwrap();
         // Node 1 sits 10 ms away, node 2 only 15 ms away (25% short of 20 ms).
-        let coords = [Coordinate::new(0.0, 0.0, 0.0), Coordinate::new(10.0, 0.0, 0.0), Coordinate::new(0.0, 15.0, 0.0)];
+        let coords = [
+            Coordinate::new(0.0, 0.0, 0.0),
+            Coordinate::new(10.0, 0.0, 0.0),
+            Coordinate::new(0.0, 15.0, 0.0),
+        ];
         let accuracy = coordinate_accuracy(&m, &coords);
         assert_eq!(accuracy.median_rel_error, 0.0);
         assert_eq!(accuracy.p90_rel_error, 0.25);

@@ -77,7 +77,12 @@ pub struct Outcome {
 
 /// Runs every node of `matrix` for `duration` from a cold start. `progress` is called with the
 /// simulated time after every simulated second.
-pub fn run(matrix: Matrix, config: &SimConfig, duration: Duration, mut progress: impl FnMut(Duration)) -> Outcome {
+pub fn run(
+    matrix: Matrix,
+    config: &SimConfig,
+    duration: Duration,
+    mut progress: impl FnMut(Duration),
+) -> Outcome {
     let wall_start = std::time::Instant::now();
     let mut sim = Simulation::new(matrix, config);
     let end = Instant::ZERO + duration;
@@ -145,7 +150,10 @@ pub fn run(matrix: Matrix, config: &SimConfig, duration: Duration, mut progress:
             landmark: config.landmark,
         },
     };
-    Outcome { report, simulation: sim }
+    Outcome {
+        report,
+        simulation: sim,
+    }
 }
 
 fn accuracy_of(sim: &Simulation) -> Accuracy {
@@ -157,7 +165,12 @@ fn accuracy_of(sim: &Simulation) -> Accuracy {
 pub fn coords_csv(sim: &Simulation) -> String {
     let mut out = String::from("node,x1,x2,height,error\n");
     for (name, (coord, error)) in sim.matrix().names().iter().zip(sim.coordinates()) {
-        writeln!(out, "{name},{:.4},{:.4},{:.4},{:.4}", coord.x1, coord.x2, coord.height, error).expect("writing to a String");
+        writeln!(
+            out,
+            "{name},{:.4},{:.4},{:.4},{:.4}",
+            coord.x1, coord.x2, coord.height, error
+        )
+        .expect("writing to a String");
     }
     out
 }

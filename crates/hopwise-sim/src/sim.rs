@@ -8,7 +8,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::{Ipv4Addr, SocketAddr};
 
-use hopwise_proto::{Algorithm, Config, Coordinate, Duration, Input, Instant, Node, NodeId, NodeStats, Output};
+use hopwise_proto::{
+    Algorithm, Config, Coordinate, Duration, Input, Instant, Node, NodeId, NodeStats, Output,
+};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -24,7 +26,9 @@ pub fn addr_of(index: usize) -> SocketAddr {
 }
 
 fn index_of(addr: SocketAddr, nodes: usize) -> Option<usize> {
-    let SocketAddr::V4(v4) = addr else { return None };
+    let SocketAddr::V4(v4) = addr else {
+        return None;
+    };
     let index = u32::from(*v4.ip()).checked_sub(BASE_ADDR + 1)? as usize;
     (index < nodes && v4.port() == PORT).then_some(index)
 }
@@ -58,9 +62,14 @@ impl Default for SimConfig {
 /// Each node's bootstrap addresses. The first is a random earlier node it has a two-way path to,
 /// so the bootstrap graph is a spanning tree (wherever the matrix allows one) and the cold-start
 /// overlay is connected; the others are drawn at random. With a landmark, everyone knows node 0.
-fn bootstrap_lists(matrix: &Matrix, config: &SimConfig, rng: &mut ChaCha8Rng) -> Vec<Vec<SocketAddr>> {
+fn bootstrap_lists(
+    matrix: &Matrix,
+    config: &SimConfig,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Vec<SocketAddr>> {
     let n = matrix.len();
-    let two_way = |a: usize, b: usize| matrix.rtt_ms(a, b).is_some() && matrix.rtt_ms(b, a).is_some();
+    let two_way =
+        |a: usize, b: usize| matrix.rtt_ms(a, b).is_some() && matrix.rtt_ms(b, a).is_some();
     (0..n)
         .map(|index| {
             let mut list = Vec::new();
@@ -71,7 +80,10 @@ fn bootstrap_lists(matrix: &Matrix, config: &SimConfig, rng: &mut ChaCha8Rng) ->
             if !earlier.is_empty() && config.bootstrap_per_node > 0 {
                 list.push(addr_of(earlier[rng.random_range(0..earlier.len())]));
             }
-            while n > 1 && list.len() < config.bootstrap_per_node + usize::from(config.landmark && index != 0) {
+            while n > 1
+                && list.len()
+                    < config.bootstrap_per_node + usize::from(config.landmark && index != 0)
+            {
                 list.push(addr_of((index + rng.random_range(1..n)) % n));
             }
             list
@@ -88,9 +100,17 @@ struct Scheduled {
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Happening {
-    Start { node: usize },
-    Wake { node: usize },
-    Deliver { from: usize, to: usize, data: Vec<u8> },
+    Start {
+        node: usize,
+    },
+    Wake {
+        node: usize,
+    },
+    Deliver {
+        from: usize,
+        to: usize,
+        data: Vec<u8>,
+    },
 }
 
 pub struct Simulation {
@@ -161,7 +181,11 @@ impl Simulation {
     pub fn coordinates(&self) -> Vec<(Coordinate, f64)> {
         self.nodes
             .iter()
-            .map(|n| n.as_ref().map_or((Coordinate::default(), 1.5), |n| (n.coordinate(), n.coordinate_error())))
+            .map(|n| {
+                n.as_ref().map_or((Coordinate::default(), 1.5), |n| {
+                    (n.coordinate(), n.coordinate_error())
+                })
+            })
             .collect()
     }
 
@@ -219,7 +243,10 @@ impl Simulation {
                     return; // stopped before it started
                 };
                 self.nodes[node] = Some(Node::new(config, now));
-                self.nodes[node].as_mut().expect("just started").handle_input(Input::Timeout(now));
+                self.nodes[node]
+                    .as_mut()
+                    .expect("just started")
+                    .handle_input(Input::Timeout(now));
                 node
             }
             Happening::Wake { node } => {
@@ -252,10 +279,15 @@ impl Simulation {
     fn drain(&mut self, index: usize) {
         let n = self.nodes.len();
         loop {
-            let output = self.nodes[index].as_mut().expect("draining a running node").poll_output();
+            let output = self.nodes[index]
+                .as_mut()
+                .expect("draining a running node")
+                .poll_output();
             match output {
                 Output::Transmit(transmit) => {
-                    let Some(to) = index_of(transmit.destination, n) else { continue };
+                    let Some(to) = index_of(transmit.destination, n) else {
+                        continue;
+                    };
                     if let Some(delay) = self.network.transit(index, to) {
                         let happening = Happening::Deliver {
                             from: index,

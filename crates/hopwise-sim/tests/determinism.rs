@@ -15,7 +15,12 @@ fn run_once(seed: u64) -> (String, serde_json::Value) {
         },
         ..SimConfig::default()
     };
-    let outcome = run(common::bundled_planetlab().truncated(30), &config, Duration::from_secs(40), |_| {});
+    let outcome = run(
+        common::bundled_planetlab().truncated(30),
+        &config,
+        Duration::from_secs(40),
+        |_| {},
+    );
     let mut report = serde_json::to_value(&outcome.report).unwrap();
     report.as_object_mut().unwrap().remove("wall_seconds");
     (coords_csv(&outcome.simulation), report)
@@ -26,7 +31,10 @@ fn same_seed_same_bytes() {
     let (coords_a, report_a) = run_once(11);
     let (coords_b, report_b) = run_once(11);
     assert_eq!(coords_a, coords_b);
-    assert_eq!(serde_json::to_string(&report_a).unwrap(), serde_json::to_string(&report_b).unwrap());
+    assert_eq!(
+        serde_json::to_string(&report_a).unwrap(),
+        serde_json::to_string(&report_b).unwrap()
+    );
     let (coords_c, _) = run_once(12);
     assert_ne!(coords_a, coords_c, "the seed must matter");
 }

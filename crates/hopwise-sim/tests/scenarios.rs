@@ -25,12 +25,23 @@ fn two_nodes_measure_each_other_and_place_themselves_apart() {
         let neighbours: Vec<_> = node.neighbours().collect();
         assert_eq!(neighbours.len(), 1, "node {index}");
         let link = &neighbours[0].1.link;
-        assert!((link.filtered_rtt_ms() - 40.0).abs() < 0.01, "filtered {}", link.filtered_rtt_ms());
+        assert!(
+            (link.filtered_rtt_ms() - 40.0).abs() < 0.01,
+            "filtered {}",
+            link.filtered_rtt_ms()
+        );
         assert!((link.srtt_ms() - 40.0).abs() < 0.01);
         assert_eq!(link.loss(), 0.0);
     }
-    let (a, b) = (sim.node(0).unwrap().coordinate(), sim.node(1).unwrap().coordinate());
-    assert!((a.distance_ms(&b) - 40.0).abs() < 1.0, "predicted {}", a.distance_ms(&b));
+    let (a, b) = (
+        sim.node(0).unwrap().coordinate(),
+        sim.node(1).unwrap().coordinate(),
+    );
+    assert!(
+        (a.distance_ms(&b) - 40.0).abs() < 1.0,
+        "predicted {}",
+        a.distance_ms(&b)
+    );
 }
 
 #[test]
@@ -41,7 +52,12 @@ fn gossip_spreads_the_membership_in_seconds() {
     sim.run_until(at(15));
     for index in 0..n {
         let known = sim.node(index).unwrap().known_nodes().len();
-        assert_eq!(known, n - 1, "node {index} knows {known} of {} others after 15 s", n - 1);
+        assert_eq!(
+            known,
+            n - 1,
+            "node {index} knows {known} of {} others after 15 s",
+            n - 1
+        );
     }
 }
 
@@ -55,7 +71,12 @@ fn a_dead_neighbour_is_declared_down_within_bounded_time() {
     .unwrap();
     let mut sim = Simulation::new(matrix, &SimConfig::default());
     sim.run_until(at(10));
-    let has_neighbour_2 = |sim: &Simulation, i: usize| sim.node(i).unwrap().neighbours().any(|(_, n)| n.addr == hopwise_sim::sim::addr_of(2));
+    let has_neighbour_2 = |sim: &Simulation, i: usize| {
+        sim.node(i)
+            .unwrap()
+            .neighbours()
+            .any(|(_, n)| n.addr == hopwise_sim::sim::addr_of(2))
+    };
     assert!(has_neighbour_2(&sim, 0) && has_neighbour_2(&sim, 1));
     sim.stop_node(2);
     // A neighbour with a probe in flight is not probed again, so the link goes down after
@@ -64,9 +85,16 @@ fn a_dead_neighbour_is_declared_down_within_bounded_time() {
     let per_miss = defaults.probe_timeout + defaults.probe_interval.mul_f64(1.2);
     let bound = (0..defaults.max_missed_probes).fold(Duration::ZERO, |total, _| total + per_miss);
     sim.run_until(at(10) + bound);
-    assert!(!has_neighbour_2(&sim, 0) && !has_neighbour_2(&sim, 1), "node 2 is still listed as a neighbour");
+    assert!(
+        !has_neighbour_2(&sim, 0) && !has_neighbour_2(&sim, 1),
+        "node 2 is still listed as a neighbour"
+    );
     for i in 0..2 {
-        assert_eq!(sim.node(i).unwrap().neighbours().count(), 1, "the live link survives");
+        assert_eq!(
+            sim.node(i).unwrap().neighbours().count(),
+            1,
+            "the live link survives"
+        );
         assert!(sim.node(i).unwrap().stats().probes_lost >= 4);
     }
 }
@@ -75,16 +103,29 @@ fn a_dead_neighbour_is_declared_down_within_bounded_time() {
 fn pairs_without_a_direct_path_are_never_neighbours() {
     // Node 3 can reach only node 0; everyone else shares a full mesh.
     let rtt = |i: usize, j: usize| -> Option<f64> {
-        if i == j || (i == 3 && j != 0) || (j == 3 && i != 0) { None } else { Some(10.0 + 5.0 * (i + j) as f64) }
+        if i == j || (i == 3 && j != 0) || (j == 3 && i != 0) {
+            None
+        } else {
+            Some(10.0 + 5.0 * (i + j) as f64)
+        }
     };
-    let rows = (0..6).map(|i| (0..6).map(|j| rtt(i, j)).collect()).collect();
+    let rows = (0..6)
+        .map(|i| (0..6).map(|j| rtt(i, j)).collect())
+        .collect();
     let mut sim = Simulation::new(Matrix::from_rows(rows).unwrap(), &SimConfig::default());
     sim.run_until(at(30));
     let node3 = hopwise_sim::sim::addr_of(3);
     for i in [1, 2, 4, 5] {
         let node = sim.node(i).unwrap();
-        assert!(node.neighbours().all(|(_, n)| n.addr != node3), "node {i} lists node 3");
-        assert_eq!(node.neighbours().count(), 4, "node {i} links to every reachable node");
+        assert!(
+            node.neighbours().all(|(_, n)| n.addr != node3),
+            "node {i} lists node 3"
+        );
+        assert_eq!(
+            node.neighbours().count(),
+            4,
+            "node {i} links to every reachable node"
+        );
     }
     assert_eq!(sim.node(3).unwrap().neighbours().count(), 1);
 }
@@ -98,11 +139,24 @@ fn coordinates_converge_on_real_data_despite_loss_and_jitter() {
         },
         ..SimConfig::default()
     };
-    let outcome = run(common::bundled_planetlab(), &config, Duration::from_secs(120), |_| {});
+    let outcome = run(
+        common::bundled_planetlab(),
+        &config,
+        Duration::from_secs(120),
+        |_| {},
+    );
     let coords = &outcome.report.coords;
-    assert!(coords.median_rel_error < 0.15, "median {}", coords.median_rel_error);
+    assert!(
+        coords.median_rel_error < 0.15,
+        "median {}",
+        coords.median_rel_error
+    );
     let start = coords.convergence.first().unwrap().median_rel_error;
-    assert!(coords.median_rel_error < start / 2.0, "no convergence: {start} -> {}", coords.median_rel_error);
+    assert!(
+        coords.median_rel_error < start / 2.0,
+        "no convergence: {start} -> {}",
+        coords.median_rel_error
+    );
     assert!(outcome.report.packets.probes_lost > 0, "loss was simulated");
 }
 
@@ -116,7 +170,11 @@ fn a_landmark_stays_at_the_origin_and_anchors_the_map() {
     sim.run_until(at(60));
     let landmark = sim.node(0).unwrap().coordinate();
     assert_eq!((landmark.x1, landmark.x2), (0.0, 0.0));
-    assert!(accuracy(&sim).median_rel_error < 0.15, "{:?}", accuracy(&sim));
+    assert!(
+        accuracy(&sim).median_rel_error < 0.15,
+        "{:?}",
+        accuracy(&sim)
+    );
 }
 
 #[test]
@@ -130,13 +188,20 @@ fn the_fit_beats_classic_vivaldi_on_planetlab() {
             algorithm,
             ..SimConfig::default()
         };
-        run(matrix.clone(), &config, Duration::from_secs(120), |_| {}).report.coords
+        run(matrix.clone(), &config, Duration::from_secs(120), |_| {})
+            .report
+            .coords
     };
     let fit = run_with(hopwise_proto::Algorithm::Fit);
     let classic = run_with(hopwise_proto::Algorithm::Classic);
-    assert!(fit.median_rel_error < 0.09, "fit median {}", fit.median_rel_error);
     assert!(
-        fit.median_rel_error < classic.median_rel_error && fit.p90_rel_error < classic.p90_rel_error,
+        fit.median_rel_error < 0.09,
+        "fit median {}",
+        fit.median_rel_error
+    );
+    assert!(
+        fit.median_rel_error < classic.median_rel_error
+            && fit.p90_rel_error < classic.p90_rel_error,
         "fit {fit:?} vs classic {classic:?}"
     );
 }

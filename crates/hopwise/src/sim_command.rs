@@ -65,20 +65,27 @@ enum AlgorithmArg {
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
-    anyhow::ensure!((0.0..=1.0).contains(&args.loss), "--loss must be between 0 and 1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.loss),
+        "--loss must be between 0 and 1"
+    );
     anyhow::ensure!(args.jitter_ms >= 0.0, "--jitter-ms must not be negative");
     let unit = match args.unit {
         UnitArg::Ms => Unit::Milliseconds,
         UnitArg::S => Unit::Seconds,
     };
     let mut matrix = match &args.matrix {
-        Some(path) => Matrix::load(path, unit).with_context(|| format!("loading {}", path.display()))?,
+        Some(path) => {
+            Matrix::load(path, unit).with_context(|| format!("loading {}", path.display()))?
+        }
         None => Matrix::parse(BUNDLED_MATRIX, unit).context("parsing the bundled matrix")?,
     };
     if let Some(n) = args.nodes {
         matrix = matrix.truncated(n);
     }
-    let duration = Duration::from_micros(i64::try_from(args.duration.as_micros()).context("--duration is too long")?);
+    let duration = Duration::from_micros(
+        i64::try_from(args.duration.as_micros()).context("--duration is too long")?,
+    );
     let config = SimConfig {
         seed: args.seed,
         bootstrap_per_node: args.bootstrap,
@@ -97,11 +104,15 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     // indicatif draws only when stderr is a terminal.
     let bar = ProgressBar::new(duration.as_secs_f64().ceil() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} simulating {pos}/{len} s [{bar:40}] {elapsed_precise} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} simulating {pos}/{len} s [{bar:40}] {elapsed_precise} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
-    let outcome = hopwise_sim::run(matrix, &config, duration, |t| bar.set_position(t.as_secs_f64() as u64));
+    let outcome = hopwise_sim::run(matrix, &config, duration, |t| {
+        bar.set_position(t.as_secs_f64() as u64)
+    });
     bar.finish_and_clear();
 
     let report = &outcome.report;
@@ -110,7 +121,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.coords {
-        std::fs::write(path, coords_csv(&outcome.simulation)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, coords_csv(&outcome.simulation))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
         "{} nodes, {:.0} s simulated in {:.2} s ({} events)",

@@ -138,7 +138,14 @@ impl Probe {
     }
 
     pub(super) fn buffer_len(&self) -> usize {
-        4 + 8 + COORD_LEN + 1 + self.gossip.iter().map(GossipEntry::buffer_len).sum::<usize>()
+        4 + 8
+            + COORD_LEN
+            + 1
+            + self
+                .gossip
+                .iter()
+                .map(GossipEntry::buffer_len)
+                .sum::<usize>()
     }
 
     /// Emits at most [`MAX_GOSSIP`] entries; callers never build more.
@@ -241,11 +248,17 @@ mod tests {
 
         let mut negative_height = SAMPLE_BYTES.to_vec();
         negative_height[40..44].copy_from_slice(&(-1.0f32).to_be_bytes());
-        assert_eq!(Packet::parse(&negative_height), Err(DecodeError::InvalidCoordinate));
+        assert_eq!(
+            Packet::parse(&negative_height),
+            Err(DecodeError::InvalidCoordinate)
+        );
 
         let mut too_many = SAMPLE_BYTES.to_vec();
         too_many[48] = 9;
-        assert_eq!(Packet::parse(&too_many), Err(DecodeError::TooManyGossipEntries(9)));
+        assert_eq!(
+            Packet::parse(&too_many),
+            Err(DecodeError::TooManyGossipEntries(9))
+        );
 
         let mut claims_more = SAMPLE_BYTES.to_vec();
         claims_more[48] = 2;
@@ -253,14 +266,20 @@ mod tests {
 
         let mut bad_family = SAMPLE_BYTES.to_vec();
         bad_family[65] = 5;
-        assert_eq!(Packet::parse(&bad_family), Err(DecodeError::BadAddressFamily(5)));
+        assert_eq!(
+            Packet::parse(&bad_family),
+            Err(DecodeError::BadAddressFamily(5))
+        );
 
         let mut trailing = SAMPLE_BYTES.to_vec();
         trailing.push(0);
         assert_eq!(Packet::parse(&trailing), Err(DecodeError::TrailingBytes(1)));
 
         for len in 0..SAMPLE_BYTES.len() {
-            assert!(Packet::parse(&SAMPLE_BYTES[..len]).is_err(), "prefix of {len} bytes");
+            assert!(
+                Packet::parse(&SAMPLE_BYTES[..len]).is_err(),
+                "prefix of {len} bytes"
+            );
         }
     }
 }
