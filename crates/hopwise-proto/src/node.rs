@@ -319,9 +319,7 @@ impl Node {
         }
         let rtt_ms = (self.now - pending.sent_at).as_millis_f64().max(0.001);
         self.unanswered_bootstrap.retain(|addr| *addr != from);
-        self.hear_from(sender, from, &probe);
-        let coord = coordinate_of(&probe.coord);
-        let error = f64::from(probe.coord.error);
+        let (coord, error) = self.hear_from(sender, from, &probe);
         if let Some(neighbour) = self.neighbours.get_mut(&sender) {
             neighbour.link.on_sample(rtt_ms);
         } else if !self.admit(sender, from, rtt_ms, coord, error) {
@@ -330,8 +328,9 @@ impl Node {
         self.update_coordinate(&sender);
     }
 
-    /// Everything a packet from `sender` itself tells us: where it is and whom it knows.
-    fn hear_from(&mut self, sender: NodeId, from: SocketAddr, probe: &Probe) {
+    /// Everything a packet from `sender` itself tells us: where it is and whom it knows. Returns
+    /// the sender's coordinate and error estimate.
+    fn hear_from(&mut self, sender: NodeId, from: SocketAddr, probe: &Probe) -> (Coordinate, f64) {
         let coord = coordinate_of(&probe.coord);
         let error = f64::from(probe.coord.error);
         if let Some(neighbour) = self.neighbours.get_mut(&sender) {
@@ -362,6 +361,7 @@ impl Node {
             };
             self.known.learn(gossiped, &mut self.rng);
         }
+        (coord, error)
     }
 
     /// Decides whether a freshly measured node becomes a neighbour, and in which role.
