@@ -10,10 +10,14 @@ mod id;
 pub mod link;
 pub mod node;
 pub mod peers;
+pub mod routing;
 mod time;
 pub mod wire;
 
 pub use coords::{Algorithm, Coordinate, VivaldiConfig};
 pub use id::NodeId;
-pub use node::{Config, Event, Input, Node, NodeStats, Output, Transmit};
+pub use node::{
+    Config, Event, Input, LinkKind, Node, NodeStats, Output, RouteInfo, RoutingConfig, RoutingLink,
+    Transmit,
+};
 pub use time::{Duration, Instant};

@@ -116,6 +116,19 @@ impl Link {
         samples[(self.recent_len - 1) / 4]
     }
 
+    /// The RTT routing should use: the median of the last three samples, so a real change of
+    /// latency shows within two probes while a single delayed probe does not.
+    pub fn recent_rtt_ms(&self) -> f64 {
+        let count = self.recent_len.min(3);
+        let mut last = [0.0; 3];
+        for (i, slot) in last.iter_mut().enumerate().take(count) {
+            *slot = self.recent[(self.recent_next + FILTER_WINDOW - 1 - i) % FILTER_WINDOW];
+        }
+        let samples = &mut last[..count];
+        samples.sort_unstable_by(f64::total_cmp);
+        samples[count / 2]
+    }
+
     pub fn srtt_ms(&self) -> f64 {
         self.srtt_ms
     }
@@ -178,6 +191,23 @@ mod tests {
             link.on_sample(80.0);
         }
         assert_eq!(link.filtered_rtt_ms(), 80.0);
+    }
+
+    #[test]
+    fn recent_rtt_is_the_median_of_the_last_three() {
+        let mut link = Link::new(50.0, 3);
+        assert_eq!(link.recent_rtt_ms(), 50.0);
+        link.on_sample(90.0);
+        assert_eq!(link.recent_rtt_ms(), 90.0, "of two samples, the larger");
+        link.on_sample(52.0);
+        assert_eq!(link.recent_rtt_ms(), 52.0);
+        link.on_sample(80.0);
+        link.on_sample(81.0);
+        assert_eq!(
+            link.recent_rtt_ms(),
+            80.0,
+            "a lasting change shows after two samples"
+        );
     }
 
     #[test]

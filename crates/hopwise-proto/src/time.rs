@@ -14,6 +14,8 @@ pub struct Instant {
 
 impl Instant {
     pub const ZERO: Instant = Instant { micros: 0 };
+    /// Later than any deadline a node will ever set.
+    pub const MAX: Instant = Instant { micros: i64::MAX };
 
     pub const fn from_micros(micros: i64) -> Self {
         Self { micros }
@@ -105,6 +107,13 @@ impl Add<Duration> for Instant {
 impl AddAssign<Duration> for Instant {
     fn add_assign(&mut self, rhs: Duration) {
         *self = *self + rhs;
+    }
+}
+
+impl Sub<Duration> for Instant {
+    type Output = Instant;
+    fn sub(self, rhs: Duration) -> Instant {
+        Instant::from_micros(self.micros.saturating_sub(rhs.micros))
     }
 }
 

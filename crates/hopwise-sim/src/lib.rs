@@ -1,13 +1,16 @@
 //! The hopwise simulator: many real protocol nodes in one process, over real latency matrices,
 //! deterministic for a given seed.
 
+pub mod flows;
 pub mod matrix;
 pub mod metrics;
 pub mod network;
+pub mod paths;
 pub mod report;
 pub mod sim;
 
-pub use matrix::{Matrix, MatrixError, Unit};
+pub use matrix::{Expansion, Matrix, MatrixError, Unit};
 pub use network::NetworkConfig;
+pub use paths::pairs_csv;
 pub use report::{Outcome, Report, coords_csv, run};
-pub use sim::{SimConfig, Simulation};
+pub use sim::{Scenario, SimConfig, Simulation};

@@ -56,9 +56,32 @@ pub enum MatrixError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
     names: Vec<String>,
-    /// Row-major; `NaN` where there is no direct path.
+    /// Row-major; `NaN` where there is no direct path. Empty for an expanded matrix.
     rtt_ms: Vec<f64>,
+    expanded: Option<Box<Expanded>>,
 }
+
+/// A large matrix built from a real one: every node sits behind one real host with its own
+/// access delay, and `rtt(a, b) = rtt(host a, host b) + access a + access b`. Stored as the
+/// host matrix plus one host and delay per node, so 10,000 nodes cost kilobytes, not a dense
+/// 800 MB table.
+#[derive(Debug, Clone, PartialEq)]
+struct Expanded {
+    hosts: Matrix,
+    host_of: Vec<u32>,
+    access_ms: Vec<f64>,
+}
+
+/// What an expanded matrix was built from (reported as `expanded_from`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Expansion {
+    pub hosts: usize,
+    pub access_ms_min: f64,
+    pub access_ms_max: f64,
+}
+
+/// Access delays of synthetic nodes, drawn uniformly in this range (ms).
+pub const ACCESS_MS: std::ops::RangeInclusive<f64> = 1.0..=20.0;
 
 impl Matrix {
     pub fn load(path: &Path, unit: Unit) -> Result<Matrix, MatrixError> {
@@ -105,7 +128,45 @@ impl Matrix {
                 *value = f64::NAN;
             }
         }
-        Ok(Matrix { names, rtt_ms })
+        Ok(Matrix {
+            names,
+            rtt_ms,
+            expanded: None,
+        })
+    }
+
+    /// An `n`-node matrix behind this one's hosts: node `k` sits behind host `k mod hosts`
+    /// with a seeded access delay in [`ACCESS_MS`]; nodes behind one host reach each other
+    /// through it (the host-to-host part is zero).
+    pub fn expanded(&self, n: usize, seed: u64) -> Matrix {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6578_7061_6e64);
+        let hosts = self.len();
+        let host_of: Vec<u32> = (0..n).map(|k| (k % hosts) as u32).collect();
+        let access_ms: Vec<f64> = (0..n).map(|_| rng.random_range(ACCESS_MS)).collect();
+        let names = (0..n)
+            .map(|k| format!("{}#{}", self.names[k % hosts], k / hosts))
+            .collect();
+        Matrix {
+            names,
+            rtt_ms: Vec::new(),
+            expanded: Some(Box::new(Expanded {
+                hosts: self.clone(),
+                host_of,
+                access_ms,
+            })),
+        }
+    }
+
+    /// Where an expanded matrix came from.
+    pub fn expansion(&self) -> Option<Expansion> {
+        let e = self.expanded.as_ref()?;
+        let fold = |init: f64, f: fn(f64, f64) -> f64| e.access_ms.iter().copied().fold(init, f);
+        Some(Expansion {
+            hosts: e.hosts.len(),
+            access_ms_min: fold(f64::INFINITY, f64::min),
+            access_ms_max: fold(0.0, f64::max),
+        })
     }
 
     fn parse_table(text: &str, unit: Unit) -> Result<Matrix, MatrixError> {
@@ -217,6 +278,14 @@ impl Matrix {
 
     /// What `from` measures to `to`, or `None` where there is no direct path.
     pub fn rtt_ms(&self, from: usize, to: usize) -> Option<f64> {
+        if let Some(e) = &self.expanded {
+            if from == to {
+                return None;
+            }
+            let (a, b) = (e.host_of[from] as usize, e.host_of[to] as usize);
+            let core = if a == b { 0.0 } else { e.hosts.rtt_ms(a, b)? };
+            return Some(core + e.access_ms[from] + e.access_ms[to]);
+        }
         let value = self.rtt_ms[from * self.len() + to];
         (!value.is_nan()).then_some(value)
     }
@@ -224,6 +293,17 @@ impl Matrix {
     /// The first `n` nodes.
     pub fn truncated(&self, n: usize) -> Matrix {
         let n = n.min(self.len());
+        if let Some(e) = &self.expanded {
+            return Matrix {
+                names: self.names[..n].to_vec(),
+                rtt_ms: Vec::new(),
+                expanded: Some(Box::new(Expanded {
+                    hosts: e.hosts.clone(),
+                    host_of: e.host_of[..n].to_vec(),
+                    access_ms: e.access_ms[..n].to_vec(),
+                })),
+            };
+        }
         let old = self.len();
         let rtt_ms = (0..n)
             .flat_map(|i| (0..n).map(move |j| (i, j)))
@@ -232,6 +312,7 @@ impl Matrix {
         Matrix {
             names: self.names[..n].to_vec(),
             rtt_ms,
+            expanded: None,
         }
     }
 }

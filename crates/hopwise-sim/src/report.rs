@@ -3,10 +3,15 @@
 use std::fmt::Write as _;
 
 use hopwise_proto::{Algorithm, Duration, Instant};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::flows::{FLOW_INTERVAL, Flows};
 use crate::matrix::Matrix;
-use crate::metrics::{Accuracy, coordinate_accuracy};
+use crate::metrics::{Accuracy, coordinate_accuracy, percentile};
+use crate::paths::{PairResult, choose_pairs, evaluate};
 use crate::sim::{SimConfig, Simulation};
 
 /// IPv4 + UDP headers, added to every datagram's payload to count bytes as they are on the wire.
@@ -27,6 +32,92 @@ pub struct Report {
     pub traffic: TrafficReport,
     pub packets: PacketReport,
     pub network: NetworkReport,
+    /// Present when the run measured overlay paths.
+    pub routing: Option<RoutingReport>,
+    pub state: StateReport,
+    /// Present when nodes were killed during the run.
+    pub failover: Option<FailoverReport>,
+    /// With several matrices: path quality shortly after each switch.
+    pub slices: Vec<SliceReport>,
+    /// Present when the matrix was expanded from a smaller one.
+    pub expanded_from: Option<ExpandedFrom>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpandedFrom {
+    pub hosts: usize,
+    pub access_ms_min: f64,
+    pub access_ms_max: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub median: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingReport {
+    pub pairs_measured: usize,
+    /// Overlay round trip over the best round trip the network allows, over the pairs that have
+    /// a direct path and were reached.
+    pub stretch_vs_optimal: Percentiles,
+    /// Pairs whose overlay round trip exceeds the direct one by more than 1 ms.
+    pub worse_than_direct_fraction: f64,
+    /// Of the pairs whose optimum beats the direct path by 10% or more, the share the overlay
+    /// improves by 10% or more.
+    pub captured_fraction: f64,
+    pub reachable_fraction: f64,
+    /// Packets dropped for an exhausted TTL while the pairs were measured (steady state), and
+    /// over the whole run.
+    pub ttl_expired: u64,
+    pub ttl_expired_total: u64,
+    /// First second at which every running node had a route to every other one.
+    pub converged_at_s: Option<f64>,
+    pub mean_hops: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MeanMax {
+    pub mean: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StateReport {
+    pub route_entries_per_node: MeanMax,
+    pub routing_links_per_node: MeanMax,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverReport {
+    pub failed_nodes: usize,
+    pub fail_at_s: f64,
+    pub flows: usize,
+    /// Flows (between surviving nodes) whose path crossed a killed node.
+    pub affected_flows: usize,
+    /// Per affected flow, the longest time without a delivery after the failure.
+    pub reroute_ms: GapPercentiles,
+    pub unrecovered_flows: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GapPercentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SliceReport {
+    pub slice: usize,
+    pub switched_at_s: f64,
+    pub measured_at_s: f64,
+    pub pairs_measured: usize,
+    pub stretch_median: f64,
+    pub stretch_p95: f64,
+    pub reachable_fraction: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +150,8 @@ pub struct PacketReport {
     pub probes_lost: u64,
     pub dropped_malformed: u64,
     pub dropped_unexpected: u64,
+    pub route_updates_sent: u64,
+    pub seqno_requests_sent: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,16 +160,31 @@ pub struct NetworkReport {
     pub loss: f64,
     pub bootstrap_per_node: usize,
     pub landmark: bool,
+    pub restrict: f64,
+    pub nat: f64,
+    pub matrices: usize,
 }
 
 /// The final state of a run besides its report.
 pub struct Outcome {
     pub report: Report,
     pub simulation: Simulation,
+    /// The measured pairs, for `pairs.csv`.
+    pub pairs: Vec<PairResult>,
 }
 
-/// Runs every node of `matrix` for `duration` from a cold start. `progress` is called with the
-/// simulated time after every simulated second.
+/// How long the flows run before a failure, and after it.
+const FLOWS_BEFORE_FAILURE: Duration = Duration::from_secs(20);
+const FLOWS_AFTER_FAILURE: Duration = Duration::from_secs(20);
+/// Without a failure, flows run during the last stretch of the run.
+const FLOWS_WITHOUT_FAILURE: Duration = Duration::from_secs(30);
+/// Path quality after a matrix switch: direct sessions warm up, then pairs are measured.
+const SLICE_MEASURE_AFTER: Duration = Duration::from_secs(6);
+/// Pairs sampled per slice measurement.
+const SLICE_PAIRS: usize = 20_000;
+
+/// Runs every node of `matrix` for `duration` from a cold start, with the scenario in `config`.
+/// `progress` is called with the simulated time after every simulated second.
 pub fn run(
     matrix: Matrix,
     config: &SimConfig,
@@ -84,7 +192,13 @@ pub fn run(
     mut progress: impl FnMut(Duration),
 ) -> Outcome {
     let wall_start = std::time::Instant::now();
+    let expanded_from = matrix.expansion().map(|e| ExpandedFrom {
+        hosts: e.hosts,
+        access_ms_min: e.access_ms_min,
+        access_ms_max: e.access_ms_max,
+    });
     let mut sim = Simulation::new(matrix, config);
+    let scenario = &config.scenario;
     let end = Instant::ZERO + duration;
     let mut convergence = Vec::new();
     let mut checkpoints: Vec<Instant> = CHECKPOINTS_S
@@ -93,11 +207,52 @@ pub fn run(
         .filter(|&t| t < end)
         .collect();
     checkpoints.reverse();
+    let fail_at = scenario
+        .fail_at
+        .filter(|_| scenario.fail_nodes > 0.0)
+        .map(|at| Instant::ZERO + at);
+    let (flow_start, flow_end) = match fail_at {
+        Some(at) => (at - FLOWS_BEFORE_FAILURE, at + FLOWS_AFTER_FAILURE),
+        None => (end - FLOWS_WITHOUT_FAILURE, end),
+    };
+    let mut flows = Flows::new(sim.len(), scenario.flows, config.seed);
+    let mut failure: Option<Failure> = None;
+    let mut converged_at = None;
+    let mut slices = Vec::new();
+    let switch_interval = config.network.matrix_interval;
+    let mut next_slice = (!config.later_matrices.is_empty()).then_some(1usize);
     let mut second = Instant::ZERO;
     while second < end {
-        second = (second + Duration::from_secs(1)).min(end);
-        sim.run_until(second);
+        let next_second = (second + Duration::from_secs(1)).min(end);
+        let mut at = second;
+        while at < next_second {
+            at = if flows.pairs().is_empty() || at + FLOW_INTERVAL <= flow_start || at >= flow_end {
+                next_second
+            } else {
+                (at + FLOW_INTERVAL).min(next_second)
+            };
+            if let Some(fail) = fail_at.filter(|&f| f <= at && failure.is_none()) {
+                sim.run_until(fail);
+                failure = Some(fail_nodes(
+                    &mut sim,
+                    &flows,
+                    scenario.fail_nodes,
+                    config.seed,
+                    fail,
+                ));
+            }
+            sim.run_until(at);
+            if !flows.pairs().is_empty() && at >= flow_start && at < flow_end {
+                flows.send(&mut sim);
+            }
+            let recorded = sim.take_recorded();
+            flows.record(&recorded);
+        }
+        second = next_second;
         progress(sim.now() - Instant::ZERO);
+        if converged_at.is_none() && fully_routed(&sim) {
+            converged_at = Some((second - Instant::ZERO).as_secs_f64());
+        }
         if checkpoints.last() == Some(&second) {
             checkpoints.pop();
             let accuracy = accuracy_of(&sim);
@@ -107,6 +262,14 @@ pub fn run(
                 p90_rel_error: accuracy.p90_rel_error,
             });
         }
+        if let Some(slice) = next_slice {
+            let switched =
+                Instant::ZERO + Duration::from_micros(switch_interval.as_micros() * slice as i64);
+            if second == switched + SLICE_MEASURE_AFTER && switched < end {
+                slices.push(measure_slice(&mut sim, slice, switched, config.seed));
+                next_slice = Some(slice + 1);
+            }
+        }
     }
     let accuracy = accuracy_of(&sim);
     convergence.push(Checkpoint {
@@ -115,8 +278,28 @@ pub fn run(
         p90_rel_error: accuracy.p90_rel_error,
     });
     let stats = sim.total_stats();
+    let state = state_of(&sim);
     let per_node_second = sim.len() as f64 * duration.as_secs_f64();
-    let wire_bytes = stats.bytes_sent + stats.datagrams_sent * IP_UDP_HEADER_BYTES;
+    // Control traffic only: the flows' and the measurement's data packets are user traffic.
+    let control_datagrams = stats.datagrams_sent - stats.data_datagrams_sent;
+    let control_bytes = stats.bytes_sent - stats.data_bytes_sent;
+    let wire_bytes = control_bytes + control_datagrams * IP_UDP_HEADER_BYTES;
+    let failover = failure.map(|f| failover_report(&f, &flows, flow_end));
+    let routing = scenario.measure_pairs.then(|| {
+        let ttl_before = sim.total_stats().dropped_ttl_expired;
+        let pairs = choose_pairs(&sim, config.seed);
+        let results = evaluate(&mut sim, &pairs);
+        let ttl_after = sim.total_stats().dropped_ttl_expired;
+        let mut report = routing_report(&results);
+        report.ttl_expired = ttl_after - ttl_before;
+        report.ttl_expired_total = ttl_after;
+        report.converged_at_s = converged_at;
+        (report, results)
+    });
+    let (routing, pair_results) = match routing {
+        Some((report, results)) => (Some(report), results),
+        None => (None, Vec::new()),
+    };
     let report = Report {
         nodes: sim.len(),
         seed: config.seed,
@@ -134,25 +317,202 @@ pub fn run(
         },
         traffic: TrafficReport {
             bytes_per_node_per_sec: wire_bytes as f64 / per_node_second,
-            payload_bytes_per_node_per_sec: stats.bytes_sent as f64 / per_node_second,
-            datagrams_per_node_per_sec: stats.datagrams_sent as f64 / per_node_second,
+            payload_bytes_per_node_per_sec: control_bytes as f64 / per_node_second,
+            datagrams_per_node_per_sec: control_datagrams as f64 / per_node_second,
         },
         packets: PacketReport {
             probes_sent: stats.probes_sent,
             probes_lost: stats.probes_lost,
             dropped_malformed: stats.dropped_malformed,
             dropped_unexpected: stats.dropped_unexpected,
+            route_updates_sent: stats.route_updates_sent,
+            seqno_requests_sent: stats.seqno_requests_sent,
         },
         network: NetworkReport {
             jitter_ms: config.network.jitter_ms,
             loss: config.network.loss,
             bootstrap_per_node: config.bootstrap_per_node,
             landmark: config.landmark,
+            restrict: config.network.restrict,
+            nat: config.network.nat,
+            matrices: 1 + config.later_matrices.len(),
         },
+        routing,
+        state,
+        failover,
+        slices,
+        expanded_from,
     };
     Outcome {
         report,
         simulation: sim,
+        pairs: pair_results,
+    }
+}
+
+/// Whether every running node has a route to every other running node.
+fn fully_routed(sim: &Simulation) -> bool {
+    let running = (0..sim.len()).filter(|&i| sim.is_running(i)).count();
+    (0..sim.len())
+        .filter_map(|i| sim.node(i))
+        .all(|node| node.route_count() + 1 >= running)
+}
+
+fn state_of(sim: &Simulation) -> StateReport {
+    let nodes: Vec<_> = (0..sim.len()).filter_map(|i| sim.node(i)).collect();
+    let mean_max = |values: Vec<f64>| MeanMax {
+        mean: values.iter().sum::<f64>() / values.len().max(1) as f64,
+        max: values.iter().copied().fold(0.0, f64::max),
+    };
+    StateReport {
+        route_entries_per_node: mean_max(nodes.iter().map(|n| n.route_count() as f64).collect()),
+        routing_links_per_node: mean_max(
+            nodes
+                .iter()
+                .map(|n| n.routing_links().count() as f64)
+                .collect(),
+        ),
+    }
+}
+
+fn routing_report(results: &[PairResult]) -> RoutingReport {
+    let reached: Vec<&PairResult> = results.iter().filter(|r| r.overlay_ms.is_some()).collect();
+    let mut stretch: Vec<f64> = reached
+        .iter()
+        .filter(|r| r.direct_ms.is_some())
+        .filter_map(|r| Some(r.overlay_ms? / r.optimal_ms?))
+        .collect();
+    let with_direct: Vec<&&PairResult> = reached.iter().filter(|r| r.direct_ms.is_some()).collect();
+    let worse = with_direct
+        .iter()
+        .filter(|r| r.overlay_ms.unwrap() > r.direct_round_trip_ms.unwrap_or(f64::INFINITY) + 1.0)
+        .count();
+    let improvable: Vec<&PairResult> = results
+        .iter()
+        .filter(|r| match (r.direct_round_trip_ms, r.optimal_ms) {
+            (Some(direct), Some(optimal)) => optimal <= 0.9 * direct,
+            _ => false,
+        })
+        .collect();
+    let captured = improvable
+        .iter()
+        .filter(|r| {
+            r.overlay_ms
+                .is_some_and(|o| o <= 0.9 * r.direct_round_trip_ms.unwrap_or(f64::INFINITY))
+        })
+        .count();
+    let hops: Vec<f64> = reached
+        .iter()
+        .filter_map(|r| r.hops.map(f64::from))
+        .collect();
+    RoutingReport {
+        pairs_measured: results.len(),
+        stretch_vs_optimal: Percentiles {
+            median: percentile(&mut stretch, 0.5),
+            p95: percentile(&mut stretch, 0.95),
+            p99: percentile(&mut stretch, 0.99),
+        },
+        worse_than_direct_fraction: worse as f64 / with_direct.len().max(1) as f64,
+        captured_fraction: captured as f64 / improvable.len().max(1) as f64,
+        reachable_fraction: reached.len() as f64 / results.len().max(1) as f64,
+        ttl_expired: 0,
+        ttl_expired_total: 0,
+        converged_at_s: None,
+        mean_hops: hops.iter().sum::<f64>() / hops.len().max(1) as f64,
+    }
+}
+
+struct Failure {
+    at: Instant,
+    failed: Vec<usize>,
+    /// Flows between surviving nodes whose path crossed a failed node, with the last delivery
+    /// before the failure.
+    affected: Vec<(usize, Instant)>,
+}
+
+fn fail_nodes(
+    sim: &mut Simulation,
+    flows: &Flows,
+    fraction: f64,
+    seed: u64,
+    at: Instant,
+) -> Failure {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6661_696c);
+    let count = ((sim.len() as f64) * fraction).round() as usize;
+    let mut order: Vec<usize> = (0..sim.len()).collect();
+    order.shuffle(&mut rng);
+    let failed: Vec<usize> = order.into_iter().take(count).collect();
+    let affected = (0..flows.pairs().len())
+        .filter(|&flow| {
+            let (a, b) = flows.pairs()[flow];
+            if failed.contains(&a) || failed.contains(&b) {
+                return false;
+            }
+            flows
+                .trace(sim, flow)
+                .iter()
+                .any(|hop| failed.contains(hop))
+        })
+        .map(|flow| (flow, flows.last_arrival_before(flow, at).unwrap_or(at)))
+        .collect();
+    for &node in &failed {
+        sim.stop_node(node);
+    }
+    Failure {
+        at,
+        failed,
+        affected,
+    }
+}
+
+fn failover_report(failure: &Failure, flows: &Flows, flow_end: Instant) -> FailoverReport {
+    // Packets sent in the last second may still be in flight when the flows stop.
+    let until = flow_end - Duration::from_secs(1);
+    let mut gaps: Vec<f64> = failure
+        .affected
+        .iter()
+        .map(|&(flow, last)| flows.longest_gap_ms(flow, last, until))
+        .collect();
+    let unrecovered = failure
+        .affected
+        .iter()
+        .filter(|&&(flow, _)| {
+            flows
+                .last_arrival_before(flow, until)
+                .is_none_or(|t| until - t > Duration::from_secs(1))
+        })
+        .count();
+    FailoverReport {
+        failed_nodes: failure.failed.len(),
+        fail_at_s: (failure.at - Instant::ZERO).as_secs_f64(),
+        flows: flows.pairs().len(),
+        affected_flows: failure.affected.len(),
+        reroute_ms: GapPercentiles {
+            p50: percentile(&mut gaps, 0.5),
+            p95: percentile(&mut gaps, 0.95),
+            max: gaps.iter().copied().fold(0.0, f64::max),
+        },
+        unrecovered_flows: unrecovered,
+    }
+}
+
+fn measure_slice(sim: &mut Simulation, slice: usize, switched: Instant, seed: u64) -> SliceReport {
+    let mut pairs = choose_pairs(sim, seed.wrapping_add(slice as u64));
+    if pairs.len() > SLICE_PAIRS {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ slice as u64);
+        pairs.shuffle(&mut rng);
+        pairs.truncate(SLICE_PAIRS);
+    }
+    let results = evaluate(sim, &pairs);
+    let report = routing_report(&results);
+    SliceReport {
+        slice,
+        switched_at_s: (switched - Instant::ZERO).as_secs_f64(),
+        measured_at_s: (switched + SLICE_MEASURE_AFTER - Instant::ZERO).as_secs_f64() + 4.0,
+        pairs_measured: results.len(),
+        stretch_median: report.stretch_vs_optimal.median,
+        stretch_p95: report.stretch_vs_optimal.p95,
+        reachable_fraction: report.reachable_fraction,
     }
 }
 

@@ -5,11 +5,11 @@
 //! fully determines a run.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use hopwise_proto::{
-    Algorithm, Config, Coordinate, Duration, Input, Instant, Node, NodeId, NodeStats, Output,
+    Algorithm, Config, Coordinate, Duration, Event, Input, Instant, Node, NodeId, NodeStats, Output,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -44,6 +44,33 @@ pub struct SimConfig {
     pub landmark: bool,
     pub algorithm: Algorithm,
     pub network: NetworkConfig,
+    /// Matrices that take over from the first one, each after `network.matrix_interval`.
+    pub later_matrices: Vec<Matrix>,
+    /// What the run measures besides coordinates.
+    pub scenario: Scenario,
+}
+
+/// Traffic and failures a run injects, and what it measures at the end.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Measure overlay round trips between node pairs at the end of the run.
+    pub measure_pairs: bool,
+    /// Flows of 20 packets/s between random pairs (see `flows`).
+    pub flows: usize,
+    /// Fraction of nodes killed at `fail_at`.
+    pub fail_nodes: f64,
+    pub fail_at: Option<Duration>,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            measure_pairs: true,
+            flows: 0,
+            fail_nodes: 0.0,
+            fail_at: None,
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -55,36 +82,42 @@ impl Default for SimConfig {
             landmark: false,
             algorithm: Algorithm::Fit,
             network: NetworkConfig::default(),
+            later_matrices: Vec::new(),
+            scenario: Scenario::default(),
         }
     }
 }
 
-/// Each node's bootstrap addresses. The first is a random earlier node it has a two-way path to,
-/// so the bootstrap graph is a spanning tree (wherever the matrix allows one) and the cold-start
-/// overlay is connected; the others are drawn at random. With a landmark, everyone knows node 0.
+/// Each node's bootstrap addresses, all nodes it can open contact with (not behind a NAT). The
+/// first is a random earlier such node, so the bootstrap graph is a spanning tree (wherever the
+/// network allows one) and the cold-start overlay is connected; the others are drawn at random.
+/// With a landmark, everyone knows node 0.
 fn bootstrap_lists(
-    matrix: &Matrix,
+    network: &Network,
     config: &SimConfig,
     rng: &mut ChaCha8Rng,
 ) -> Vec<Vec<SocketAddr>> {
-    let n = matrix.len();
-    let two_way =
-        |a: usize, b: usize| matrix.rtt_ms(a, b).is_some() && matrix.rtt_ms(b, a).is_some();
+    let n = network.len();
     (0..n)
         .map(|index| {
             let mut list = Vec::new();
             if config.landmark && index != 0 {
                 list.push(addr_of(0));
             }
-            let earlier: Vec<usize> = (0..index).filter(|&j| two_way(index, j)).collect();
+            let earlier: Vec<usize> = (0..index)
+                .filter(|&j| network.can_initiate(index, j))
+                .collect();
             if !earlier.is_empty() && config.bootstrap_per_node > 0 {
                 list.push(addr_of(earlier[rng.random_range(0..earlier.len())]));
             }
-            while n > 1
-                && list.len()
-                    < config.bootstrap_per_node + usize::from(config.landmark && index != 0)
-            {
-                list.push(addr_of((index + rng.random_range(1..n)) % n));
+            let wanted = config.bootstrap_per_node + usize::from(config.landmark && index != 0);
+            let mut attempts = 0;
+            while n > 1 && list.len() < wanted && attempts < 64 * wanted {
+                attempts += 1;
+                let other = (index + rng.random_range(1..n)) % n;
+                if !network.is_natted(other) {
+                    list.push(addr_of(other));
+                }
             }
             list
         })
@@ -113,8 +146,19 @@ enum Happening {
     },
 }
 
+/// An event a node reported that a scenario may want to measure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub at: Instant,
+    pub node: usize,
+    pub event: Event,
+}
+
 pub struct Simulation {
     configs: Vec<Option<Config>>,
+    ids: Vec<NodeId>,
+    index_by_id: HashMap<NodeId, usize>,
+    recorded: Vec<Recorded>,
     nodes: Vec<Option<Node>>,
     /// The deadline each node last asked for; a popped wake-up that differs is stale.
     wake_at: Vec<Option<Instant>>,
@@ -129,19 +173,28 @@ impl Simulation {
     pub fn new(matrix: Matrix, config: &SimConfig) -> Self {
         let n = matrix.len();
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let bootstrap = bootstrap_lists(&matrix, config, &mut rng);
+        let mut matrices = vec![matrix];
+        matrices.extend(config.later_matrices.iter().cloned());
+        let network = Network::new(matrices, config.network.clone(), rng.random());
+        let bootstrap = bootstrap_lists(&network, config, &mut rng);
         let mut sim = Self {
             configs: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            index_by_id: HashMap::with_capacity(n),
+            recorded: Vec::new(),
             nodes: (0..n).map(|_| None).collect(),
             wake_at: vec![None; n],
-            network: Network::new(matrix, config.network.clone(), rng.random()),
+            network,
             queue: BinaryHeap::new(),
             next_order: 0,
             now: Instant::ZERO,
             events: 0,
         };
         for (index, bootstrap) in bootstrap.into_iter().enumerate() {
-            let mut node_config = Config::new(NodeId::random(&mut rng), rng.random());
+            let id = NodeId::random(&mut rng);
+            sim.ids.push(id);
+            sim.index_by_id.insert(id, index);
+            let mut node_config = Config::new(id, rng.random());
             node_config.vivaldi.algorithm = config.algorithm;
             node_config.landmark = config.landmark && index == 0;
             node_config.bootstrap = bootstrap;
@@ -161,8 +214,18 @@ impl Simulation {
         self.events
     }
 
+    /// The matrix in force now.
     pub fn matrix(&self) -> &Matrix {
-        self.network.matrix()
+        self.network.matrix_at(self.now)
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// Cuts, partitions and heals the simulated network while nodes run.
+    pub fn network_mut(&mut self) -> &mut Network {
+        &mut self.network
     }
 
     pub fn len(&self) -> usize {
@@ -175,6 +238,41 @@ impl Simulation {
 
     pub fn node(&self, index: usize) -> Option<&Node> {
         self.nodes[index].as_ref()
+    }
+
+    pub fn id_of(&self, index: usize) -> NodeId {
+        self.ids[index]
+    }
+
+    pub fn index_of_id(&self, id: &NodeId) -> Option<usize> {
+        self.index_by_id.get(id).copied()
+    }
+
+    pub fn is_running(&self, index: usize) -> bool {
+        self.nodes[index].is_some()
+    }
+
+    /// Pings and deliveries reported since the last call.
+    pub fn take_recorded(&mut self) -> Vec<Recorded> {
+        std::mem::take(&mut self.recorded)
+    }
+
+    /// Node `from` pings node `to` through the overlay now; the reply is recorded.
+    pub fn ping(&mut self, from: usize, to: usize, token: u64) {
+        let destination = self.ids[to];
+        if let Some(node) = self.nodes[from].as_mut() {
+            node.ping(self.now, destination, token);
+            self.drain(from);
+        }
+    }
+
+    /// Node `from` sends `payload` to node `to` through the overlay now.
+    pub fn send_data(&mut self, from: usize, to: usize, payload: Vec<u8>) {
+        let destination = self.ids[to];
+        if let Some(node) = self.nodes[from].as_mut() {
+            node.send_data(self.now, destination, payload);
+            self.drain(from);
+        }
     }
 
     /// Every node's coordinate and error estimate (origin and full error for nodes not started).
@@ -201,6 +299,14 @@ impl Simulation {
             total.dropped_unexpected += stats.dropped_unexpected;
             total.probes_sent += stats.probes_sent;
             total.probes_lost += stats.probes_lost;
+            total.data_datagrams_sent += stats.data_datagrams_sent;
+            total.data_bytes_sent += stats.data_bytes_sent;
+            total.data_relayed += stats.data_relayed;
+            total.data_delivered += stats.data_delivered;
+            total.dropped_ttl_expired += stats.dropped_ttl_expired;
+            total.dropped_no_route += stats.dropped_no_route;
+            total.route_updates_sent += stats.route_updates_sent;
+            total.seqno_requests_sent += stats.seqno_requests_sent;
         }
         total
     }
@@ -288,7 +394,7 @@ impl Simulation {
                     let Some(to) = index_of(transmit.destination, n) else {
                         continue;
                     };
-                    if let Some(delay) = self.network.transit(index, to) {
+                    if let Some(delay) = self.network.transit(index, to, self.now) {
                         let happening = Happening::Deliver {
                             from: index,
                             to,
@@ -296,6 +402,13 @@ impl Simulation {
                         };
                         self.schedule(self.now + delay, happening);
                     }
+                }
+                Output::Event(event @ (Event::PingReply { .. } | Event::Delivered { .. })) => {
+                    self.recorded.push(Recorded {
+                        at: self.now,
+                        node: index,
+                        event,
+                    })
                 }
                 Output::Event(_) => {}
                 Output::Timeout(at) => {

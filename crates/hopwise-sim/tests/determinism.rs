@@ -3,7 +3,7 @@
 mod common;
 
 use hopwise_proto::Duration;
-use hopwise_sim::{NetworkConfig, SimConfig, coords_csv, run};
+use hopwise_sim::{NetworkConfig, Scenario, SimConfig, coords_csv, pairs_csv, run};
 
 fn run_once(seed: u64) -> (String, serde_json::Value) {
     let config = SimConfig {
@@ -12,6 +12,16 @@ fn run_once(seed: u64) -> (String, serde_json::Value) {
         network: NetworkConfig {
             jitter_ms: 1.0,
             loss: 0.01,
+            restrict: 0.1,
+            nat: 0.1,
+            ..NetworkConfig::default()
+        },
+        // Flows, failures and pair measurements draw from seeded generators too.
+        scenario: Scenario {
+            measure_pairs: true,
+            flows: 20,
+            fail_nodes: 0.1,
+            fail_at: Some(Duration::from_secs(25)),
         },
         ..SimConfig::default()
     };
@@ -23,7 +33,8 @@ fn run_once(seed: u64) -> (String, serde_json::Value) {
     );
     let mut report = serde_json::to_value(&outcome.report).unwrap();
     report.as_object_mut().unwrap().remove("wall_seconds");
-    (coords_csv(&outcome.simulation), report)
+    let pairs = pairs_csv(outcome.simulation.matrix(), &outcome.pairs);
+    (coords_csv(&outcome.simulation) + &pairs, report)
 }
 
 #[test]

@@ -136,6 +136,7 @@ fn coordinates_converge_on_real_data_despite_loss_and_jitter() {
         network: NetworkConfig {
             jitter_ms: 2.0,
             loss: 0.05,
+            ..NetworkConfig::default()
         },
         ..SimConfig::default()
     };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use hopwise_proto::{Algorithm, Duration};
-use hopwise_sim::{Matrix, NetworkConfig, SimConfig, Unit, coords_csv};
+use hopwise_sim::{Matrix, NetworkConfig, Scenario, SimConfig, Unit, coords_csv, pairs_csv};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// 50 PlanetLab hosts (see data/README.md), used when no matrix is given.
@@ -14,9 +14,17 @@ const BUNDLED_MATRIX: &str = include_str!("../data/planetlab50.txt");
 #[derive(Args)]
 pub struct SimArgs {
     /// Latency matrix: square text (whitespace or commas, optional header) or JSON {src: {dst: rtt}}.
-    /// Without it, a bundled 50-node PlanetLab matrix is used.
+    /// Without it, a bundled 50-node PlanetLab matrix is used. Give it several times (or a glob
+    /// pattern) to replay several matrices in turn, each for --matrix-interval.
     #[arg(long)]
-    matrix: Option<PathBuf>,
+    matrix: Vec<String>,
+    /// How long each matrix is in force when several are given.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    matrix_interval: std::time::Duration,
+    /// Build an N-node network from the matrix: every node sits behind one of its hosts with its
+    /// own access delay (1-20 ms).
+    #[arg(long)]
+    expand: Option<usize>,
     /// Unit of the matrix entries.
     #[arg(long, value_enum, default_value_t = UnitArg::Ms)]
     unit: UnitArg,
@@ -50,6 +58,50 @@ pub struct SimArgs {
     /// Fraction of datagrams lost at random.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// Fraction of node pairs that cannot reach each other directly.
+    #[arg(long, default_value_t = 0.0)]
+    restrict: f64,
+    /// Fraction of nodes behind a NAT: they accept datagrams only from nodes they contacted,
+    /// and two of them never connect directly.
+    #[arg(long, default_value_t = 0.0)]
+    nat: f64,
+    /// Write the measured overlay paths here (CSV: src,dst,direct_ms,overlay_ms,hops).
+    #[arg(long)]
+    pairs: Option<PathBuf>,
+    /// Flows of 20 packets/s between random node pairs (around --fail-at, or during the last
+    /// 30 s of the run).
+    #[arg(long, default_value_t = 0)]
+    flows: usize,
+    /// Fraction of nodes killed at --fail-at.
+    #[arg(long, default_value_t = 0.0)]
+    fail_nodes: f64,
+    /// When to kill --fail-nodes, e.g. 200s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    fail_at: Option<std::time::Duration>,
+}
+
+/// The matrix paths named by `--matrix` arguments, with glob patterns expanded (sorted).
+fn matrix_paths(patterns: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for pattern in patterns {
+        if !pattern.contains(['*', '?', '[']) {
+            paths.push(PathBuf::from(pattern));
+            continue;
+        }
+        let mut matched: Vec<PathBuf> = glob::glob(pattern)
+            .with_context(|| format!("bad pattern {pattern}"))?
+            .collect::<Result<_, _>>()?;
+        anyhow::ensure!(!matched.is_empty(), "no file matches {pattern}");
+        matched.sort();
+        paths.extend(matched);
+    }
+    Ok(paths)
+}
+
+fn to_duration(value: std::time::Duration, flag: &str) -> anyhow::Result<Duration> {
+    Ok(Duration::from_micros(
+        i64::try_from(value.as_micros()).with_context(|| format!("{flag} is too long"))?,
+    ))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,18 +126,40 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         UnitArg::Ms => Unit::Milliseconds,
         UnitArg::S => Unit::Seconds,
     };
-    let mut matrix = match &args.matrix {
-        Some(path) => {
-            Matrix::load(path, unit).with_context(|| format!("loading {}", path.display()))?
-        }
-        None => Matrix::parse(BUNDLED_MATRIX, unit).context("parsing the bundled matrix")?,
-    };
-    if let Some(n) = args.nodes {
-        matrix = matrix.truncated(n);
+    for (value, flag) in [
+        (args.restrict, "--restrict"),
+        (args.nat, "--nat"),
+        (args.fail_nodes, "--fail-nodes"),
+    ] {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&value),
+            "{flag} must be between 0 and 1"
+        );
     }
-    let duration = Duration::from_micros(
-        i64::try_from(args.duration.as_micros()).context("--duration is too long")?,
+    let mut matrices = Vec::new();
+    for path in matrix_paths(&args.matrix)? {
+        matrices.push(
+            Matrix::load(&path, unit).with_context(|| format!("loading {}", path.display()))?,
+        );
+    }
+    if matrices.is_empty() {
+        matrices.push(Matrix::parse(BUNDLED_MATRIX, unit).context("parsing the bundled matrix")?);
+    }
+    for matrix in &mut matrices {
+        if let Some(n) = args.nodes {
+            *matrix = matrix.truncated(n);
+        }
+        if let Some(n) = args.expand {
+            *matrix = matrix.expanded(n, args.seed);
+        }
+    }
+    let size = matrices[0].len();
+    anyhow::ensure!(
+        matrices.iter().all(|m| m.len() == size),
+        "all matrices must have the same number of nodes"
     );
+    let matrix = matrices.remove(0);
+    let duration = to_duration(args.duration, "--duration")?;
     let config = SimConfig {
         seed: args.seed,
         bootstrap_per_node: args.bootstrap,
@@ -97,6 +171,19 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         network: NetworkConfig {
             jitter_ms: args.jitter_ms,
             loss: args.loss,
+            restrict: args.restrict,
+            nat: args.nat,
+            matrix_interval: to_duration(args.matrix_interval, "--matrix-interval")?,
+        },
+        later_matrices: matrices,
+        scenario: Scenario {
+            measure_pairs: true,
+            flows: args.flows,
+            fail_nodes: args.fail_nodes,
+            fail_at: args
+                .fail_at
+                .map(|at| to_duration(at, "--fail-at"))
+                .transpose()?,
         },
         ..SimConfig::default()
     };
@@ -120,6 +207,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(report)?;
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(path) = &args.pairs {
+        std::fs::write(path, pairs_csv(outcome.simulation.matrix(), &outcome.pairs))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if let Some(path) = &args.coords {
         std::fs::write(path, coords_csv(&outcome.simulation))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -135,8 +226,51 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "traffic: {:.0} B/s per node on the wire ({:.1} datagrams/s)",
-        report.traffic.bytes_per_node_per_sec, report.traffic.datagrams_per_node_per_sec
+        "traffic: {:.0} B/s per node on the wire ({:.1} datagrams/s), {:.0} routes and {:.1} routing links per node",
+        report.traffic.bytes_per_node_per_sec,
+        report.traffic.datagrams_per_node_per_sec,
+        report.state.route_entries_per_node.mean,
+        report.state.routing_links_per_node.mean,
     );
+    if let Some(routing) = &report.routing {
+        println!(
+            "routing: {} pairs, stretch vs optimal median {:.3} p95 {:.3} p99 {:.3}; worse than direct {:.4}; captured {:.3}; reachable {:.4}; ttl expired {}; converged at {}",
+            routing.pairs_measured,
+            routing.stretch_vs_optimal.median,
+            routing.stretch_vs_optimal.p95,
+            routing.stretch_vs_optimal.p99,
+            routing.worse_than_direct_fraction,
+            routing.captured_fraction,
+            routing.reachable_fraction,
+            routing.ttl_expired,
+            routing
+                .converged_at_s
+                .map_or("never".to_string(), |s| format!("{s:.0} s")),
+        );
+    }
+    if let Some(failover) = &report.failover {
+        println!(
+            "failover: {} nodes killed at {:.0} s, {} of {} flows affected, reroute p50 {:.0} ms p95 {:.0} ms max {:.0} ms, {} unrecovered",
+            failover.failed_nodes,
+            failover.fail_at_s,
+            failover.affected_flows,
+            failover.flows,
+            failover.reroute_ms.p50,
+            failover.reroute_ms.p95,
+            failover.reroute_ms.max,
+            failover.unrecovered_flows,
+        );
+    }
+    for slice in &report.slices {
+        println!(
+            "  matrix {} (from {:.0} s), measured at {:.0} s: stretch median {:.3} p95 {:.3}, reachable {:.4}",
+            slice.slice,
+            slice.switched_at_s,
+            slice.measured_at_s,
+            slice.stretch_median,
+            slice.stretch_p95,
+            slice.reachable_fraction
+        );
+    }
     Ok(())
 }

@@ -20,6 +20,11 @@ impl<'a> Reader<'a> {
         self.data.len()
     }
 
+    /// Everything not read yet.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.data)
+    }
+
     pub(crate) fn bytes<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let (head, rest) = self
             .data

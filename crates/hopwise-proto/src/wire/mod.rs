@@ -17,15 +17,19 @@
 //!
 //! All integers are big-endian. The magic byte lets a runner classify a datagram from its first
 //! byte before parsing it (see [`accepts`]); the version byte lets later formats coexist.
-//! Decoding untrusted bytes never panics and allocates at most [`probe::MAX_GOSSIP`] entries.
+//! Decoding untrusted bytes never panics and allocates no more than the datagram holds.
 
 mod codec;
+pub mod data;
 pub mod probe;
+pub mod route;
 
 use std::fmt;
 
 use crate::NodeId;
+pub use data::{Data, DataBody, INITIAL_TTL};
 pub use probe::{GossipEntry, MAX_GOSSIP, Probe, WireCoord};
+pub use route::{LinkOp, MAX_ROUTE_ENTRIES, RouteEntry, RouteUpdate, SeqnoRequest};
 
 pub const MAGIC: u8 = 0x68;
 pub const VERSION: u8 = 1;
@@ -36,6 +40,10 @@ pub const MAX_DATAGRAM: usize = 1200;
 
 const KIND_PROBE_REQUEST: u8 = 1;
 const KIND_PROBE_REPLY: u8 = 2;
+const KIND_ROUTE_UPDATE: u8 = 3;
+const KIND_LINK: u8 = 4;
+const KIND_SEQNO_REQUEST: u8 = 5;
+const KIND_DATA: u8 = 6;
 
 /// Why a datagram was dropped. Malformed input is never an error for the node as a whole: it is
 /// counted and discarded.
@@ -49,6 +57,8 @@ pub enum DecodeError {
     ReservedBitsSet,
     BadAddressFamily(u8),
     TooManyGossipEntries(u8),
+    TooManyEntries(usize),
+    UnknownOp(u8),
     InvalidCoordinate,
     TrailingBytes(usize),
 }
@@ -64,6 +74,8 @@ impl fmt::Display for DecodeError {
             Self::ReservedBitsSet => write!(f, "reserved header bits set"),
             Self::BadAddressFamily(a) => write!(f, "bad address family {a}"),
             Self::TooManyGossipEntries(n) => write!(f, "{n} gossip entries exceed the limit"),
+            Self::TooManyEntries(n) => write!(f, "{n} route entries exceed the limit"),
+            Self::UnknownOp(op) => write!(f, "unknown operation {op}"),
             Self::InvalidCoordinate => write!(f, "coordinate out of range"),
             Self::TrailingBytes(n) => write!(f, "{n} trailing bytes"),
         }
@@ -85,6 +97,13 @@ pub enum Message {
     ProbeRequest(Probe),
     /// The answer to a probe, echoing its sequence number and timestamp.
     ProbeReply(Probe),
+    /// Distances to destinations, sent to the nodes at the other end of routing links.
+    RouteUpdate(RouteUpdate),
+    /// Opens, accepts, refuses or closes a routing link.
+    Link(LinkOp),
+    SeqnoRequest(SeqnoRequest),
+    /// A packet travelling through the overlay.
+    Data(Data),
 }
 
 /// Cheap first-byte classification: could this datagram be a hopwise packet at all?
@@ -112,6 +131,10 @@ impl Packet {
         let message = match kind {
             KIND_PROBE_REQUEST => Message::ProbeRequest(Probe::parse(&mut reader)?),
             KIND_PROBE_REPLY => Message::ProbeReply(Probe::parse(&mut reader)?),
+            KIND_ROUTE_UPDATE => Message::RouteUpdate(RouteUpdate::parse(&mut reader)?),
+            KIND_LINK => Message::Link(LinkOp::parse(&mut reader)?),
+            KIND_SEQNO_REQUEST => Message::SeqnoRequest(SeqnoRequest::parse(&mut reader)?),
+            KIND_DATA => Message::Data(Data::parse(&mut reader)?),
             other => return Err(DecodeError::UnknownKind(other)),
         };
         reader.finish()?;
@@ -122,6 +145,10 @@ impl Packet {
         HEADER_LEN
             + match &self.message {
                 Message::ProbeRequest(probe) | Message::ProbeReply(probe) => probe.buffer_len(),
+                Message::RouteUpdate(update) => update.buffer_len(),
+                Message::Link(_) => 1,
+                Message::SeqnoRequest(_) => SeqnoRequest::LEN,
+                Message::Data(data) => data.buffer_len(),
             }
     }
 
@@ -131,11 +158,19 @@ impl Packet {
         let kind = match &self.message {
             Message::ProbeRequest(_) => KIND_PROBE_REQUEST,
             Message::ProbeReply(_) => KIND_PROBE_REPLY,
+            Message::RouteUpdate(_) => KIND_ROUTE_UPDATE,
+            Message::Link(_) => KIND_LINK,
+            Message::SeqnoRequest(_) => KIND_SEQNO_REQUEST,
+            Message::Data(_) => KIND_DATA,
         };
         out.extend_from_slice(&[MAGIC, VERSION, kind, 0]);
         out.extend_from_slice(self.sender.as_bytes());
         match &self.message {
             Message::ProbeRequest(probe) | Message::ProbeReply(probe) => probe.emit(out),
+            Message::RouteUpdate(update) => update.emit(out),
+            Message::Link(op) => out.push(*op as u8),
+            Message::SeqnoRequest(request) => request.emit(out),
+            Message::Data(data) => data.emit(out),
         }
     }
 

@@ -11,6 +11,12 @@
 //! The node never reads a clock and draws all randomness from the seed in its [`Config`], so the
 //! same inputs always give the same outputs.
 
+mod links;
+mod routing;
+
+pub use links::{LinkKind, RoutingLink};
+pub use routing::RouteInfo;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
@@ -23,6 +29,7 @@ use tracing::trace;
 use crate::coords::{Coordinate, Observation, Vivaldi, VivaldiConfig};
 use crate::link::{Link, LossVerdict};
 use crate::peers::{KnownNode, PeerTable};
+use crate::routing::RouteTable;
 use crate::wire::{GossipEntry, MAX_GOSSIP, Message, Packet, Probe, WireCoord};
 use crate::{Duration, Instant, NodeId};
 
@@ -52,6 +59,53 @@ pub struct Config {
     /// Bound on the table of known nodes.
     pub max_known_nodes: usize,
     pub vivaldi: VivaldiConfig,
+    pub routing: RoutingConfig,
+}
+
+/// How a node chooses its routing links and exchanges routes.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// Routing links this node opens to the lowest-latency nodes it has measured.
+    pub near_links: usize,
+    /// Routing links this node opens to the relays that most shorten its paths.
+    pub relay_links: usize,
+    /// Bound on all routing links, including those other nodes opened to this one.
+    pub max_links: usize,
+    /// Probe interval of a routing link that carries no traffic.
+    pub idle_probe_interval: Duration,
+    /// Probe interval of a link that forwarded data within the last second: fast failure
+    /// detection where it matters, without probing every link that fast.
+    pub active_probe_interval: Duration,
+    /// Consecutive lost probes after which a routing link or session is declared down.
+    pub max_missed_probes: u32,
+    /// Route changes are batched for this long before they are sent.
+    pub update_delay: Duration,
+    /// Time between two reviews of the routing links.
+    pub review_interval: Duration,
+    /// A relay link is replaced by a better candidate at most this often.
+    pub relay_swap_interval: Duration,
+    /// Bound on the destinations in the route table.
+    pub max_destinations: usize,
+    /// Bound on on-demand direct sessions.
+    pub max_sessions: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            near_links: 8,
+            relay_links: 8,
+            max_links: 40,
+            idle_probe_interval: Duration::from_secs(5),
+            active_probe_interval: Duration::from_millis(100),
+            max_missed_probes: 3,
+            update_delay: Duration::from_secs(1),
+            review_interval: Duration::from_secs(5),
+            relay_swap_interval: Duration::from_secs(60),
+            max_destinations: 65_536,
+            max_sessions: 1_024,
+        }
+    }
 }
 
 impl Config {
@@ -70,6 +124,7 @@ impl Config {
             gossip_per_probe: 3,
             max_known_nodes: 4_096,
             vivaldi: VivaldiConfig::default(),
+            routing: RoutingConfig::default(),
         }
     }
 }
@@ -117,6 +172,21 @@ pub enum Event {
     LinkDown {
         id: NodeId,
     },
+    /// The answer to [`Node::ping`] came back through the overlay.
+    PingReply {
+        destination: NodeId,
+        token: u64,
+        rtt_ms: f64,
+        /// Links the ping crossed on its way out, and the pong on its way back.
+        ping_hops: u8,
+        pong_hops: u8,
+    },
+    /// A payload sent with [`Node::send_data`] reached this node.
+    Delivered {
+        source: NodeId,
+        hops: u8,
+        payload: Vec<u8>,
+    },
 }
 
 /// Counters a driver can show (`hopwise status`) or aggregate (simulator reports).
@@ -132,6 +202,18 @@ pub struct NodeStats {
     pub dropped_unexpected: u64,
     pub probes_sent: u64,
     pub probes_lost: u64,
+    /// Overlay data datagrams sent (originated or relayed) and their bytes: user traffic, as
+    /// opposed to everything else, which is control traffic.
+    pub data_datagrams_sent: u64,
+    pub data_bytes_sent: u64,
+    pub data_relayed: u64,
+    pub data_delivered: u64,
+    /// Data dropped because its TTL ran out (a loop or an absurdly long path).
+    pub dropped_ttl_expired: u64,
+    /// Data dropped because no route to its destination was known.
+    pub dropped_no_route: u64,
+    pub route_updates_sent: u64,
+    pub seqno_requests_sent: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,9 +235,18 @@ pub struct Neighbour {
 
 #[derive(Debug, Clone)]
 struct PendingProbe {
-    seq: u32,
     addr: SocketAddr,
     sent_at: Instant,
+    deadline: Instant,
+    purpose: ProbePurpose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbePurpose {
+    /// Measuring a coordinate neighbour or a candidate.
+    Coordinates,
+    /// Keeping a routing link or session measured and alive.
+    Link(NodeId),
 }
 
 pub struct Node {
@@ -165,7 +256,22 @@ pub struct Node {
     vivaldi: Vivaldi,
     known: PeerTable,
     neighbours: IndexMap<NodeId, Neighbour>,
-    pending: Vec<PendingProbe>,
+    /// Probes in flight, by sequence number.
+    pending: IndexMap<u32, PendingProbe>,
+    /// No probe in `pending` expires before this.
+    next_expiry: Option<Instant>,
+    routes: RouteTable,
+    links: IndexMap<NodeId, links::RoutingLink>,
+    /// No link needs a probe before this.
+    next_link_probe_at: Instant,
+    /// Batched route changes go out at this time.
+    flush_at: Option<Instant>,
+    next_review_at: Instant,
+    last_relay_swap: Instant,
+    /// Nodes that refused or never answered a link or session, until when to leave them alone.
+    shunned: IndexMap<NodeId, Instant>,
+    /// Sequence-number requests recently sent or forwarded, so each travels once.
+    recent_requests: IndexMap<(NodeId, crate::routing::Seqno), routing::PendingRequest>,
     next_seq: u32,
     next_probe_at: Instant,
     /// Bootstrap addresses that have never answered; retried with exponential backoff, so a
@@ -190,6 +296,8 @@ impl Node {
         };
         let known = PeerTable::new(config.max_known_nodes);
         let unanswered_bootstrap = config.bootstrap.clone();
+        let routes = RouteTable::new(config.id, config.routing.max_destinations);
+        let next_review_at = now + config.routing.review_interval;
         Self {
             config,
             rng,
@@ -197,7 +305,16 @@ impl Node {
             vivaldi,
             known,
             neighbours: IndexMap::new(),
-            pending: Vec::new(),
+            pending: IndexMap::new(),
+            next_expiry: None,
+            routes,
+            links: IndexMap::new(),
+            next_link_probe_at: Instant::MAX,
+            flush_at: None,
+            next_review_at,
+            last_relay_swap: now,
+            shunned: IndexMap::new(),
+            recent_requests: IndexMap::new(),
             next_seq: 0,
             // The first timer fires at once and greets the bootstrap addresses.
             next_probe_at: now,
@@ -246,10 +363,13 @@ impl Node {
             }
             Input::Timeout(now) => self.advance(now),
         }
-        self.expire_probes();
+        if self.next_expiry.is_some_and(|at| self.now >= at) {
+            self.expire_probes();
+        }
         if self.now >= self.next_probe_at {
             self.on_probe_timer();
         }
+        self.on_routing_timers();
     }
 
     /// The next output; [`Output::Timeout`] means the queue is drained.
@@ -261,10 +381,15 @@ impl Node {
 
     /// The earliest deadline at which the node needs `Input::Timeout`.
     pub fn poll_timeout(&self) -> Instant {
-        self.pending
-            .iter()
-            .map(|p| p.sent_at + self.config.probe_timeout)
-            .fold(self.next_probe_at, Instant::min)
+        [
+            self.next_expiry,
+            Some(self.next_link_probe_at),
+            self.flush_at,
+            Some(self.next_review_at),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.next_probe_at, Instant::min)
     }
 
     fn advance(&mut self, now: Instant) {
@@ -289,41 +414,59 @@ impl Node {
         match packet.message {
             Message::ProbeRequest(probe) => self.on_probe_request(from, packet.sender, probe),
             Message::ProbeReply(probe) => self.on_probe_reply(from, packet.sender, probe),
+            Message::RouteUpdate(update) => self.on_route_update(packet.sender, update),
+            Message::Link(op) => self.on_link_op(from, packet.sender, op),
+            Message::SeqnoRequest(request) => self.on_seqno_request(packet.sender, request),
+            Message::Data(data) => self.on_data(data),
         }
     }
 
     fn on_probe_request(&mut self, from: SocketAddr, sender: NodeId, probe: Probe) {
         self.hear_from(sender, from, &probe);
+        // A keepalive without gossip gets a keepalive back.
+        let gossip = if probe.gossip.is_empty() && self.links.contains_key(&sender) {
+            Vec::new()
+        } else {
+            self.pick_gossip(Some(sender))
+        };
         let reply = Probe {
             seq: probe.seq,
             timestamp_us: probe.timestamp_us,
             coord: self.wire_coord(),
-            gossip: self.pick_gossip(Some(sender)),
+            gossip,
         };
         self.send(from, Message::ProbeReply(reply));
     }
 
     fn on_probe_reply(&mut self, from: SocketAddr, sender: NodeId, probe: Probe) {
-        let Some(index) = self
+        let matches = self
             .pending
-            .iter()
-            .position(|p| p.seq == probe.seq && p.addr == from)
-        else {
-            self.stats.dropped_unexpected += 1;
-            return;
-        };
-        let pending = self.pending.swap_remove(index);
-        if pending.sent_at.as_micros() as u64 != probe.timestamp_us {
+            .get(&probe.seq)
+            .is_some_and(|p| p.addr == from && p.sent_at.as_micros() as u64 == probe.timestamp_us);
+        if !matches {
             self.stats.dropped_unexpected += 1;
             return;
         }
+        let pending = self.pending.swap_remove(&probe.seq).expect("checked above");
         let rtt_ms = (self.now - pending.sent_at).as_millis_f64().max(0.001);
         self.unanswered_bootstrap.retain(|addr| *addr != from);
         let (coord, error) = self.hear_from(sender, from, &probe);
+        if let ProbePurpose::Link(link_id) = pending.purpose {
+            if link_id == sender {
+                self.on_link_sample(sender, rtt_ms);
+            }
+            return;
+        }
         if let Some(neighbour) = self.neighbours.get_mut(&sender) {
+            let before = neighbour.link.filtered_rtt_ms();
             neighbour.link.on_sample(rtt_ms);
+            if neighbour.link.filtered_rtt_ms() != before {
+                self.neighbour_changed(sender);
+            }
         } else if !self.admit(sender, from, rtt_ms, coord, error) {
             return;
+        } else {
+            self.neighbour_changed(sender);
         }
         self.update_coordinate(&sender);
     }
@@ -393,6 +536,7 @@ impl Node {
                 self.neighbours[&demoted].role = NeighbourRole::Far;
             } else {
                 self.neighbours.swap_remove(&demoted);
+                self.neighbour_changed(demoted);
                 self.outputs
                     .push_back(Output::Event(Event::LinkDown { id: demoted }));
             }
@@ -408,6 +552,7 @@ impl Node {
                 .collect();
             let victim = far_ids[self.rng.random_range(0..far_ids.len())];
             self.neighbours.swap_remove(&victim);
+            self.neighbour_changed(victim);
             self.outputs
                 .push_back(Output::Event(Event::LinkDown { id: victim }));
             NeighbourRole::Far
@@ -494,7 +639,7 @@ impl Node {
         for _ in 0..CANDIDATE_SAMPLE {
             let node = self.known.random(&mut self.rng)?;
             if self.neighbours.contains_key(&node.id)
-                || self.pending.iter().any(|p| p.addr == node.addr)
+                || self.pending.values().any(|p| p.addr == node.addr)
             {
                 continue;
             }
@@ -518,41 +663,62 @@ impl Node {
         let (_, neighbour) = self
             .neighbours
             .iter_mut()
-            .filter(|(_, n)| !pending.iter().any(|p| p.addr == n.addr))
+            .filter(|(_, n)| !pending.values().any(|p| p.addr == n.addr))
             .min_by_key(|(_, n)| n.last_probed)?;
         neighbour.last_probed = self.now;
         Some(neighbour.addr)
     }
 
     fn send_probe(&mut self, addr: SocketAddr) {
+        let gossip = self.pick_gossip(None);
+        let timeout = self.config.probe_timeout;
+        self.send_probe_with(addr, ProbePurpose::Coordinates, timeout, gossip);
+    }
+
+    fn send_probe_with(
+        &mut self,
+        addr: SocketAddr,
+        purpose: ProbePurpose,
+        timeout: Duration,
+        gossip: Vec<GossipEntry>,
+    ) {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        self.pending.push(PendingProbe {
+        let deadline = self.now + timeout;
+        self.pending.insert(
             seq,
-            addr,
-            sent_at: self.now,
-        });
+            PendingProbe {
+                addr,
+                sent_at: self.now,
+                deadline,
+                purpose,
+            },
+        );
+        self.next_expiry = Some(self.next_expiry.map_or(deadline, |at| at.min(deadline)));
         self.stats.probes_sent += 1;
         let probe = Probe {
             seq,
             timestamp_us: self.now.as_micros() as u64,
             coord: self.wire_coord(),
-            gossip: self.pick_gossip(None),
+            gossip,
         };
         self.send(addr, Message::ProbeRequest(probe));
     }
 
     fn expire_probes(&mut self) {
-        let deadline = self.config.probe_timeout;
         let now = self.now;
-        let mut index = 0;
-        while index < self.pending.len() {
-            if now < self.pending[index].sent_at + deadline {
-                index += 1;
+        let expired: Vec<PendingProbe> = self
+            .pending
+            .extract_if(.., |_, p| p.deadline <= now)
+            .map(|(_, p)| p)
+            .collect();
+        self.next_expiry = self.pending.values().map(|p| p.deadline).min();
+        for lost in expired {
+            self.stats.probes_lost += 1;
+            if let ProbePurpose::Link(id) = lost.purpose {
+                self.on_link_probe_lost(id);
                 continue;
             }
-            let lost = self.pending.swap_remove(index);
-            self.stats.probes_lost += 1;
             let Some((&id, neighbour)) = self
                 .neighbours
                 .iter_mut()
@@ -562,6 +728,7 @@ impl Node {
             };
             if neighbour.link.on_probe_lost() == LossVerdict::WentDown {
                 self.neighbours.swap_remove(&id);
+                self.neighbour_changed(id);
                 self.known.remove(&id);
                 self.outputs
                     .push_back(Output::Event(Event::LinkDown { id }));

@@ -1,0 +1,554 @@
+//! Routing links and on-demand sessions: which nodes this node exchanges routes with, how each
+//! link is kept measured and alive, and how the set is improved over time.
+//!
+//! A node opens `near_links` links to the lowest-latency nodes it has measured and `relay_links`
+//! links to the nodes that shorten its paths the most; other nodes may open links to it up to
+//! `max_links`. Relays are chosen in two steps: a candidate's benefit is *predicted* from its
+//! measured RTT and the coordinates of the destinations it could serve better than the current
+//! routes; once linked, its *measured* utility (how much worse the routes would be without it)
+//! decides whether it stays. Sessions are direct links a source opens to a destination it sends
+//! traffic to, so that the chosen path is never worse than the direct one; they carry no routes.
+
+use std::net::SocketAddr;
+
+use rand::RngExt;
+
+use super::{Event, Node, Output, ProbePurpose};
+use crate::link::{Link, LossVerdict};
+use crate::routing::Metric;
+use crate::wire::{LinkOp, Message};
+use crate::{Duration, Instant, NodeId};
+
+/// A link that forwarded data within this window is probed at the active rate.
+const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
+/// Cost added per hop, so that of two paths with equal latency the shorter is preferred.
+const HOP_COST: Metric = Metric(2);
+/// A link or session not answered within this time is given up, and its node left alone for
+/// `SHUN_FOR`.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+const SHUN_FOR: Duration = Duration::from_secs(300);
+/// A session is closed after this long without traffic.
+const SESSION_IDLE: Duration = Duration::from_secs(20);
+/// Probe interval of a session that carries no traffic right now.
+const SESSION_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Relays are replaced only once they had time to show their worth.
+const RELAY_PROBATION: Duration = Duration::from_secs(30);
+/// A candidate relay must promise this much more than the weakest relay delivers (ms summed
+/// over destinations) before it replaces it.
+const RELAY_SWAP_GAIN_MS: f64 = 20.0;
+/// A node replaces the farthest near link only if it is this much closer.
+const NEAR_REPLACEMENT_FACTOR: f64 = 0.8;
+/// Utility credited for a destination that only this link reaches.
+const SOLE_ROUTE_UTILITY_MS: f64 = 100.0;
+/// A predicted detour counts only if it beats the current route by this factor.
+const PREDICTED_GAIN_FACTOR: f64 = 0.95;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// Opened by this node to one of the nearest nodes it measured.
+    Near,
+    /// Opened by this node to a relay that shortens its paths.
+    Relay,
+    /// Opened by the other node.
+    Inbound,
+    /// Direct path to a destination this node sends traffic to; carries no routes.
+    Session,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutingLink {
+    pub addr: SocketAddr,
+    pub kind: LinkKind,
+    /// The other end agreed to exchange routes.
+    pub accepted: bool,
+    /// Latency, loss and liveness, once the first probe was answered.
+    pub link: Option<Link>,
+    pub opened_at: Instant,
+    pub last_traffic: Option<Instant>,
+    pub next_probe_at: Instant,
+    /// The routing cost, kept up to date with every probe outcome (read for every offer).
+    cost: Option<Metric>,
+}
+
+impl RoutingLink {
+    fn new(addr: SocketAddr, kind: LinkKind, now: Instant) -> Self {
+        Self {
+            addr,
+            kind,
+            accepted: kind == LinkKind::Inbound,
+            link: None,
+            opened_at: now,
+            last_traffic: None,
+            next_probe_at: now,
+            cost: None,
+        }
+    }
+
+    /// The routing cost of crossing this link: recent RTT, inflated by loss, plus a hop cost.
+    pub fn cost(&self) -> Option<Metric> {
+        self.cost
+    }
+
+    fn update_cost(&mut self) {
+        self.cost = self.link.as_ref().map(|link| {
+            let rtt = link.recent_rtt_ms() * (1.0 + 4.0 * link.loss());
+            Metric::from_ms(rtt).plus(HOP_COST)
+        });
+    }
+
+    pub fn rtt_ms(&self) -> Option<f64> {
+        self.link.as_ref().map(Link::recent_rtt_ms)
+    }
+
+    pub fn is_active(&self, now: Instant) -> bool {
+        self.last_traffic.is_some_and(|at| now - at < ACTIVE_WINDOW)
+    }
+}
+
+/// The cost of the hop to `via`: a measured routing link or session, else the filtered RTT of a
+/// coordinate neighbour.
+pub(super) fn hop_cost(
+    links: &indexmap::IndexMap<NodeId, RoutingLink>,
+    neighbours: &indexmap::IndexMap<NodeId, super::Neighbour>,
+    via: &NodeId,
+) -> Option<Metric> {
+    links.get(via).and_then(RoutingLink::cost).or_else(|| {
+        neighbours
+            .get(via)
+            .map(|n| Metric::from_ms(n.link.filtered_rtt_ms()).plus(HOP_COST))
+    })
+}
+
+impl Node {
+    pub(super) fn rng_factor(&mut self) -> f64 {
+        self.rng.random_range(0.8..1.2)
+    }
+
+    fn routing_link_count(&self) -> usize {
+        self.links
+            .values()
+            .filter(|l| l.kind != LinkKind::Session)
+            .count()
+    }
+
+    /// Opens (or upgrades a session into) a routing link of `kind`.
+    fn open_link(&mut self, id: NodeId, addr: SocketAddr, kind: LinkKind) {
+        let now = self.now;
+        let link = self
+            .links
+            .entry(id)
+            .or_insert_with(|| RoutingLink::new(addr, kind, now));
+        link.kind = kind;
+        link.next_probe_at = now;
+        self.next_link_probe_at = now;
+        self.send(addr, Message::Link(LinkOp::Open));
+    }
+
+    fn close_link(&mut self, id: NodeId) {
+        if let Some(link) = self.links.swap_remove(&id) {
+            if link.kind != LinkKind::Session {
+                self.send(link.addr, Message::Link(LinkOp::Close));
+                self.link_removed(id);
+            }
+        }
+    }
+
+    fn drop_link(&mut self, id: NodeId, shun: bool) {
+        if shun {
+            self.shunned.insert(id, self.now + SHUN_FOR);
+        }
+        if let Some(link) = self.links.swap_remove(&id) {
+            if link.kind != LinkKind::Session {
+                self.link_removed(id);
+            }
+        }
+    }
+
+    /// Makes sure traffic to `destination` can be compared with the direct path.
+    pub(super) fn ensure_session(&mut self, destination: NodeId) {
+        if self.links.contains_key(&destination) {
+            self.mark_traffic(destination);
+            return;
+        }
+        let sessions = self
+            .links
+            .values()
+            .filter(|l| l.kind == LinkKind::Session)
+            .count();
+        if sessions >= self.config.routing.max_sessions || self.shunned.contains_key(&destination) {
+            return;
+        }
+        let Some(addr) = self.known.get(&destination).map(|n| n.addr) else {
+            return;
+        };
+        let mut session = RoutingLink::new(addr, LinkKind::Session, self.now);
+        session.last_traffic = Some(self.now);
+        // A coordinate neighbour's path is measured already: start from that, so that probe
+        // timeouts and loss detection work from the first probe.
+        if let Some(neighbour) = self.neighbours.get(&destination) {
+            let rtt = neighbour.link.filtered_rtt_ms();
+            session.link = Some(Link::new(rtt, self.config.routing.max_missed_probes));
+            session.update_cost();
+        }
+        self.links.insert(destination, session);
+        self.next_link_probe_at = self.now;
+    }
+
+    /// Notes that traffic for `id` went out now. A link that was idle is probed at once and
+    /// then at the active rate, so that its failure is noticed within a fraction of a second.
+    pub(super) fn mark_traffic(&mut self, id: NodeId) {
+        let now = self.now;
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        if !link.is_active(now) {
+            link.next_probe_at = now;
+            self.next_link_probe_at = now;
+        }
+        link.last_traffic = Some(now);
+    }
+
+    pub(super) fn on_link_op(&mut self, from: SocketAddr, sender: NodeId, op: LinkOp) {
+        match op {
+            LinkOp::Open => {
+                let has_room = self.routing_link_count() < self.config.routing.max_links;
+                match self.links.get_mut(&sender) {
+                    Some(link) => {
+                        if link.kind == LinkKind::Session {
+                            link.kind = LinkKind::Inbound;
+                        }
+                        link.accepted = true;
+                        link.addr = from;
+                    }
+                    None if has_room => {
+                        let link = RoutingLink::new(from, LinkKind::Inbound, self.now);
+                        self.links.insert(sender, link);
+                        self.next_link_probe_at = self.now;
+                    }
+                    None => {
+                        self.send(from, Message::Link(LinkOp::Refuse));
+                        return;
+                    }
+                }
+                self.send(from, Message::Link(LinkOp::Accept));
+                let dump = self.routes.full_dump();
+                self.send_routes(from, &dump);
+            }
+            LinkOp::Accept => {
+                let Some(link) = self.links.get_mut(&sender) else {
+                    return;
+                };
+                if link.kind != LinkKind::Session && !link.accepted {
+                    link.accepted = true;
+                    let dump = self.routes.full_dump();
+                    self.send_routes(from, &dump);
+                }
+            }
+            LinkOp::Refuse => {
+                if self.links.get(&sender).is_some_and(|l| !l.accepted) {
+                    self.drop_link(sender, true);
+                }
+            }
+            LinkOp::Close => {
+                if self
+                    .links
+                    .get(&sender)
+                    .is_some_and(|l| l.kind != LinkKind::Session)
+                {
+                    self.drop_link(sender, false);
+                }
+            }
+        }
+    }
+
+    /// Sends the probes that are due, gives up on links that never answered, closes idle
+    /// sessions.
+    pub(super) fn probe_links(&mut self) {
+        let now = self.now;
+        let routing = self.config.routing.clone();
+        let mut due = Vec::new();
+        let mut give_up = Vec::new();
+        let mut next = Instant::MAX;
+        for (id, link) in &mut self.links {
+            let unanswered =
+                link.link.is_none() || (link.kind != LinkKind::Session && !link.accepted);
+            if unanswered && now - link.opened_at >= OPEN_TIMEOUT {
+                give_up.push(*id);
+                continue;
+            }
+            if link.kind == LinkKind::Session
+                && link.last_traffic.is_none_or(|at| now - at >= SESSION_IDLE)
+            {
+                give_up.push(*id);
+                continue;
+            }
+            if link.next_probe_at <= now {
+                let interval = if link.is_active(now) {
+                    routing.active_probe_interval
+                } else if link.kind == LinkKind::Session || link.link.is_none() {
+                    SESSION_PROBE_INTERVAL
+                } else {
+                    routing.idle_probe_interval
+                };
+                let timeout = link
+                    .link
+                    .as_ref()
+                    .map_or(Duration::from_millis(1_500), |l| {
+                        let ms = 1.5 * l.srtt_ms() + 4.0 * l.rttvar_ms();
+                        Duration::from_millis_f64(ms.clamp(100.0, 1_500.0))
+                    });
+                due.push((*id, link.addr, timeout));
+                link.next_probe_at = now + interval;
+            }
+            next = next.min(link.next_probe_at);
+        }
+        self.next_link_probe_at = next;
+        for id in give_up {
+            let never_answered = self.links.get(&id).is_some_and(|l| l.link.is_none());
+            self.drop_link(id, never_answered);
+        }
+        for (id, addr, timeout) in due {
+            self.send_probe_with(addr, ProbePurpose::Link(id), timeout, Vec::new());
+        }
+    }
+
+    pub(super) fn on_link_sample(&mut self, id: NodeId, rtt_ms: f64) {
+        let max_missed = self.config.routing.max_missed_probes;
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let before = link.cost();
+        match &mut link.link {
+            Some(estimator) => {
+                estimator.on_sample(rtt_ms);
+            }
+            None => link.link = Some(Link::new(rtt_ms, max_missed)),
+        }
+        link.update_cost();
+        let after = link.cost();
+        let routing = link.kind != LinkKind::Session;
+        let changed = match (before, after) {
+            (Some(b), Some(a)) => b.0.abs_diff(a.0) > (b.0 / 200).max(1),
+            _ => true,
+        };
+        if routing && changed {
+            self.link_cost_changed(id);
+        }
+    }
+
+    pub(super) fn on_link_probe_lost(&mut self, id: NodeId) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let Some(estimator) = link.link.as_mut() else {
+            return;
+        };
+        if estimator.on_probe_lost() == LossVerdict::WentDown {
+            self.drop_link(id, false);
+            // The direct path is gone: the node is no coordinate neighbour either, so its
+            // measured direct path stops being offered as a route.
+            if self.neighbours.swap_remove(&id).is_some() {
+                self.outputs
+                    .push_back(Output::Event(Event::LinkDown { id }));
+                self.neighbour_changed(id);
+            }
+            return;
+        }
+        let before = link.cost();
+        link.update_cost();
+        if link.kind != LinkKind::Session && link.cost() != before {
+            self.link_cost_changed(id);
+        }
+    }
+
+    /// Improves the set of routing links: the nearest nodes measured, and relays whose predicted
+    /// benefit clearly exceeds what the weakest current relay delivers.
+    pub(super) fn review_links(&mut self) {
+        let now = self.now;
+        let candidates = self.measured_candidates();
+        self.review_near(&candidates);
+        let relays: Vec<NodeId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.kind == LinkKind::Relay)
+            .map(|(id, _)| *id)
+            .collect();
+        let open_room = self.routing_link_count() < self.config.routing.max_links;
+        if relays.len() < self.config.routing.relay_links && open_room {
+            if let Some((id, addr, _)) = self.best_relay_candidate(&candidates) {
+                self.open_link(id, addr, LinkKind::Relay);
+                self.last_relay_swap = now;
+            }
+            return;
+        }
+        if self.since(self.last_relay_swap) < self.config.routing.relay_swap_interval {
+            return;
+        }
+        let utilities = self.link_utilities();
+        let weakest = relays
+            .iter()
+            .filter(|id| self.links[*id].opened_at + RELAY_PROBATION <= now)
+            .map(|id| (*id, utilities.get(id).copied().unwrap_or(0.0)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let Some((weakest, utility)) = weakest else {
+            return;
+        };
+        if let Some((id, addr, benefit)) = self.best_relay_candidate(&candidates) {
+            if benefit > 2.0 * utility + RELAY_SWAP_GAIN_MS {
+                self.close_link(weakest);
+                self.open_link(id, addr, LinkKind::Relay);
+                self.last_relay_swap = now;
+            }
+        }
+    }
+
+    /// Nodes with a measured RTT that could become routing links: coordinate neighbours not
+    /// linked yet (sessions may be upgraded), sorted by RTT.
+    fn measured_candidates(&self) -> Vec<(NodeId, SocketAddr, f64)> {
+        let mut candidates: Vec<(NodeId, SocketAddr, f64)> = self
+            .neighbours
+            .iter()
+            .filter(|(id, _)| !self.shunned.contains_key(*id))
+            .map(|(id, n)| (*id, n.addr, n.link.filtered_rtt_ms()))
+            .collect();
+        candidates.sort_by(|a, b| a.2.total_cmp(&b.2));
+        candidates
+    }
+
+    fn review_near(&mut self, candidates: &[(NodeId, SocketAddr, f64)]) {
+        let wanted = self.config.routing.near_links;
+        let linked = |node: &Node, id: &NodeId| {
+            node.links
+                .get(id)
+                .is_some_and(|l| l.kind != LinkKind::Session)
+        };
+        // The nearest measured nodes, whether as candidates or as existing links.
+        let mut nearest: Vec<(NodeId, f64)> = candidates.iter().map(|c| (c.0, c.2)).collect();
+        for (id, link) in &self.links {
+            if link.kind != LinkKind::Session && !nearest.iter().any(|(n, _)| n == id) {
+                if let Some(rtt) = link.rtt_ms() {
+                    nearest.push((*id, rtt));
+                }
+            }
+        }
+        nearest.sort_by(|a, b| a.1.total_cmp(&b.1));
+        nearest.truncate(wanted);
+        let open_room = self.routing_link_count() < self.config.routing.max_links;
+        let near_rtts: Vec<f64> = self
+            .links
+            .values()
+            .filter(|l| l.kind == LinkKind::Near)
+            .map(|l| l.rtt_ms().unwrap_or(f64::INFINITY))
+            .collect();
+        let farthest_near = near_rtts.iter().copied().fold(0.0, f64::max);
+        let missing = candidates
+            .iter()
+            .find(|c| nearest.iter().any(|(id, _)| *id == c.0) && !linked(self, &c.0));
+        // Once the near links are complete, only a clearly closer node is worth a new link
+        // (each new link costs both ends a full table).
+        let worth_it = missing.is_some_and(|c| {
+            near_rtts.len() < wanted || c.2 < NEAR_REPLACEMENT_FACTOR * farthest_near
+        });
+        if let (true, true, Some(&(id, addr, _))) = (open_room, worth_it, missing) {
+            self.open_link(id, addr, LinkKind::Near);
+        }
+        let surplus: Vec<(NodeId, f64)> = self
+            .links
+            .iter()
+            .filter(|(id, l)| l.kind == LinkKind::Near && !nearest.iter().any(|(n, _)| n == *id))
+            .map(|(id, l)| (*id, l.rtt_ms().unwrap_or(f64::INFINITY)))
+            .collect();
+        let near_count = self
+            .links
+            .values()
+            .filter(|l| l.kind == LinkKind::Near)
+            .count();
+        if near_count > wanted {
+            if let Some((id, _)) = surplus.into_iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+                self.close_link(id);
+            }
+        }
+    }
+
+    /// How much worse, in milliseconds summed over destinations, the routes would be without
+    /// each link: the gap between the best and second-best offer wherever the link is best.
+    fn link_utilities(&self) -> indexmap::IndexMap<NodeId, f64> {
+        let mut utilities = indexmap::IndexMap::new();
+        let cost = |via: &NodeId| hop_cost(&self.links, &self.neighbours, via);
+        for (_, offers, _) in self.routes.destinations() {
+            let mut best: Option<(Metric, NodeId)> = None;
+            let mut second: Option<Metric> = None;
+            for offer in offers.iter().filter(|o| !o.metric.is_infinite()) {
+                let Some(total) = cost(&offer.via).map(|c| offer.metric.plus(c)) else {
+                    continue;
+                };
+                match best {
+                    Some((b, _)) if total >= b => {
+                        second = Some(second.map_or(total, |s| s.min(total)));
+                    }
+                    // The old best (never worse than the old second) becomes the second.
+                    Some((b, _)) => {
+                        second = Some(b);
+                        best = Some((total, offer.via));
+                    }
+                    None => best = Some((total, offer.via)),
+                }
+            }
+            if let Some((best_metric, via)) = best {
+                let gain = second.map_or(SOLE_ROUTE_UTILITY_MS, |s| {
+                    (s.as_ms() - best_metric.as_ms()).min(SOLE_ROUTE_UTILITY_MS)
+                });
+                *utilities.entry(via).or_insert(0.0) += gain;
+            }
+        }
+        utilities
+    }
+
+    /// The unlinked measured node whose link would shorten the current routes the most, judged
+    /// by its RTT plus the coordinate distance from it to each destination.
+    fn best_relay_candidate(
+        &self,
+        candidates: &[(NodeId, SocketAddr, f64)],
+    ) -> Option<(NodeId, SocketAddr, f64)> {
+        let destinations: Vec<(NodeId, f64, crate::Coordinate)> = self
+            .routes
+            .routes()
+            .filter_map(|(id, selected)| {
+                let coord = self
+                    .neighbours
+                    .get(id)
+                    .map(|n| n.coord)
+                    .or_else(|| self.known.get(id).map(|k| k.coord))?;
+                Some((*id, selected.metric.as_ms(), coord))
+            })
+            .collect();
+        candidates
+            .iter()
+            .filter(|c| {
+                self.links
+                    .get(&c.0)
+                    .is_none_or(|l| l.kind == LinkKind::Session)
+            })
+            .map(|&(id, addr, rtt)| {
+                let coord = self.neighbours.get(&id).map(|n| n.coord);
+                let benefit: f64 = destinations
+                    .iter()
+                    .map(|(dest, current, dest_coord)| {
+                        let detour = if *dest == id {
+                            rtt
+                        } else {
+                            rtt + coord.map_or(f64::INFINITY, |c| c.distance_ms(dest_coord))
+                        };
+                        if detour < PREDICTED_GAIN_FACTOR * current {
+                            current - detour
+                        } else {
+                            0.0
+                        }
+                    })
+                    .sum();
+                (id, addr, benefit)
+            })
+            .filter(|c| c.2 > 0.0)
+            .max_by(|a, b| a.2.total_cmp(&b.2))
+    }
+}

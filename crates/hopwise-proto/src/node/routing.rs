@@ -1,0 +1,419 @@
+//! The routing half of a node: route updates over routing links, sequence-number requests, and
+//! hop-by-hop forwarding of overlay data.
+
+use std::net::SocketAddr;
+
+use super::links::{LinkKind, RoutingLink, hop_cost};
+use super::{Event, Node, Output};
+use crate::routing::{Metric, SeqnoWanted};
+use crate::wire::{
+    Data, DataBody, INITIAL_TTL, MAX_ROUTE_ENTRIES, Message, RouteUpdate, SeqnoRequest,
+};
+use crate::{Duration, Instant, NodeId};
+
+/// A sequence-number request travels at most this many hops.
+const SEQNO_REQUEST_HOPS: u8 = 16;
+/// The same request is not sent or forwarded twice within this time.
+const REQUEST_MEMORY: Duration = Duration::from_secs(2);
+/// Bound on remembered requests.
+const MAX_RECENT_REQUESTS: usize = 4_096;
+
+/// A sequence-number request this node sent or forwarded.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingRequest {
+    at: Instant,
+    /// The neighbour it was forwarded for; `None` for our own.
+    requester: Option<NodeId>,
+}
+
+/// A route as a driver sees it (`hopwise routes`, simulator reports).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteInfo {
+    pub next_hop: NodeId,
+    pub next_hop_addr: SocketAddr,
+    /// Expected round trip to the destination, in milliseconds.
+    pub metric_ms: f64,
+    /// True when the packet goes straight to the destination.
+    pub direct: bool,
+}
+
+impl Node {
+    /// Sends an overlay echo request; the answer arrives as [`Event::PingReply`].
+    pub fn ping(&mut self, now: Instant, destination: NodeId, token: u64) {
+        self.advance(now);
+        let sent_us = self.now.as_micros() as u64;
+        self.originate(destination, DataBody::Ping { token, sent_us });
+    }
+
+    /// Sends `payload` through the overlay; it arrives as [`Event::Delivered`]. Payloads that do
+    /// not fit one datagram are dropped and counted.
+    pub fn send_data(&mut self, now: Instant, destination: NodeId, payload: Vec<u8>) {
+        self.advance(now);
+        self.originate(destination, DataBody::Payload(payload));
+    }
+
+    /// Where a packet for `destination` would go now.
+    pub fn route(&self, destination: &NodeId) -> Option<RouteInfo> {
+        let (next_hop, metric) = self.next_hop(destination)?;
+        Some(RouteInfo {
+            next_hop,
+            next_hop_addr: self.hop_addr(&next_hop)?,
+            metric_ms: metric.as_ms(),
+            direct: next_hop == *destination,
+        })
+    }
+
+    /// Destinations with a route in the table (on-demand sessions not included).
+    pub fn route_count(&self) -> usize {
+        self.routes.route_count()
+    }
+
+    pub fn routing_links(&self) -> impl Iterator<Item = (&NodeId, &RoutingLink)> {
+        self.links
+            .iter()
+            .filter(|(_, l)| l.kind != LinkKind::Session)
+    }
+
+    fn originate(&mut self, destination: NodeId, body: DataBody) {
+        let data = Data {
+            source: self.config.id,
+            destination,
+            ttl: INITIAL_TTL,
+            hops: 0,
+            body,
+        };
+        if destination == self.config.id {
+            self.deliver(data);
+            return;
+        }
+        self.ensure_session(destination);
+        self.forward(data);
+    }
+
+    pub(super) fn on_data(&mut self, data: Data) {
+        if data.destination == self.config.id {
+            self.deliver(data);
+        } else if data.ttl <= 1 {
+            self.stats.dropped_ttl_expired += 1;
+        } else {
+            self.stats.data_relayed += 1;
+            self.forward(Data {
+                ttl: data.ttl - 1,
+                ..data
+            });
+        }
+    }
+
+    fn deliver(&mut self, data: Data) {
+        self.stats.data_delivered += 1;
+        match data.body {
+            DataBody::Ping { token, sent_us } => {
+                let pong = DataBody::Pong {
+                    token,
+                    sent_us,
+                    ping_hops: data.hops,
+                };
+                self.originate(data.source, pong);
+            }
+            DataBody::Pong {
+                token,
+                sent_us,
+                ping_hops,
+            } => {
+                let rtt_ms = (self.now.as_micros() - sent_us as i64) as f64 / 1_000.0;
+                self.outputs.push_back(Output::Event(Event::PingReply {
+                    destination: data.source,
+                    token,
+                    rtt_ms,
+                    ping_hops,
+                    pong_hops: data.hops,
+                }));
+            }
+            DataBody::Payload(payload) => {
+                self.outputs.push_back(Output::Event(Event::Delivered {
+                    source: data.source,
+                    hops: data.hops,
+                    payload,
+                }));
+            }
+        }
+    }
+
+    /// The cheaper of the routed next hop and a measured direct link to the destination.
+    fn next_hop(&self, destination: &NodeId) -> Option<(NodeId, Metric)> {
+        let routed = self
+            .routes
+            .selected(destination)
+            .map(|selected| (selected.via, selected.metric));
+        let direct = self
+            .links
+            .get(destination)
+            .and_then(RoutingLink::cost)
+            .map(|cost| (*destination, cost));
+        match (routed, direct) {
+            (Some(r), Some(d)) => Some(if d.1 <= r.1 { d } else { r }),
+            (r, d) => r.or(d),
+        }
+    }
+
+    fn forward(&mut self, data: Data) {
+        let Some((next_hop, _)) = self.next_hop(&data.destination) else {
+            self.stats.dropped_no_route += 1;
+            return;
+        };
+        let Some(addr) = self.hop_addr(&next_hop) else {
+            self.stats.dropped_no_route += 1;
+            return;
+        };
+        if !self.links.contains_key(&next_hop) {
+            // A coordinate neighbour's direct path now carries traffic: watch it as closely as
+            // a link.
+            self.ensure_session(next_hop);
+        }
+        self.mark_traffic(next_hop);
+        let message = Message::Data(Data {
+            hops: data.hops.saturating_add(1),
+            ..data
+        });
+        let before = self.stats.bytes_sent;
+        self.send(addr, message);
+        self.stats.data_datagrams_sent += 1;
+        self.stats.data_bytes_sent += self.stats.bytes_sent - before;
+    }
+
+    pub(super) fn on_route_update(&mut self, sender: NodeId, update: RouteUpdate) {
+        let routing = self
+            .links
+            .get(&sender)
+            .is_some_and(|l| l.kind != LinkKind::Session);
+        if !routing {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        if let Some(link) = self.links.get_mut(&sender) {
+            link.accepted = true;
+        }
+        let now = self.now;
+        let (links, neighbours) = (&self.links, &self.neighbours);
+        let cost = |via: &NodeId| hop_cost(links, neighbours, via);
+        let destinations: Vec<NodeId> = update.entries.iter().map(|e| e.destination).collect();
+        let wanted: Vec<SeqnoWanted> = update
+            .entries
+            .into_iter()
+            .filter_map(|entry| self.routes.on_update(sender, entry, now, cost))
+            .collect();
+        self.after_route_change(wanted);
+        if !self.recent_requests.is_empty() {
+            for destination in &destinations {
+                self.answer_forwarded_requests(destination);
+            }
+        }
+    }
+
+    /// Sends what the table wants sent: seqno requests now, route changes after the batching
+    /// delay.
+    pub(super) fn after_route_change(&mut self, wanted: Vec<SeqnoWanted>) {
+        for request in wanted {
+            self.request_seqno(request);
+        }
+        if self.routes.has_changes() && self.flush_at.is_none() {
+            self.flush_at = Some(self.now + self.config.routing.update_delay);
+        }
+    }
+
+    fn request_seqno(&mut self, wanted: SeqnoWanted) {
+        let request = SeqnoRequest {
+            destination: wanted.destination,
+            seqno: wanted.seqno,
+            hop_limit: SEQNO_REQUEST_HOPS,
+        };
+        self.send_seqno_request(wanted.ask, request, None);
+    }
+
+    /// Sends `destination`'s current route to one neighbour only.
+    fn answer_request(&mut self, to: NodeId, destination: &NodeId) {
+        let Some(addr) = self.hop_addr(&to) else {
+            return;
+        };
+        if let Some(entry) = self.routes.advertise_one(destination) {
+            self.send_routes(addr, &[entry]);
+        }
+    }
+
+    /// Requests this node forwarded that the route to `destination` now satisfies are answered
+    /// back towards whoever asked.
+    fn answer_forwarded_requests(&mut self, destination: &NodeId) {
+        let Some(seqno) = self.routes.selected(destination).map(|s| s.seqno) else {
+            return;
+        };
+        let satisfied: Vec<NodeId> = self
+            .recent_requests
+            .extract_if(.., |(dest, wanted), r| {
+                dest == destination && !wanted.is_newer_than(seqno) && r.requester.is_some()
+            })
+            .filter_map(|(_, r)| r.requester)
+            .collect();
+        for requester in satisfied {
+            self.answer_request(requester, destination);
+        }
+    }
+
+    /// Sends (or forwards, on behalf of `requester`) a request, unless it went out recently.
+    fn send_seqno_request(&mut self, to: NodeId, request: SeqnoRequest, requester: Option<NodeId>) {
+        let key = (request.destination, request.seqno);
+        let now = self.now;
+        if self
+            .recent_requests
+            .get(&key)
+            .is_some_and(|r| now - r.at < REQUEST_MEMORY)
+        {
+            return;
+        }
+        if self.recent_requests.len() >= MAX_RECENT_REQUESTS {
+            self.recent_requests
+                .retain(|_, r| now - r.at < REQUEST_MEMORY);
+            if self.recent_requests.len() >= MAX_RECENT_REQUESTS {
+                return;
+            }
+        }
+        self.recent_requests
+            .insert(key, PendingRequest { at: now, requester });
+        let Some(addr) = self.links.get(&to).map(|l| l.addr) else {
+            return;
+        };
+        self.stats.seqno_requests_sent += 1;
+        self.send(addr, Message::SeqnoRequest(request));
+    }
+
+    pub(super) fn on_seqno_request(&mut self, sender: NodeId, request: SeqnoRequest) {
+        if !self.links.contains_key(&sender) {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        if request.destination == self.config.id {
+            self.routes.bump_seqno(request.seqno);
+            self.answer_request(sender, &request.destination);
+            return;
+        }
+        let selected = self.routes.selected(&request.destination).copied();
+        match selected {
+            // Our route is new enough: it answers the request.
+            Some(s) if !request.seqno.is_newer_than(s.seqno) => {
+                self.answer_request(sender, &request.destination);
+            }
+            _ if request.hop_limit > 1 => {
+                let towards = selected.map(|s| s.via).or_else(|| {
+                    self.routes
+                        .offers(&request.destination)
+                        .iter()
+                        .filter(|o| o.via != sender && !o.metric.is_infinite())
+                        .min_by_key(|o| o.metric)
+                        .map(|o| o.via)
+                });
+                if let Some(next) = towards.filter(|next| *next != sender) {
+                    let forwarded = SeqnoRequest {
+                        hop_limit: request.hop_limit - 1,
+                        ..request
+                    };
+                    self.send_seqno_request(next, forwarded, Some(sender));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Timers of the routing half: batched updates, link probes, link reviews.
+    pub(super) fn on_routing_timers(&mut self) {
+        if self.flush_at.is_some_and(|at| self.now >= at) {
+            self.flush_at = None;
+            let changes = self.routes.take_changes();
+            let targets: Vec<SocketAddr> = self
+                .links
+                .values()
+                .filter(|l| l.kind != LinkKind::Session && l.accepted)
+                .map(|l| l.addr)
+                .collect();
+            for addr in targets {
+                self.send_routes(addr, &changes);
+            }
+        }
+        if self.now >= self.next_link_probe_at {
+            self.probe_links();
+        }
+        if self.now >= self.next_review_at {
+            let jitter = self.rng_factor();
+            self.next_review_at = self.now + self.config.routing.review_interval.mul_f64(jitter);
+            self.routes.forget_unreachable(self.now);
+            let now = self.now;
+            self.shunned.retain(|_, until| *until > now);
+            self.review_links();
+        }
+    }
+
+    pub(super) fn send_routes(&mut self, addr: SocketAddr, entries: &[crate::wire::RouteEntry]) {
+        for chunk in entries.chunks(MAX_ROUTE_ENTRIES) {
+            self.stats.route_updates_sent += 1;
+            let update = RouteUpdate {
+                entries: chunk.to_vec(),
+            };
+            self.send(addr, Message::RouteUpdate(update));
+        }
+    }
+
+    /// Link costs changed: re-evaluate what goes through `via`.
+    pub(super) fn link_cost_changed(&mut self, via: NodeId) {
+        let now = self.now;
+        let (links, neighbours) = (&self.links, &self.neighbours);
+        let cost = |id: &NodeId| hop_cost(links, neighbours, id);
+        let wanted = self.routes.reselect_via(&via, now, cost);
+        self.after_route_change(wanted);
+    }
+
+    /// A link went away: drop what it offered, keeping the direct path if the node is still a
+    /// coordinate neighbour.
+    pub(super) fn link_removed(&mut self, via: NodeId) {
+        let now = self.now;
+        let (links, neighbours) = (&self.links, &self.neighbours);
+        let cost = |id: &NodeId| hop_cost(links, neighbours, id);
+        let mut wanted = self.routes.remove_via(&via, now, cost);
+        if neighbours.contains_key(&via) {
+            wanted.extend(self.routes.set_direct(via, true, now, cost));
+        }
+        self.after_route_change(wanted);
+    }
+
+    /// A coordinate neighbour appeared, changed latency or went away. Its measured direct path
+    /// is a route to it (and, advertised, a last hop for everyone), unless a routing link to it
+    /// already provides one.
+    pub(super) fn neighbour_changed(&mut self, id: NodeId) {
+        if self
+            .links
+            .get(&id)
+            .is_some_and(|l| l.kind != LinkKind::Session)
+        {
+            return;
+        }
+        let now = self.now;
+        let present = self.neighbours.contains_key(&id);
+        let (links, neighbours) = (&self.links, &self.neighbours);
+        let cost = |via: &NodeId| hop_cost(links, neighbours, via);
+        let wanted: Vec<SeqnoWanted> = self
+            .routes
+            .set_direct(id, present, now, cost)
+            .into_iter()
+            .collect();
+        self.after_route_change(wanted);
+    }
+
+    /// Address of the next hop `via`: a routing link or session, else a coordinate neighbour.
+    fn hop_addr(&self, via: &NodeId) -> Option<SocketAddr> {
+        self.links
+            .get(via)
+            .map(|l| l.addr)
+            .or_else(|| self.neighbours.get(via).map(|n| n.addr))
+    }
+
+    pub(super) fn since(&self, at: Instant) -> Duration {
+        self.now.saturating_since(at)
+    }
+}

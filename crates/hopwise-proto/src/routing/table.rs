@@ -1,0 +1,568 @@
+//! The route table: what every routing neighbour offers for every destination, which offer is
+//! selected, and what this node last advertised.
+//!
+//! Loop freedom comes from Babel's feasibility condition (RFC 8966 §3.5.1). For each destination
+//! the node remembers its *feasibility distance*: the best (sequence number, metric) it has
+//! advertised. An offer is feasible only if it carries a newer sequence number, or the same one
+//! with a metric strictly below the feasibility distance. Along any chain of selected next hops
+//! the feasibility distances therefore strictly decrease, so the chain cannot close into a loop,
+//! whatever the timing of updates. A node left with only unfeasible offers asks the destination
+//! for a newer sequence number instead of taking one.
+
+use indexmap::{IndexMap, IndexSet};
+
+use super::{Metric, Seqno};
+use crate::wire::RouteEntry;
+use crate::{Duration, Instant, NodeId};
+
+/// A destination as advertised by one neighbour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    pub via: NodeId,
+    pub seqno: Seqno,
+    /// The neighbour's own distance, before adding the cost of the link to it.
+    pub metric: Metric,
+}
+
+/// The route in use for a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    pub via: NodeId,
+    pub seqno: Seqno,
+    /// Total: the neighbour's distance plus the link cost.
+    pub metric: Metric,
+}
+
+/// A destination for which only unfeasible offers remain: ask `ask` for `seqno`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqnoWanted {
+    pub destination: NodeId,
+    pub seqno: Seqno,
+    pub ask: NodeId,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Destination {
+    offers: Vec<Offer>,
+    selected: Option<Selected>,
+    feasibility: Option<(Seqno, Metric)>,
+    advertised: Option<(Seqno, Metric)>,
+    /// When the last offer went away; the entry is forgotten some time later.
+    empty_since: Option<Instant>,
+}
+
+impl Destination {
+    /// An offer from the destination itself (a direct path) ends the chain of next hops at
+    /// once, so it can never close a loop and is always feasible.
+    fn is_feasible(&self, id: &NodeId, offer: &Offer) -> bool {
+        if offer.via == *id {
+            return true;
+        }
+        match self.feasibility {
+            None => true,
+            Some((seqno, metric)) => {
+                offer.seqno.is_newer_than(seqno) || (offer.seqno == seqno && offer.metric < metric)
+            }
+        }
+    }
+
+    /// Every advertisement lowers the feasibility distance (or resets it for a newer seqno).
+    fn record_feasibility(&mut self, seqno: Seqno, metric: Metric) {
+        if metric.is_infinite() {
+            return;
+        }
+        self.feasibility = Some(match self.feasibility {
+            Some((fd_seqno, fd_metric)) if fd_seqno == seqno => (seqno, fd_metric.min(metric)),
+            Some(fd) if fd.0.is_newer_than(seqno) => fd,
+            _ => (seqno, metric),
+        });
+    }
+
+    /// The newest sequence number known for this destination.
+    fn newest_seqno(&self) -> Option<Seqno> {
+        self.offers
+            .iter()
+            .map(|o| o.seqno)
+            .chain(self.feasibility.map(|f| f.0))
+            .chain(self.advertised.map(|a| a.0))
+            .reduce(|a, b| if b.is_newer_than(a) { b } else { a })
+    }
+
+    /// What the node would advertise now.
+    fn wanted(&self) -> Option<(Seqno, Metric)> {
+        self.selected.map(|s| (s.seqno, s.metric))
+    }
+}
+
+/// How long an unreachable destination is remembered (with its feasibility distance) before it
+/// is forgotten; long enough that every stale offer for it has been retracted.
+const FORGET_AFTER: Duration = Duration::from_secs(120);
+
+pub struct RouteTable {
+    me: NodeId,
+    seqno: Seqno,
+    advertise_self: bool,
+    destinations: IndexMap<NodeId, Destination>,
+    dirty: IndexSet<NodeId>,
+    max_destinations: usize,
+}
+
+impl RouteTable {
+    pub fn new(me: NodeId, max_destinations: usize) -> Self {
+        Self {
+            me,
+            seqno: Seqno::default(),
+            advertise_self: true,
+            destinations: IndexMap::new(),
+            dirty: IndexSet::new(),
+            max_destinations,
+        }
+    }
+
+    pub fn seqno(&self) -> Seqno {
+        self.seqno
+    }
+
+    /// Answers a sequence-number request for this node: moves past `wanted`. The answer goes to
+    /// the requester alone (see [`RouteTable::advertise_one`]).
+    pub fn bump_seqno(&mut self, wanted: Seqno) {
+        if !self.seqno.is_newer_than(wanted) {
+            self.seqno = if wanted.is_newer_than(self.seqno) {
+                wanted
+            } else {
+                self.seqno.next()
+            };
+        }
+    }
+
+    pub fn selected(&self, destination: &NodeId) -> Option<&Selected> {
+        self.destinations.get(destination)?.selected.as_ref()
+    }
+
+    /// Destinations with a selected route.
+    pub fn routes(&self) -> impl Iterator<Item = (&NodeId, &Selected)> {
+        self.destinations
+            .iter()
+            .filter_map(|(id, d)| d.selected.as_ref().map(|s| (id, s)))
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.routes().count()
+    }
+
+    /// Offers from every neighbour for `destination` (for inspection and link selection).
+    pub fn offers(&self, destination: &NodeId) -> &[Offer] {
+        self.destinations
+            .get(destination)
+            .map_or(&[], |d| d.offers.as_slice())
+    }
+
+    /// Every destination known, with its offers.
+    pub fn destinations(&self) -> impl Iterator<Item = (&NodeId, &[Offer], Option<&Selected>)> {
+        self.destinations
+            .iter()
+            .map(|(id, d)| (id, d.offers.as_slice(), d.selected.as_ref()))
+    }
+
+    /// Records an update received from neighbour `via`.
+    pub fn on_update(
+        &mut self,
+        via: NodeId,
+        entry: RouteEntry,
+        now: Instant,
+        cost: impl Fn(&NodeId) -> Option<Metric>,
+    ) -> Option<SeqnoWanted> {
+        if entry.destination == self.me {
+            return None;
+        }
+        if !self.destinations.contains_key(&entry.destination) {
+            if entry.metric.is_infinite() || self.destinations.len() >= self.max_destinations {
+                return None;
+            }
+            self.destinations
+                .insert(entry.destination, Destination::default());
+        }
+        let destination = &mut self.destinations[&entry.destination];
+        let position = destination.offers.iter().position(|o| o.via == via);
+        match (position, entry.metric.is_infinite()) {
+            (Some(i), true) => {
+                destination.offers.swap_remove(i);
+            }
+            (Some(i), false) => {
+                destination.offers[i].seqno = entry.seqno;
+                destination.offers[i].metric = entry.metric;
+            }
+            (None, false) => destination.offers.push(Offer {
+                via,
+                seqno: entry.seqno,
+                metric: entry.metric,
+            }),
+            (None, true) => {}
+        }
+        self.reselect(entry.destination, now, &cost)
+    }
+
+    /// Records (or, with `present` false, forgets) a measured direct path to `destination`: an
+    /// offer from the destination itself, carrying the newest seqno known for it.
+    pub fn set_direct(
+        &mut self,
+        destination: NodeId,
+        present: bool,
+        now: Instant,
+        cost: impl Fn(&NodeId) -> Option<Metric>,
+    ) -> Option<SeqnoWanted> {
+        let seqno = self
+            .destinations
+            .get(&destination)
+            .and_then(Destination::newest_seqno)
+            .unwrap_or_default();
+        let metric = if present {
+            Metric::ZERO
+        } else {
+            Metric::INFINITY
+        };
+        let entry = RouteEntry {
+            destination,
+            seqno,
+            metric,
+        };
+        self.on_update(destination, entry, now, cost)
+    }
+
+    /// Forgets every offer from `via` (its link went down or closed).
+    pub fn remove_via(
+        &mut self,
+        via: &NodeId,
+        now: Instant,
+        cost: impl Fn(&NodeId) -> Option<Metric>,
+    ) -> Vec<SeqnoWanted> {
+        let mut affected = Vec::new();
+        for (id, destination) in &mut self.destinations {
+            let before = destination.offers.len();
+            destination.offers.retain(|o| o.via != *via);
+            if destination.offers.len() != before {
+                affected.push(*id);
+            }
+        }
+        affected
+            .into_iter()
+            .filter_map(|id| self.reselect(id, now, &cost))
+            .collect()
+    }
+
+    /// Re-evaluates every destination offered by `via`, whose link cost changed.
+    pub fn reselect_via(
+        &mut self,
+        via: &NodeId,
+        now: Instant,
+        cost: impl Fn(&NodeId) -> Option<Metric>,
+    ) -> Vec<SeqnoWanted> {
+        let affected: Vec<NodeId> = self
+            .destinations
+            .iter()
+            .filter(|(_, d)| d.offers.iter().any(|o| o.via == *via))
+            .map(|(id, _)| *id)
+            .collect();
+        affected
+            .into_iter()
+            .filter_map(|id| self.reselect(id, now, &cost))
+            .collect()
+    }
+
+    fn reselect(
+        &mut self,
+        id: NodeId,
+        now: Instant,
+        cost: &impl Fn(&NodeId) -> Option<Metric>,
+    ) -> Option<SeqnoWanted> {
+        let destination = &mut self.destinations[&id];
+        let total = |offer: &Offer| cost(&offer.via).map(|c| offer.metric.plus(c));
+        let usable = |offer: &&Offer| !offer.metric.is_infinite() && cost(&offer.via).is_some();
+        let best = destination
+            .offers
+            .iter()
+            .filter(usable)
+            .filter(|o| destination.is_feasible(&id, o))
+            .filter_map(|o| total(o).map(|t| (t, o)))
+            .min_by_key(|(t, o)| (*t, o.via));
+        let current = destination.selected.and_then(|selected| {
+            destination
+                .offers
+                .iter()
+                .filter(usable)
+                .find(|o| o.via == selected.via && destination.is_feasible(&id, o))
+                .and_then(|o| total(o).map(|t| (t, o)))
+        });
+        let chosen = match (current, best) {
+            (Some(current), Some(best)) if best.0.0 + switch_margin(current.0) < current.0.0 => {
+                Some(best)
+            }
+            (Some(current), _) => Some(current),
+            (None, best) => best,
+        };
+        let newest = destination.newest_seqno();
+        destination.selected = chosen.map(|(metric, offer)| Selected {
+            via: offer.via,
+            // A direct path is advertised under the newest seqno: it ends at the destination.
+            seqno: if offer.via == id {
+                newest.unwrap_or(offer.seqno)
+            } else {
+                offer.seqno
+            },
+            metric,
+        });
+        let wanted_seqno = if destination.selected.is_none() {
+            destination
+                .offers
+                .iter()
+                .filter(usable)
+                .min_by_key(|o| (o.metric, o.via))
+                .map(|o| SeqnoWanted {
+                    destination: id,
+                    seqno: destination
+                        .feasibility
+                        .map_or(o.seqno, |(seqno, _)| seqno.next()),
+                    ask: o.via,
+                })
+        } else {
+            None
+        };
+        destination.empty_since = if destination.offers.is_empty() {
+            destination.empty_since.or(Some(now))
+        } else {
+            None
+        };
+        if significant_change(destination.advertised, destination.wanted()) {
+            self.dirty.insert(id);
+        }
+        wanted_seqno
+    }
+
+    /// Entries to send to every routing neighbour now: the destinations whose route changed
+    /// enough since they were last advertised, and this node itself when its seqno moved.
+    /// Records them as advertised (which may lower feasibility distances).
+    pub fn take_changes(&mut self) -> Vec<RouteEntry> {
+        let mut entries = Vec::with_capacity(self.dirty.len() + 1);
+        if std::mem::take(&mut self.advertise_self) {
+            entries.push(self.own_entry());
+        }
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(destination) = self.destinations.get_mut(&id) else {
+                continue;
+            };
+            let (seqno, metric) = match destination.wanted() {
+                Some(wanted) => wanted,
+                // A retraction repeats the last advertised seqno.
+                None => match destination.advertised {
+                    Some((seqno, metric)) if !metric.is_infinite() => (seqno, Metric::INFINITY),
+                    _ => continue,
+                },
+            };
+            destination.advertised = Some((seqno, metric));
+            destination.record_feasibility(seqno, metric);
+            entries.push(RouteEntry {
+                destination: id,
+                seqno,
+                metric,
+            });
+        }
+        entries
+    }
+
+    /// Everything advertised so far, for a neighbour that just opened a link.
+    pub fn full_dump(&self) -> Vec<RouteEntry> {
+        let mut entries = vec![self.own_entry()];
+        entries.extend(self.destinations.iter().filter_map(|(id, d)| {
+            let (seqno, metric) = d.advertised?;
+            (!metric.is_infinite()).then_some(RouteEntry {
+                destination: *id,
+                seqno,
+                metric,
+            })
+        }));
+        entries
+    }
+
+    /// The current route to `destination` as an entry for a single neighbour (the answer to a
+    /// seqno request), recorded in the feasibility distance like any advertisement.
+    pub fn advertise_one(&mut self, destination: &NodeId) -> Option<RouteEntry> {
+        if *destination == self.me {
+            return Some(self.own_entry());
+        }
+        let d = self.destinations.get_mut(destination)?;
+        let (seqno, metric) = d.wanted()?;
+        d.record_feasibility(seqno, metric);
+        Some(RouteEntry {
+            destination: *destination,
+            seqno,
+            metric,
+        })
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.advertise_self || !self.dirty.is_empty()
+    }
+
+    /// Forgets destinations that have been unreachable for a while.
+    pub fn forget_unreachable(&mut self, now: Instant) {
+        self.destinations
+            .retain(|_, d| d.empty_since.is_none_or(|since| now - since < FORGET_AFTER));
+    }
+
+    fn own_entry(&self) -> RouteEntry {
+        RouteEntry {
+            destination: self.me,
+            seqno: self.seqno,
+            metric: Metric::ZERO,
+        }
+    }
+}
+
+/// How much better another offer must be before the selected route is replaced: hysteresis
+/// against flapping between nearly equal paths (RFC 9616 §3.5's spirit).
+fn switch_margin(current: Metric) -> u16 {
+    (current.0 / 200).max(2)
+}
+
+/// Whether a route changed enough to be worth telling every neighbour: a change of reachability,
+/// an improvement of 1% (0.3 ms at least), a worsening of 2% (1 ms at least). A newer seqno alone
+/// is not flooded: it travels back along the path of the request that asked for it, and reaches
+/// everyone else with the next real change.
+fn significant_change(
+    advertised: Option<(Seqno, Metric)>,
+    wanted: Option<(Seqno, Metric)>,
+) -> bool {
+    let advertised = advertised.filter(|(_, m)| !m.is_infinite());
+    match (advertised, wanted) {
+        (None, None) => false,
+        (None, Some(_)) | (Some(_), None) => true,
+        (Some((_, old)), Some((_, new))) => {
+            new.0 + (old.0 / 100).max(3) <= old.0 || new.0 >= old.0 + (old.0 / 50).max(10)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: u8) -> NodeId {
+        NodeId::from_bytes([i; 16])
+    }
+
+    fn entry(dest: u8, seqno: u16, metric: u16) -> RouteEntry {
+        RouteEntry {
+            destination: id(dest),
+            seqno: Seqno(seqno),
+            metric: Metric(metric),
+        }
+    }
+
+    const NOW: Instant = Instant::ZERO;
+
+    fn unit_cost(_: &NodeId) -> Option<Metric> {
+        Some(Metric(10))
+    }
+
+    #[test]
+    fn selects_the_cheapest_total_and_advertises_it() {
+        let mut table = RouteTable::new(id(0), 100);
+        let cost = |via: &NodeId| {
+            Some(if *via == id(1) {
+                Metric(50)
+            } else {
+                Metric(10)
+            })
+        };
+        table.on_update(id(1), entry(9, 0, 100), NOW, cost);
+        table.on_update(id(2), entry(9, 0, 120), NOW, cost);
+        let selected = table.selected(&id(9)).unwrap();
+        assert_eq!((selected.via, selected.metric), (id(2), Metric(130)));
+        let changes = table.take_changes();
+        assert_eq!(changes, vec![entry(0, 0, 0), entry(9, 0, 130)]);
+        assert!(!table.has_changes());
+    }
+
+    #[test]
+    fn unfeasible_offers_are_not_taken_and_trigger_a_seqno_request() {
+        let mut table = RouteTable::new(id(0), 100);
+        table.on_update(id(1), entry(9, 5, 100), NOW, unit_cost);
+        table.take_changes(); // advertised (5, 110): the feasibility distance
+        // Neighbour 2 claims 115: not below 110, so taking it could close a loop.
+        table.on_update(id(2), entry(9, 5, 115), NOW, unit_cost);
+        assert_eq!(table.selected(&id(9)).unwrap().via, id(1));
+        let wanted = table.on_update(id(1), entry(9, 5, u16::MAX), NOW, unit_cost);
+        assert!(table.selected(&id(9)).is_none());
+        assert_eq!(
+            wanted,
+            Some(SeqnoWanted {
+                destination: id(9),
+                seqno: Seqno(6),
+                ask: id(2)
+            })
+        );
+        // The retraction goes out, then the newer seqno makes neighbour 2's route feasible.
+        assert_eq!(table.take_changes(), vec![entry(9, 5, u16::MAX)]);
+        table.on_update(id(2), entry(9, 6, 115), NOW, unit_cost);
+        assert_eq!(table.selected(&id(9)).unwrap().via, id(2));
+    }
+
+    #[test]
+    fn small_improvements_do_not_flap_or_flood() {
+        let mut table = RouteTable::new(id(0), 100);
+        table.on_update(id(1), entry(9, 0, 1000), NOW, unit_cost);
+        table.take_changes();
+        // 0.1 ms better through neighbour 2: within the switching margin.
+        table.on_update(id(2), entry(9, 0, 999), NOW, unit_cost);
+        assert_eq!(table.selected(&id(9)).unwrap().via, id(1));
+        assert!(table.take_changes().is_empty());
+        // 10% better: switch and advertise.
+        table.on_update(id(2), entry(9, 0, 900), NOW, unit_cost);
+        assert_eq!(table.selected(&id(9)).unwrap().via, id(2));
+        assert_eq!(table.take_changes(), vec![entry(9, 0, 910)]);
+    }
+
+    #[test]
+    fn seqno_requests_bump_own_seqno_once() {
+        let mut table = RouteTable::new(id(0), 100);
+        table.take_changes();
+        table.bump_seqno(Seqno(4));
+        assert_eq!(table.seqno(), Seqno(4));
+        table.bump_seqno(Seqno(3));
+        assert_eq!(table.seqno(), Seqno(4), "an older request changes nothing");
+        table.bump_seqno(Seqno(4));
+        assert_eq!(
+            table.seqno(),
+            Seqno(5),
+            "a request for the current one moves past it"
+        );
+        assert!(
+            table.take_changes().is_empty(),
+            "a new seqno alone is not flooded"
+        );
+        assert_eq!(table.advertise_one(&id(0)), Some(entry(0, 5, 0)));
+    }
+
+    #[test]
+    fn a_dead_neighbour_takes_its_routes_with_it() {
+        let mut table = RouteTable::new(id(0), 100);
+        table.on_update(id(1), entry(8, 0, 100), NOW, unit_cost);
+        table.on_update(id(1), entry(9, 0, 100), NOW, unit_cost);
+        table.on_update(id(2), entry(9, 0, 300), NOW, unit_cost);
+        let wanted = table.remove_via(&id(1), NOW, unit_cost);
+        assert!(wanted.is_empty());
+        assert!(table.selected(&id(8)).is_none());
+        assert_eq!(table.selected(&id(9)).unwrap().via, id(2));
+        table.forget_unreachable(NOW + FORGET_AFTER);
+        assert_eq!(table.destinations().count(), 1);
+    }
+
+    #[test]
+    fn destinations_are_capped() {
+        let mut table = RouteTable::new(id(0), 2);
+        for dest in 1..10 {
+            table.on_update(id(100), entry(dest, 0, 5), NOW, unit_cost);
+        }
+        assert_eq!(table.destinations().count(), 2);
+    }
+}

@@ -1,0 +1,306 @@
+//! Routing scenarios on the bundled 50-node PlanetLab matrix: convergence, a cut link, dead
+//! relays, a partition and its healing, restricted reachability, a latency change, and loop
+//! freedom while nodes die.
+
+mod common;
+
+use common::bundled_planetlab;
+use hopwise_proto::{Duration, Event, Instant};
+use hopwise_sim::report::Report;
+use hopwise_sim::{Matrix, NetworkConfig, Scenario, SimConfig, Simulation, run};
+
+fn secs(s: i64) -> Instant {
+    Instant::ZERO + Duration::from_secs(s)
+}
+
+fn report_of(config: &SimConfig, seconds: i64) -> Report {
+    run(
+        bundled_planetlab(),
+        config,
+        Duration::from_secs(seconds),
+        |_| {},
+    )
+    .report
+}
+
+/// Pings every listed pair now and returns the round trip of each (None if lost).
+fn ping_all(sim: &mut Simulation, pairs: &[(usize, usize)]) -> Vec<Option<f64>> {
+    let start = sim.now();
+    for (token, &(a, b)) in pairs.iter().enumerate() {
+        sim.ping(a, b, token as u64);
+    }
+    sim.run_until(start + Duration::from_secs(5));
+    let mut rtts = vec![None; pairs.len()];
+    for recorded in sim.take_recorded() {
+        if let Event::PingReply { token, rtt_ms, .. } = recorded.event {
+            rtts[token as usize] = Some(rtt_ms);
+        }
+    }
+    rtts
+}
+
+/// Pings every pair every 100 ms for `window`; returns, per pair, how long after the start the
+/// first ping that came back was sent (None if none did). The first packets into a failure
+/// nobody has noticed yet are lost; this measures how soon traffic flows again.
+fn recovery(
+    sim: &mut Simulation,
+    pairs: &[(usize, usize)],
+    window: Duration,
+) -> Vec<Option<Duration>> {
+    const ROUND: Duration = Duration::from_millis(100);
+    let start = sim.now();
+    let rounds = window.as_micros() / ROUND.as_micros();
+    for round in 0..rounds {
+        sim.run_until(start + Duration::from_micros(ROUND.as_micros() * round));
+        for (index, &(a, b)) in pairs.iter().enumerate() {
+            sim.ping(a, b, (round as u64) << 32 | index as u64);
+        }
+    }
+    sim.run_until(start + window + Duration::from_secs(5));
+    let mut first = vec![None; pairs.len()];
+    for recorded in sim.take_recorded() {
+        if let Event::PingReply { token, .. } = recorded.event {
+            let (round, index) = ((token >> 32) as i64, (token & 0xffff_ffff) as usize);
+            let sent = Duration::from_micros(ROUND.as_micros() * round);
+            if first[index].is_none_or(|f| sent < f) {
+                first[index] = Some(sent);
+            }
+        }
+    }
+    first
+}
+
+/// Follows next hops from every running node towards every running node; panics on a loop.
+fn assert_loop_free(sim: &Simulation) {
+    for destination in (0..sim.len()).filter(|&d| sim.is_running(d)) {
+        let id = sim.id_of(destination);
+        for start in (0..sim.len()).filter(|&s| sim.is_running(s)) {
+            let mut path = vec![start];
+            let mut at = start;
+            while at != destination {
+                let Some(next) = sim
+                    .node(at)
+                    .and_then(|n| n.route(&id))
+                    .and_then(|r| sim.index_of_id(&r.next_hop))
+                else {
+                    break;
+                };
+                assert!(
+                    !path.contains(&next),
+                    "loop {path:?} -> {next} at {:?}",
+                    sim.now()
+                );
+                path.push(next);
+                at = next;
+            }
+        }
+    }
+}
+
+#[test]
+fn cold_start_converges_to_near_optimal_paths() {
+    let report = report_of(&SimConfig::default(), 60);
+    let routing = report.routing.expect("pairs measured");
+    assert_eq!(routing.pairs_measured, 50 * 49);
+    assert_eq!(routing.reachable_fraction, 1.0);
+    assert!(
+        routing.converged_at_s.is_some_and(|s| s <= 30.0),
+        "{:?}",
+        routing.converged_at_s
+    );
+    assert!(
+        routing.stretch_vs_optimal.median <= 1.02,
+        "{:?}",
+        routing.stretch_vs_optimal
+    );
+    assert!(
+        routing.worse_than_direct_fraction <= 0.01,
+        "{}",
+        routing.worse_than_direct_fraction
+    );
+    assert_eq!(routing.ttl_expired, 0);
+    assert!(report.state.route_entries_per_node.mean >= 49.0);
+}
+
+#[test]
+fn a_cut_link_is_routed_around() {
+    let mut sim = Simulation::new(bundled_planetlab(), &SimConfig::default());
+    sim.run_until(secs(40));
+    // A pair that talks directly now.
+    let (a, b) = (0..sim.len())
+        .flat_map(|a| (0..sim.len()).map(move |b| (a, b)))
+        .find(|&(a, b)| {
+            a != b
+                && sim
+                    .node(a)
+                    .and_then(|n| n.route(&sim.id_of(b)))
+                    .is_some_and(|r| r.direct)
+        })
+        .expect("some pair routes directly");
+    assert!(ping_all(&mut sim, &[(a, b)])[0].is_some());
+    sim.network_mut().cut(a, b);
+    let recovered = recovery(&mut sim, &[(a, b), (b, a)], Duration::from_secs(3));
+    for (pair, after) in [(a, b), (b, a)].iter().zip(recovered) {
+        let after = after.unwrap_or_else(|| panic!("{pair:?} unreachable after the cut"));
+        assert!(
+            after <= Duration::from_secs(1),
+            "{pair:?} recovered after {after:?}"
+        );
+    }
+    let route = sim.node(a).unwrap().route(&sim.id_of(b)).unwrap();
+    assert!(!route.direct, "still routed over the cut path");
+}
+
+#[test]
+fn dead_relays_are_routed_around_within_a_second() {
+    let config = SimConfig {
+        scenario: Scenario {
+            measure_pairs: true,
+            flows: 300,
+            fail_nodes: 0.1,
+            fail_at: Some(Duration::from_secs(40)),
+        },
+        ..SimConfig::default()
+    };
+    let report = report_of(&config, 70);
+    let failover = report.failover.expect("failure injected");
+    assert_eq!(failover.failed_nodes, 5);
+    assert!(failover.affected_flows > 0, "no flow crossed a killed node");
+    assert!(
+        failover.reroute_ms.p95 <= 1_000.0,
+        "{:?}",
+        failover.reroute_ms
+    );
+    assert!(
+        failover.reroute_ms.max <= 3_000.0,
+        "{:?}",
+        failover.reroute_ms
+    );
+    assert_eq!(failover.unrecovered_flows, 0);
+    let routing = report.routing.expect("pairs measured");
+    assert_eq!(routing.pairs_measured, 45 * 44, "survivors only");
+    assert_eq!(routing.reachable_fraction, 1.0);
+}
+
+#[test]
+fn a_partition_heals() {
+    let mut sim = Simulation::new(bundled_planetlab(), &SimConfig::default());
+    sim.run_until(secs(40));
+    let side: Vec<bool> = (0..sim.len()).map(|i| i % 2 == 0).collect();
+    sim.network_mut().partition(side);
+    sim.run_until(secs(80));
+    let within: Vec<(usize, usize)> = (0..10).map(|i| (2 * i, 2 * i + 20)).collect();
+    let across: Vec<(usize, usize)> = (0..10).map(|i| (2 * i, 2 * i + 21)).collect();
+    assert!(ping_all(&mut sim, &within).iter().all(Option::is_some));
+    assert!(ping_all(&mut sim, &across).iter().all(Option::is_none));
+    assert_loop_free(&sim);
+    sim.network_mut().heal();
+    sim.run_until(sim.now() + Duration::from_secs(60));
+    let everyone: Vec<(usize, usize)> = (0..sim.len())
+        .flat_map(|a| (0..sim.len()).filter(move |&b| b != a).map(move |b| (a, b)))
+        .collect();
+    let reached = ping_all(&mut sim, &everyone).iter().flatten().count();
+    assert_eq!(
+        reached,
+        everyone.len(),
+        "not every pair reachable after healing"
+    );
+}
+
+#[test]
+fn routes_stay_loop_free_while_nodes_die() {
+    let mut sim = Simulation::new(bundled_planetlab(), &SimConfig::default());
+    sim.run_until(secs(30));
+    for (round, victims) in [[3, 17, 29], [8, 40, 44], [11, 23, 36]].iter().enumerate() {
+        for &victim in victims {
+            sim.stop_node(victim);
+        }
+        sim.network_mut().cut(round, round + 25);
+        let start = sim.now();
+        // Check every 50 ms while the network reacts.
+        for step in 1..=100 {
+            sim.run_until(start + Duration::from_millis(50 * step));
+            assert_loop_free(&sim);
+        }
+    }
+    let survivors: Vec<usize> = (0..sim.len()).filter(|&i| sim.is_running(i)).collect();
+    let pairs: Vec<(usize, usize)> = survivors
+        .iter()
+        .flat_map(|&a| {
+            survivors
+                .iter()
+                .filter(move |&&b| b != a)
+                .map(move |&b| (a, b))
+        })
+        .collect();
+    let recovered = recovery(&mut sim, &pairs, Duration::from_secs(2));
+    let slowest = recovered
+        .iter()
+        .map(|r| r.expect("every survivor pair reachable"))
+        .max();
+    assert!(
+        slowest <= Some(Duration::from_secs(1)),
+        "slowest pair {slowest:?}"
+    );
+    assert_eq!(sim.total_stats().dropped_ttl_expired, 0);
+}
+
+#[test]
+fn restricted_and_natted_pairs_are_reached_through_relays() {
+    for network in [
+        NetworkConfig {
+            restrict: 0.5,
+            ..NetworkConfig::default()
+        },
+        NetworkConfig {
+            nat: 0.3,
+            ..NetworkConfig::default()
+        },
+    ] {
+        let config = SimConfig {
+            network: network.clone(),
+            ..SimConfig::default()
+        };
+        let routing = report_of(&config, 60).routing.expect("pairs measured");
+        assert_eq!(routing.reachable_fraction, 1.0, "{network:?}");
+        assert!(
+            routing.stretch_vs_optimal.median <= 1.05,
+            "{network:?}: {:?}",
+            routing.stretch_vs_optimal
+        );
+    }
+}
+
+#[test]
+fn routes_follow_a_latency_change() {
+    // The second matrix stretches and shrinks every pair by up to a factor of 2, deterministically.
+    let first = bundled_planetlab();
+    let n = first.len();
+    let rows = (0..n)
+        .map(|i| {
+            (0..n)
+                .map(|j| {
+                    let factor = 0.5 + ((i.min(j) * 31 + i.max(j) * 17) % 100) as f64 / 100.0 * 1.5;
+                    first.rtt_ms(i, j).map(|rtt| rtt * factor)
+                })
+                .collect()
+        })
+        .collect();
+    let second = Matrix::from_rows(rows).unwrap();
+    let config = SimConfig {
+        later_matrices: vec![second],
+        network: NetworkConfig {
+            matrix_interval: Duration::from_secs(60),
+            ..NetworkConfig::default()
+        },
+        ..SimConfig::default()
+    };
+    let report = report_of(&config, 90);
+    let slice = report
+        .slices
+        .first()
+        .expect("the switch at 60 s was measured");
+    assert_eq!(slice.switched_at_s, 60.0);
+    assert_eq!(slice.reachable_fraction, 1.0);
+    assert!(slice.stretch_median <= 1.02, "{slice:?}");
+}
