@@ -3,6 +3,15 @@
 use std::path::Path;
 use std::process::Command;
 
+/// Fails the test with the command's stderr if it did not succeed.
+fn assert_succeeded(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn run_sim(dir: &Path, name: &str, extra: &[&str]) -> (String, serde_json::Value) {
     let report = dir.join(format!("{name}.json"));
     let coords = dir.join(format!("{name}.csv"));
@@ -15,11 +24,7 @@ fn run_sim(dir: &Path, name: &str, extra: &[&str]) -> (String, serde_json::Value
         .args(extra)
         .output()
         .expect("hopwise runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(&output);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
     (std::fs::read_to_string(coords).unwrap(), report)
@@ -78,11 +83,7 @@ fn sim_reads_a_json_matrix_and_rejects_a_broken_one() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_succeeded(&output);
     let coords = std::fs::read_to_string(dir.join("coords.csv")).unwrap();
     assert!(coords.lines().nth(1).unwrap().starts_with("a,"), "{coords}");
 
@@ -95,5 +96,65 @@ fn sim_reads_a_json_matrix_and_rejects_a_broken_one() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("row 1 has 2 entries"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sim_routes_expands_and_replays_matrices() {
+    let dir = std::env::temp_dir().join(format!("hopwise-sim-routing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two copies of a 3-node matrix where the direct a-c path is slow and b is a good relay,
+    // replayed in turn by a glob; each node expanded into 4 behind its host.
+    for (name, slow) in [("m1.txt", "90"), ("m2.txt", "120")] {
+        let text = format!("0 10 {slow}\n10 0 10\n{slow} 10 0\n");
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let pairs = dir.join("pairs.csv");
+    let report = dir.join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_hopwise"))
+        .args([
+            "sim",
+            "--duration",
+            "50s",
+            "--expand",
+            "12",
+            "--matrix-interval",
+            "20s",
+        ])
+        .arg("--matrix")
+        .arg(dir.join("m*.txt"))
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_succeeded(&output);
+    let pairs = std::fs::read_to_string(pairs).unwrap();
+    let mut lines = pairs.lines();
+    assert_eq!(lines.next(), Some("src,dst,direct_ms,overlay_ms,hops"));
+    assert_eq!(lines.count(), 12 * 11);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+    assert_eq!(report["expanded_from"]["hosts"], 3);
+    assert_eq!(report["network"]["matrices"], 2);
+    assert_eq!(report["routing"]["reachable_fraction"], 1.0);
+    // The slow direct paths between the hosts of a and c are avoided through b's host.
+    assert!(report["routing"]["captured_fraction"].as_f64().unwrap() > 0.9);
+    assert_eq!(report["slices"].as_array().unwrap().len(), 2);
+    for field in ["median", "p95", "p99"] {
+        assert!(
+            report["routing"]["stretch_vs_optimal"][field]
+                .as_f64()
+                .unwrap()
+                >= 1.0
+        );
+    }
+    assert!(
+        report["state"]["route_entries_per_node"]["mean"]
+            .as_f64()
+            .unwrap()
+            >= 11.0
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

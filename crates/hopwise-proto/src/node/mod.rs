@@ -78,8 +78,10 @@ pub struct RoutingConfig {
     pub active_probe_interval: Duration,
     /// Consecutive lost probes after which a routing link or session is declared down.
     pub max_missed_probes: u32,
-    /// Route changes are batched for this long before they are sent.
+    /// Route improvements are batched for this long before they are sent.
     pub update_delay: Duration,
+    /// Lost or worsened routes are sent after this short delay.
+    pub urgent_update_delay: Duration,
     /// Time between two reviews of the routing links.
     pub review_interval: Duration,
     /// A relay link is replaced by a better candidate at most this often.
@@ -100,6 +102,7 @@ impl Default for RoutingConfig {
             active_probe_interval: Duration::from_millis(100),
             max_missed_probes: 3,
             update_delay: Duration::from_secs(1),
+            urgent_update_delay: Duration::from_millis(200),
             review_interval: Duration::from_secs(5),
             relay_swap_interval: Duration::from_secs(60),
             max_destinations: 65_536,

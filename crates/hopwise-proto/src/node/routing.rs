@@ -211,14 +211,21 @@ impl Node {
     }
 
     /// Sends what the table wants sent: seqno requests now, route changes after the batching
-    /// delay.
+    /// delay (short for bad news).
     pub(super) fn after_route_change(&mut self, wanted: Vec<SeqnoWanted>) {
         for request in wanted {
             self.request_seqno(request);
         }
-        if self.routes.has_changes() && self.flush_at.is_none() {
-            self.flush_at = Some(self.now + self.config.routing.update_delay);
+        if !self.routes.has_changes() {
+            return;
         }
+        let delay = if self.routes.has_urgent_changes() {
+            self.config.routing.urgent_update_delay
+        } else {
+            self.config.routing.update_delay
+        };
+        let at = self.now + delay;
+        self.flush_at = Some(self.flush_at.map_or(at, |planned| planned.min(at)));
     }
 
     fn request_seqno(&mut self, wanted: SeqnoWanted) {

@@ -104,6 +104,8 @@ pub struct RouteTable {
     advertise_self: bool,
     destinations: IndexMap<NodeId, Destination>,
     dirty: IndexSet<NodeId>,
+    /// Some queued change is a loss or a worsening.
+    urgent: bool,
     max_destinations: usize,
 }
 
@@ -115,6 +117,7 @@ impl RouteTable {
             advertise_self: true,
             destinations: IndexMap::new(),
             dirty: IndexSet::new(),
+            urgent: false,
             max_destinations,
         }
     }
@@ -334,6 +337,13 @@ impl RouteTable {
         };
         if significant_change(destination.advertised, destination.wanted()) {
             self.dirty.insert(id);
+            // Bad news travels fast, so nobody keeps sending into a lost or slower path; good
+            // news may wait for the next batch.
+            let advertised = destination.advertised.map(|a| a.1);
+            let wanted = destination.wanted().map(|w| w.1);
+            if wanted.is_none_or(|new| advertised.is_some_and(|old| new > old)) {
+                self.urgent = true;
+            }
         }
         wanted_seqno
     }
@@ -342,6 +352,7 @@ impl RouteTable {
     /// enough since they were last advertised, and this node itself when its seqno moved.
     /// Records them as advertised (which may lower feasibility distances).
     pub fn take_changes(&mut self) -> Vec<RouteEntry> {
+        self.urgent = false;
         let mut entries = Vec::with_capacity(self.dirty.len() + 1);
         if std::mem::take(&mut self.advertise_self) {
             entries.push(self.own_entry());
@@ -397,6 +408,11 @@ impl RouteTable {
             seqno,
             metric,
         })
+    }
+
+    /// Whether a queued change is bad news (a lost route or a worse metric).
+    pub fn has_urgent_changes(&self) -> bool {
+        self.urgent
     }
 
     pub fn has_changes(&self) -> bool {
