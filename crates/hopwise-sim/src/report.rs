@@ -111,6 +111,7 @@ pub struct GapPercentiles {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SliceReport {
+    /// Which matrix took over, counting from 1 in the order given (the schedule repeats).
     pub slice: usize,
     pub switched_at_s: f64,
     pub measured_at_s: f64,
@@ -266,7 +267,10 @@ pub fn run(
             let switched =
                 Instant::ZERO + Duration::from_micros(switch_interval.as_micros() * slice as i64);
             if second == switched + SLICE_MEASURE_AFTER && switched < end {
-                slices.push(measure_slice(&mut sim, slice, switched, config.seed));
+                let matrix_number = slice % (1 + config.later_matrices.len()) + 1;
+                let mut report = measure_slice(&mut sim, slice, switched, config.seed);
+                report.slice = matrix_number;
+                slices.push(report);
                 next_slice = Some(slice + 1);
             }
         }

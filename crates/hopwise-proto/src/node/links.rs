@@ -213,7 +213,8 @@ impl Node {
             LinkOp::Open => {
                 let has_room = self.routing_link_count() < self.config.routing.max_links;
                 match self.links.get_mut(&sender) {
-                    Some(link) => {
+                    // A session becomes a routing link only if there is room for one.
+                    Some(link) if link.kind != LinkKind::Session || has_room => {
                         if link.kind == LinkKind::Session {
                             link.kind = LinkKind::Inbound;
                         }
@@ -225,7 +226,7 @@ impl Node {
                         self.links.insert(sender, link);
                         self.next_link_probe_at = self.now;
                     }
-                    None => {
+                    _ => {
                         self.send(from, Message::Link(LinkOp::Refuse));
                         return;
                     }
