@@ -17,7 +17,7 @@ pub mod wire;
 pub use coords::{Algorithm, Coordinate, VivaldiConfig};
 pub use id::NodeId;
 pub use node::{
-    Config, Event, Input, LinkKind, Node, NodeStats, Output, RouteInfo, RoutingConfig, RoutingLink,
-    Transmit,
+    Config, Event, Input, LinkKind, Node, NodeStats, Output, PayloadTooLarge, RouteInfo,
+    RoutingConfig, RoutingLink, Transmit,
 };
 pub use time::{Duration, Instant};

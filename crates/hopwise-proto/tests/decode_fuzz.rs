@@ -3,7 +3,11 @@
 
 use std::net::SocketAddr;
 
-use hopwise_proto::wire::{GossipEntry, MAX_GOSSIP, Message, Packet, Probe, WireCoord};
+use hopwise_proto::routing::{Metric, Seqno};
+use hopwise_proto::wire::{
+    Data, DataBody, GossipEntry, LinkOp, MAX_GOSSIP, MAX_ROUTE_ENTRIES, Message, Packet, Probe,
+    RouteEntry, RouteUpdate, SeqnoRequest, WireCoord,
+};
 use hopwise_proto::{Config, Input, Instant, Node, NodeId, Output};
 use proptest::prelude::*;
 
@@ -45,14 +49,60 @@ fn packet() -> impl Strategy<Value = Packet> {
             coord,
             gossip,
         });
-    (any::<[u8; 16]>(), any::<bool>(), probe).prop_map(|(sender, request, probe)| Packet {
-        sender: NodeId::from_bytes(sender),
-        message: if request {
+    let node_id = || any::<[u8; 16]>().prop_map(NodeId::from_bytes);
+    let route_entry =
+        (node_id(), any::<u16>(), any::<u16>()).prop_map(|(destination, seqno, metric)| {
+            RouteEntry {
+                destination,
+                seqno: Seqno(seqno),
+                metric: Metric(metric),
+            }
+        });
+    let link_op = prop_oneof![
+        Just(LinkOp::Open),
+        Just(LinkOp::Accept),
+        Just(LinkOp::Refuse),
+        Just(LinkOp::Close)
+    ];
+    let body = prop_oneof![
+        (any::<u64>(), any::<u64>()).prop_map(|(token, sent_us)| DataBody::Ping { token, sent_us }),
+        (any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(token, sent_us, ping_hops)| {
+            DataBody::Pong {
+                token,
+                sent_us,
+                ping_hops,
+            }
+        }),
+        prop::collection::vec(any::<u8>(), 0..1_000).prop_map(DataBody::Payload),
+    ];
+    let data = (node_id(), node_id(), any::<u8>(), any::<u8>(), body).prop_map(
+        |(source, destination, ttl, hops, body)| Data {
+            source,
+            destination,
+            ttl,
+            hops,
+            body,
+        },
+    );
+    let message = prop_oneof![
+        (any::<bool>(), probe).prop_map(|(request, probe)| if request {
             Message::ProbeRequest(probe)
         } else {
             Message::ProbeReply(probe)
-        },
-    })
+        }),
+        prop::collection::vec(route_entry, 0..=MAX_ROUTE_ENTRIES)
+            .prop_map(|entries| Message::RouteUpdate(RouteUpdate { entries })),
+        link_op.prop_map(Message::Link),
+        (node_id(), any::<u16>(), any::<u8>()).prop_map(|(destination, seqno, hop_limit)| {
+            Message::SeqnoRequest(SeqnoRequest {
+                destination,
+                seqno: Seqno(seqno),
+                hop_limit,
+            })
+        }),
+        data.prop_map(Message::Data),
+    ];
+    (node_id(), message).prop_map(|(sender, message)| Packet { sender, message })
 }
 
 fn fresh_node() -> Node {
@@ -74,7 +124,7 @@ proptest! {
     }
 
     #[test]
-    fn random_bodies_behind_a_valid_header_never_panic(kind in 0u8..4, body in prop::collection::vec(any::<u8>(), 0..600)) {
+    fn random_bodies_behind_a_valid_header_never_panic(kind in 0u8..8, body in prop::collection::vec(any::<u8>(), 0..600)) {
         let mut data = vec![0x68, 1, kind, 0];
         data.extend_from_slice(&[9; 16]);
         data.extend_from_slice(&body);
@@ -105,6 +155,22 @@ proptest! {
             // Whatever decodes re-encodes to exactly the bytes it came from.
             prop_assert_eq!(decoded.to_bytes(), mutated);
         }
+    }
+
+    #[test]
+    fn the_node_survives_well_formed_hostile_packets(packets in prop::collection::vec(packet(), 1..40)) {
+        // Well-formed but arbitrary: pongs for pings never sent (with any timestamp), route
+        // updates and link operations from strangers, data with any TTL.
+        let mut node = fresh_node();
+        let from: SocketAddr = "192.0.2.9:4000".parse().unwrap();
+        for (i, packet) in packets.iter().enumerate() {
+            let data = packet.to_bytes();
+            let now = Instant::from_micros(i as i64 * 1_000);
+            node.handle_input(Input::Datagram { now, from, data: &data });
+            drain(&mut node);
+        }
+        prop_assert_eq!(node.stats().datagrams_received, packets.len() as u64);
+        prop_assert_eq!(node.stats().dropped_malformed, 0);
     }
 
     #[test]
@@ -153,4 +219,43 @@ fn unsolicited_replies_are_dropped_and_counted() {
         node.known_nodes().is_empty(),
         "an unsolicited reply teaches nothing"
     );
+}
+
+#[test]
+fn pongs_with_impossible_timestamps_are_dropped_and_counted() {
+    let mut node = fresh_node();
+    let now = Instant::from_micros(5_000_000);
+    for sent_us in [u64::MAX, 1 << 63, 6_000_000] {
+        let pong = Packet {
+            sender: NodeId::from_bytes([2; 16]),
+            message: Message::Data(Data {
+                source: NodeId::from_bytes([2; 16]),
+                destination: NodeId::from_bytes([1; 16]),
+                ttl: 5,
+                hops: 1,
+                body: DataBody::Pong {
+                    token: 1,
+                    sent_us,
+                    ping_hops: 1,
+                },
+            }),
+        };
+        let data = pong.to_bytes();
+        let from = "192.0.2.1:1".parse().unwrap();
+        node.handle_input(Input::Datagram {
+            now,
+            from,
+            data: &data,
+        });
+        loop {
+            match node.poll_output() {
+                Output::Timeout(_) => break,
+                Output::Event(hopwise_proto::Event::PingReply { .. }) => {
+                    panic!("a pong sent at {sent_us} µs became a ping reply")
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(node.stats().dropped_unexpected, 3);
 }

@@ -52,7 +52,8 @@ impl Flows {
         for (flow, &(a, b)) in self.pairs.iter().enumerate() {
             let mut payload = (flow as u32).to_be_bytes().to_vec();
             payload.extend_from_slice(&seq.to_be_bytes());
-            sim.send_data(a, b, payload);
+            sim.send_data(a, b, payload)
+                .expect("eight bytes fit a datagram");
         }
     }
 

@@ -125,10 +125,6 @@ impl Network {
         &self.matrices[slot % self.matrices.len()]
     }
 
-    pub fn matrices(&self) -> &[Matrix] {
-        &self.matrices
-    }
-
     pub fn is_natted(&self, node: usize) -> bool {
         self.natted[node]
     }

@@ -20,7 +20,7 @@ const SAMPLE_PAIRS: usize = 20_000;
 /// Pings are spread over this window so that no node sends hundreds in one instant.
 const PING_SPREAD: Duration = Duration::from_secs(1);
 /// Between the first round of pings (which opens direct sessions) and the measured one.
-const WARM_UP: Duration = Duration::from_secs(4);
+pub(crate) const WARM_UP: Duration = Duration::from_secs(4);
 /// A ping unanswered this long after the last was sent counts as unreachable.
 const PING_TIMEOUT: Duration = Duration::from_secs(6);
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::flows::{FLOW_INTERVAL, Flows};
 use crate::matrix::Matrix;
 use crate::metrics::{Accuracy, coordinate_accuracy, percentile};
-use crate::paths::{PairResult, choose_pairs, evaluate};
+use crate::paths::{PairResult, WARM_UP, choose_pairs, evaluate};
 use crate::sim::{SimConfig, Simulation};
 
 /// IPv4 + UDP headers, added to every datagram's payload to count bytes as they are on the wire.
@@ -268,9 +268,13 @@ pub fn run(
                 Instant::ZERO + Duration::from_micros(switch_interval.as_micros() * slice as i64);
             if second == switched + SLICE_MEASURE_AFTER && switched < end {
                 let matrix_number = slice % (1 + config.later_matrices.len()) + 1;
-                let mut report = measure_slice(&mut sim, slice, switched, config.seed);
-                report.slice = matrix_number;
-                slices.push(report);
+                slices.push(measure_slice(
+                    &mut sim,
+                    slice,
+                    matrix_number,
+                    switched,
+                    config.seed,
+                ));
                 next_slice = Some(slice + 1);
             }
         }
@@ -500,19 +504,27 @@ fn failover_report(failure: &Failure, flows: &Flows, flow_end: Instant) -> Failo
     }
 }
 
-fn measure_slice(sim: &mut Simulation, slice: usize, switched: Instant, seed: u64) -> SliceReport {
-    let mut pairs = choose_pairs(sim, seed.wrapping_add(slice as u64));
+/// Path quality after switch number `switch` (counted from 1), which brought matrix
+/// `matrix_number` into force at `switched`.
+fn measure_slice(
+    sim: &mut Simulation,
+    switch: usize,
+    matrix_number: usize,
+    switched: Instant,
+    seed: u64,
+) -> SliceReport {
+    let mut pairs = choose_pairs(sim, seed.wrapping_add(switch as u64));
     if pairs.len() > SLICE_PAIRS {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ slice as u64);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ switch as u64);
         pairs.shuffle(&mut rng);
         pairs.truncate(SLICE_PAIRS);
     }
     let results = evaluate(sim, &pairs);
     let report = routing_report(&results);
     SliceReport {
-        slice,
+        slice: matrix_number,
         switched_at_s: (switched - Instant::ZERO).as_secs_f64(),
-        measured_at_s: (switched + SLICE_MEASURE_AFTER - Instant::ZERO).as_secs_f64() + 4.0,
+        measured_at_s: (switched + SLICE_MEASURE_AFTER + WARM_UP - Instant::ZERO).as_secs_f64(),
         pairs_measured: results.len(),
         stretch_median: report.stretch_vs_optimal.median,
         stretch_p95: report.stretch_vs_optimal.p95,

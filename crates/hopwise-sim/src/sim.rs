@@ -9,7 +9,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use hopwise_proto::{
-    Algorithm, Config, Coordinate, Duration, Event, Input, Instant, Node, NodeId, NodeStats, Output,
+    Algorithm, Config, Coordinate, Duration, Event, Input, Instant, Node, NodeId, NodeStats,
+    Output, PayloadTooLarge,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -266,13 +267,20 @@ impl Simulation {
         }
     }
 
-    /// Node `from` sends `payload` to node `to` through the overlay now.
-    pub fn send_data(&mut self, from: usize, to: usize, payload: Vec<u8>) {
+    /// Node `from` sends `payload` to node `to` through the overlay now (nothing if `from` is
+    /// not running).
+    pub fn send_data(
+        &mut self,
+        from: usize,
+        to: usize,
+        payload: Vec<u8>,
+    ) -> Result<(), PayloadTooLarge> {
         let destination = self.ids[to];
         if let Some(node) = self.nodes[from].as_mut() {
-            node.send_data(self.now, destination, payload);
+            node.send_data(self.now, destination, payload)?;
             self.drain(from);
         }
+        Ok(())
     }
 
     /// Every node's coordinate and error estimate (origin and full error for nodes not started).

@@ -6,6 +6,7 @@ mod common;
 
 use common::bundled_planetlab;
 use hopwise_proto::{Duration, Event, Instant};
+use hopwise_sim::paths::choose_pairs;
 use hopwise_sim::report::Report;
 use hopwise_sim::{Matrix, NetworkConfig, Scenario, SimConfig, Simulation, run};
 
@@ -196,9 +197,9 @@ fn a_partition_heals() {
     assert_loop_free(&sim);
     sim.network_mut().heal();
     sim.run_until(sim.now() + Duration::from_secs(60));
-    let everyone: Vec<(usize, usize)> = (0..sim.len())
-        .flat_map(|a| (0..sim.len()).filter(move |&b| b != a).map(move |b| (a, b)))
-        .collect();
+    // Every ordered pair (50 nodes are below the sampling threshold).
+    let everyone = choose_pairs(&sim, 1);
+    assert_eq!(everyone.len(), 50 * 49);
     let reached = ping_all(&mut sim, &everyone).iter().flatten().count();
     assert_eq!(
         reached,
@@ -223,16 +224,9 @@ fn routes_stay_loop_free_while_nodes_die() {
             assert_loop_free(&sim);
         }
     }
-    let survivors: Vec<usize> = (0..sim.len()).filter(|&i| sim.is_running(i)).collect();
-    let pairs: Vec<(usize, usize)> = survivors
-        .iter()
-        .flat_map(|&a| {
-            survivors
-                .iter()
-                .filter(move |&&b| b != a)
-                .map(move |&b| (a, b))
-        })
-        .collect();
+    // Every ordered pair of survivors.
+    let pairs = choose_pairs(&sim, 1);
+    assert_eq!(pairs.len(), 41 * 40);
     let recovered = recovery(&mut sim, &pairs, Duration::from_secs(2));
     let slowest = recovered
         .iter()

@@ -100,6 +100,11 @@ impl RoutingLink {
         self.link.as_ref().map(Link::recent_rtt_ms)
     }
 
+    /// A link that exchanges routes (not a source's direct session).
+    pub fn is_routing(&self) -> bool {
+        self.kind != LinkKind::Session
+    }
+
     pub fn is_active(&self, now: Instant) -> bool {
         self.last_traffic.is_some_and(|at| now - at < ACTIVE_WINDOW)
     }
@@ -125,10 +130,7 @@ impl Node {
     }
 
     fn routing_link_count(&self) -> usize {
-        self.links
-            .values()
-            .filter(|l| l.kind != LinkKind::Session)
-            .count()
+        self.links.values().filter(|l| l.is_routing()).count()
     }
 
     /// Opens (or upgrades a session into) a routing link of `kind`.
@@ -146,7 +148,7 @@ impl Node {
 
     fn close_link(&mut self, id: NodeId) {
         if let Some(link) = self.links.swap_remove(&id) {
-            if link.kind != LinkKind::Session {
+            if link.is_routing() {
                 self.send(link.addr, Message::Link(LinkOp::Close));
                 self.link_removed(id);
             }
@@ -158,7 +160,7 @@ impl Node {
             self.shunned.insert(id, self.now + SHUN_FOR);
         }
         if let Some(link) = self.links.swap_remove(&id) {
-            if link.kind != LinkKind::Session {
+            if link.is_routing() {
                 self.link_removed(id);
             }
         }
@@ -170,11 +172,7 @@ impl Node {
             self.mark_traffic(destination);
             return;
         }
-        let sessions = self
-            .links
-            .values()
-            .filter(|l| l.kind == LinkKind::Session)
-            .count();
+        let sessions = self.links.values().filter(|l| !l.is_routing()).count();
         if sessions >= self.config.routing.max_sessions || self.shunned.contains_key(&destination) {
             return;
         }
@@ -214,8 +212,8 @@ impl Node {
                 let has_room = self.routing_link_count() < self.config.routing.max_links;
                 match self.links.get_mut(&sender) {
                     // A session becomes a routing link only if there is room for one.
-                    Some(link) if link.kind != LinkKind::Session || has_room => {
-                        if link.kind == LinkKind::Session {
+                    Some(link) if link.is_routing() || has_room => {
+                        if !link.is_routing() {
                             link.kind = LinkKind::Inbound;
                         }
                         link.accepted = true;
@@ -239,7 +237,7 @@ impl Node {
                 let Some(link) = self.links.get_mut(&sender) else {
                     return;
                 };
-                if link.kind != LinkKind::Session && !link.accepted {
+                if link.is_routing() && !link.accepted {
                     link.accepted = true;
                     let dump = self.routes.full_dump();
                     self.send_routes(from, &dump);
@@ -251,11 +249,7 @@ impl Node {
                 }
             }
             LinkOp::Close => {
-                if self
-                    .links
-                    .get(&sender)
-                    .is_some_and(|l| l.kind != LinkKind::Session)
-                {
+                if self.links.get(&sender).is_some_and(|l| l.is_routing()) {
                     self.drop_link(sender, false);
                 }
             }
@@ -271,22 +265,19 @@ impl Node {
         let mut give_up = Vec::new();
         let mut next = Instant::MAX;
         for (id, link) in &mut self.links {
-            let unanswered =
-                link.link.is_none() || (link.kind != LinkKind::Session && !link.accepted);
+            let unanswered = link.link.is_none() || (link.is_routing() && !link.accepted);
             if unanswered && now - link.opened_at >= OPEN_TIMEOUT {
                 give_up.push(*id);
                 continue;
             }
-            if link.kind == LinkKind::Session
-                && link.last_traffic.is_none_or(|at| now - at >= SESSION_IDLE)
-            {
+            if !link.is_routing() && link.last_traffic.is_none_or(|at| now - at >= SESSION_IDLE) {
                 give_up.push(*id);
                 continue;
             }
             if link.next_probe_at <= now {
                 let interval = if link.is_active(now) {
                     routing.active_probe_interval
-                } else if link.kind == LinkKind::Session || link.link.is_none() {
+                } else if !link.is_routing() || link.link.is_none() {
                     SESSION_PROBE_INTERVAL
                 } else {
                     routing.idle_probe_interval
@@ -327,7 +318,7 @@ impl Node {
         }
         link.update_cost();
         let after = link.cost();
-        let routing = link.kind != LinkKind::Session;
+        let routing = link.is_routing();
         let changed = match (before, after) {
             (Some(b), Some(a)) => b.0.abs_diff(a.0) > (b.0 / 200).max(1),
             _ => true,
@@ -357,7 +348,7 @@ impl Node {
         }
         let before = link.cost();
         link.update_cost();
-        if link.kind != LinkKind::Session && link.cost() != before {
+        if link.is_routing() && link.cost() != before {
             self.link_cost_changed(id);
         }
     }
@@ -382,7 +373,7 @@ impl Node {
             }
             return;
         }
-        if self.since(self.last_relay_swap) < self.config.routing.relay_swap_interval {
+        if now - self.last_relay_swap < self.config.routing.relay_swap_interval {
             return;
         }
         let utilities = self.link_utilities();
@@ -418,15 +409,11 @@ impl Node {
 
     fn review_near(&mut self, candidates: &[(NodeId, SocketAddr, f64)]) {
         let wanted = self.config.routing.near_links;
-        let linked = |node: &Node, id: &NodeId| {
-            node.links
-                .get(id)
-                .is_some_and(|l| l.kind != LinkKind::Session)
-        };
+        let linked = |node: &Node, id: &NodeId| node.links.get(id).is_some_and(|l| l.is_routing());
         // The nearest measured nodes, whether as candidates or as existing links.
         let mut nearest: Vec<(NodeId, f64)> = candidates.iter().map(|c| (c.0, c.2)).collect();
         for (id, link) in &self.links {
-            if link.kind != LinkKind::Session && !nearest.iter().any(|(n, _)| n == id) {
+            if link.is_routing() && !nearest.iter().any(|(n, _)| n == id) {
                 if let Some(rtt) = link.rtt_ms() {
                     nearest.push((*id, rtt));
                 }
@@ -525,11 +512,7 @@ impl Node {
             .collect();
         candidates
             .iter()
-            .filter(|c| {
-                self.links
-                    .get(&c.0)
-                    .is_none_or(|l| l.kind == LinkKind::Session)
-            })
+            .filter(|c| self.links.get(&c.0).is_none_or(|l| !l.is_routing()))
             .map(|&(id, addr, rtt)| {
                 let coord = self.neighbours.get(&id).map(|n| n.coord);
                 let benefit: f64 = destinations

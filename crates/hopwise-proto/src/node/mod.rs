@@ -15,7 +15,7 @@ mod links;
 mod routing;
 
 pub use links::{LinkKind, RoutingLink};
-pub use routing::RouteInfo;
+pub use routing::{PayloadTooLarge, RouteInfo};
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -783,18 +783,21 @@ impl Node {
         to_wire(self.vivaldi.coordinate(), self.vivaldi.error())
     }
 
-    fn send(&mut self, destination: SocketAddr, message: Message) {
+    /// Queues `message` for `destination`; returns the datagram's length.
+    fn send(&mut self, destination: SocketAddr, message: Message) -> usize {
         let contents = Packet {
             sender: self.config.id,
             message,
         }
         .to_bytes();
+        let len = contents.len();
         self.stats.datagrams_sent += 1;
-        self.stats.bytes_sent += contents.len() as u64;
+        self.stats.bytes_sent += len as u64;
         self.outputs.push_back(Output::Transmit(Transmit {
             destination,
             contents,
         }));
+        len
     }
 }
 

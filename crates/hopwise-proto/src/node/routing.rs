@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 
-use super::links::{LinkKind, RoutingLink, hop_cost};
+use super::links::{RoutingLink, hop_cost};
 use super::{Event, Node, Output};
 use crate::routing::{Metric, SeqnoWanted};
 use crate::wire::{
-    Data, DataBody, INITIAL_TTL, MAX_ROUTE_ENTRIES, Message, RouteUpdate, SeqnoRequest,
+    Data, DataBody, INITIAL_TTL, MAX_PAYLOAD, MAX_ROUTE_ENTRIES, Message, RouteEntry, RouteUpdate,
+    SeqnoRequest,
 };
 use crate::{Duration, Instant, NodeId};
 
@@ -17,6 +18,18 @@ const SEQNO_REQUEST_HOPS: u8 = 16;
 const REQUEST_MEMORY: Duration = Duration::from_secs(2);
 /// Bound on remembered requests.
 const MAX_RECENT_REQUESTS: usize = 4_096;
+
+/// [`Node::send_data`] refused a payload of this many bytes: more than one datagram carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadTooLarge(pub usize);
+
+impl std::fmt::Display for PayloadTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a payload of {} bytes exceeds {MAX_PAYLOAD}", self.0)
+    }
+}
+
+impl std::error::Error for PayloadTooLarge {}
 
 /// A sequence-number request this node sent or forwarded.
 #[derive(Debug, Clone, Copy)]
@@ -45,11 +58,20 @@ impl Node {
         self.originate(destination, DataBody::Ping { token, sent_us });
     }
 
-    /// Sends `payload` through the overlay; it arrives as [`Event::Delivered`]. Payloads that do
-    /// not fit one datagram are dropped and counted.
-    pub fn send_data(&mut self, now: Instant, destination: NodeId, payload: Vec<u8>) {
+    /// Sends `payload` through the overlay; it arrives as [`Event::Delivered`]. A payload must
+    /// fit one datagram ([`MAX_PAYLOAD`] bytes).
+    pub fn send_data(
+        &mut self,
+        now: Instant,
+        destination: NodeId,
+        payload: Vec<u8>,
+    ) -> Result<(), PayloadTooLarge> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(PayloadTooLarge(payload.len()));
+        }
         self.advance(now);
         self.originate(destination, DataBody::Payload(payload));
+        Ok(())
     }
 
     /// Where a packet for `destination` would go now.
@@ -69,9 +91,7 @@ impl Node {
     }
 
     pub fn routing_links(&self) -> impl Iterator<Item = (&NodeId, &RoutingLink)> {
-        self.links
-            .iter()
-            .filter(|(_, l)| l.kind != LinkKind::Session)
+        self.links.iter().filter(|(_, l)| l.is_routing())
     }
 
     fn originate(&mut self, destination: NodeId, body: DataBody) {
@@ -120,7 +140,14 @@ impl Node {
                 sent_us,
                 ping_hops,
             } => {
-                let rtt_ms = (self.now.as_micros() - sent_us as i64) as f64 / 1_000.0;
+                // The timestamp is ours only if the pong is genuine: one from the future (or out
+                // of range) cannot be, and must not turn into a negative or absurd round trip.
+                let sent = i64::try_from(sent_us).map(Instant::from_micros);
+                let Some(sent) = sent.ok().filter(|sent| *sent <= self.now) else {
+                    self.stats.dropped_unexpected += 1;
+                    return;
+                };
+                let rtt_ms = (self.now - sent).as_millis_f64();
                 self.outputs.push_back(Output::Event(Event::PingReply {
                     destination: data.source,
                     token,
@@ -175,17 +202,13 @@ impl Node {
             hops: data.hops.saturating_add(1),
             ..data
         });
-        let before = self.stats.bytes_sent;
-        self.send(addr, message);
+        let bytes = self.send(addr, message);
         self.stats.data_datagrams_sent += 1;
-        self.stats.data_bytes_sent += self.stats.bytes_sent - before;
+        self.stats.data_bytes_sent += bytes as u64;
     }
 
     pub(super) fn on_route_update(&mut self, sender: NodeId, update: RouteUpdate) {
-        let routing = self
-            .links
-            .get(&sender)
-            .is_some_and(|l| l.kind != LinkKind::Session);
+        let routing = self.links.get(&sender).is_some_and(|l| l.is_routing());
         if !routing {
             self.stats.dropped_unexpected += 1;
             return;
@@ -337,7 +360,7 @@ impl Node {
             let targets: Vec<SocketAddr> = self
                 .links
                 .values()
-                .filter(|l| l.kind != LinkKind::Session && l.accepted)
+                .filter(|l| l.is_routing() && l.accepted)
                 .map(|l| l.addr)
                 .collect();
             for addr in targets {
@@ -357,7 +380,7 @@ impl Node {
         }
     }
 
-    pub(super) fn send_routes(&mut self, addr: SocketAddr, entries: &[crate::wire::RouteEntry]) {
+    pub(super) fn send_routes(&mut self, addr: SocketAddr, entries: &[RouteEntry]) {
         for chunk in entries.chunks(MAX_ROUTE_ENTRIES) {
             self.stats.route_updates_sent += 1;
             let update = RouteUpdate {
@@ -393,11 +416,7 @@ impl Node {
     /// is a route to it (and, advertised, a last hop for everyone), unless a routing link to it
     /// already provides one.
     pub(super) fn neighbour_changed(&mut self, id: NodeId) {
-        if self
-            .links
-            .get(&id)
-            .is_some_and(|l| l.kind != LinkKind::Session)
-        {
+        if self.links.get(&id).is_some_and(|l| l.is_routing()) {
             return;
         }
         let now = self.now;
@@ -418,9 +437,5 @@ impl Node {
             .get(via)
             .map(|l| l.addr)
             .or_else(|| self.neighbours.get(via).map(|n| n.addr))
-    }
-
-    pub(super) fn since(&self, at: Instant) -> Duration {
-        self.now.saturating_since(at)
     }
 }

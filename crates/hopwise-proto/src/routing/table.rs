@@ -247,10 +247,7 @@ impl RouteTable {
                 affected.push(*id);
             }
         }
-        affected
-            .into_iter()
-            .filter_map(|id| self.reselect(id, now, &cost))
-            .collect()
+        self.reselect_each(affected, now, &cost)
     }
 
     /// Re-evaluates every destination offered by `via`, whose link cost changed.
@@ -266,9 +263,18 @@ impl RouteTable {
             .filter(|(_, d)| d.offers.iter().any(|o| o.via == *via))
             .map(|(id, _)| *id)
             .collect();
-        affected
+        self.reselect_each(affected, now, &cost)
+    }
+
+    fn reselect_each(
+        &mut self,
+        destinations: Vec<NodeId>,
+        now: Instant,
+        cost: &impl Fn(&NodeId) -> Option<Metric>,
+    ) -> Vec<SeqnoWanted> {
+        destinations
             .into_iter()
-            .filter_map(|id| self.reselect(id, now, &cost))
+            .filter_map(|id| self.reselect(id, now, cost))
             .collect()
     }
 

@@ -20,9 +20,14 @@ impl<'a> Reader<'a> {
         self.data.len()
     }
 
-    /// Everything not read yet.
-    pub(crate) fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.data)
+    /// The next `len` bytes.
+    pub(crate) fn slice(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+        if self.data.len() < len {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.data.split_at(len);
+        self.data = rest;
+        Ok(head)
     }
 
     pub(crate) fn bytes<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {

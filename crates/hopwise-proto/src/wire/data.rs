@@ -11,7 +11,7 @@
 //!
 //! ping body: token (64 bits), origin timestamp µs (64 bits)
 //! pong body: token (64 bits), origin timestamp µs (64 bits), hops the ping took (8 bits)
-//! payload body: application bytes, up to the end of the datagram
+//! payload body: length (16 bits), then that many application bytes
 //! ```
 //!
 //! The TTL is decremented by every relay; a packet whose TTL reaches zero is dropped and counted,
@@ -23,6 +23,9 @@ use crate::NodeId;
 
 /// TTL a source gives every packet: far above any useful path length.
 pub const INITIAL_TTL: u8 = 32;
+
+/// The largest application payload one data packet carries.
+pub const MAX_PAYLOAD: usize = super::MAX_DATAGRAM - super::HEADER_LEN - 2 * NodeId::LEN - 3 - 2;
 
 const BODY_PING: u8 = 1;
 const BODY_PONG: u8 = 2;
@@ -68,8 +71,12 @@ impl Data {
                 sent_us: reader.u64()?,
                 ping_hops: reader.u8()?,
             },
-            // Bounded by the datagram, which the header check capped at MAX_DATAGRAM.
-            BODY_PAYLOAD => DataBody::Payload(reader.rest().to_vec()),
+            // The length makes a truncated datagram fail instead of delivering a shorter payload;
+            // it is bounded by the datagram, which the header check capped at MAX_DATAGRAM.
+            BODY_PAYLOAD => {
+                let len = usize::from(reader.u16()?);
+                DataBody::Payload(reader.slice(len)?.to_vec())
+            }
             other => return Err(DecodeError::UnknownOp(other)),
         };
         Ok(Self {
@@ -87,7 +94,7 @@ impl Data {
             + match &self.body {
                 DataBody::Ping { .. } => 16,
                 DataBody::Pong { .. } => 17,
-                DataBody::Payload(bytes) => bytes.len(),
+                DataBody::Payload(bytes) => 2 + bytes.len(),
             }
     }
 
@@ -113,7 +120,9 @@ impl Data {
                 out.push(*ping_hops);
             }
             DataBody::Payload(bytes) => {
+                debug_assert!(bytes.len() <= MAX_PAYLOAD);
                 out.push(BODY_PAYLOAD);
+                out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
                 out.extend_from_slice(bytes);
             }
         }

@@ -27,7 +27,7 @@ pub mod route;
 use std::fmt;
 
 use crate::NodeId;
-pub use data::{Data, DataBody, INITIAL_TTL};
+pub use data::{Data, DataBody, INITIAL_TTL, MAX_PAYLOAD};
 pub use probe::{GossipEntry, MAX_GOSSIP, Probe, WireCoord};
 pub use route::{LinkOp, MAX_ROUTE_ENTRIES, RouteEntry, RouteUpdate, SeqnoRequest};
 
