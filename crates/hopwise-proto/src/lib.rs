@@ -18,6 +18,6 @@ pub use coords::{Algorithm, Coordinate, VivaldiConfig};
 pub use id::NodeId;
 pub use node::{
     Config, Event, Input, LinkKind, Node, NodeStats, Output, PayloadTooLarge, RouteInfo,
-    RoutingConfig, RoutingLink, Transmit,
+    RoutingConfig, RoutingLink, SentByKind, Transmit, Volume,
 };
 pub use time::{Duration, Instant};

@@ -88,7 +88,7 @@ mod tests {
 
     fn node(i: u8) -> KnownNode {
         KnownNode {
-            id: NodeId::from_bytes([i; 16]),
+            id: NodeId::from_bytes([i; NodeId::LEN]),
             addr: SocketAddr::from(([10, 0, 0, i], 7000)),
             coord: Coordinate::default(),
             error: 1.0,

@@ -30,13 +30,14 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
 }
 
 fn packet() -> impl Strategy<Value = Packet> {
-    let entry = (any::<[u8; 16]>(), socket_addr(), wire_coord()).prop_map(|(id, addr, coord)| {
-        GossipEntry {
-            id: NodeId::from_bytes(id),
-            addr,
-            coord,
-        }
-    });
+    let entry =
+        (any::<[u8; NodeId::LEN]>(), socket_addr(), wire_coord()).prop_map(|(id, addr, coord)| {
+            GossipEntry {
+                id: NodeId::from_bytes(id),
+                addr,
+                coord,
+            }
+        });
     let probe = (
         any::<u32>(),
         any::<u64>(),
@@ -49,7 +50,7 @@ fn packet() -> impl Strategy<Value = Packet> {
             coord,
             gossip,
         });
-    let node_id = || any::<[u8; 16]>().prop_map(NodeId::from_bytes);
+    let node_id = || any::<[u8; NodeId::LEN]>().prop_map(NodeId::from_bytes);
     let route_entry =
         (node_id(), any::<u16>(), any::<u16>()).prop_map(|(destination, seqno, metric)| {
             RouteEntry {
@@ -106,7 +107,10 @@ fn packet() -> impl Strategy<Value = Packet> {
 }
 
 fn fresh_node() -> Node {
-    let mut node = Node::new(Config::new(NodeId::from_bytes([1; 16]), 5), Instant::ZERO);
+    let mut node = Node::new(
+        Config::new(NodeId::from_bytes([1; NodeId::LEN]), 5),
+        Instant::ZERO,
+    );
     drain(&mut node);
     node
 }
@@ -126,7 +130,7 @@ proptest! {
     #[test]
     fn random_bodies_behind_a_valid_header_never_panic(kind in 0u8..8, body in prop::collection::vec(any::<u8>(), 0..600)) {
         let mut data = vec![0x68, 1, kind, 0];
-        data.extend_from_slice(&[9; 16]);
+        data.extend_from_slice(&[9; NodeId::LEN]);
         data.extend_from_slice(&body);
         let _ = Packet::parse(&data);
     }
@@ -194,7 +198,7 @@ proptest! {
 fn unsolicited_replies_are_dropped_and_counted() {
     let mut node = fresh_node();
     let reply = Packet {
-        sender: NodeId::from_bytes([2; 16]),
+        sender: NodeId::from_bytes([2; NodeId::LEN]),
         message: Message::ProbeReply(Probe {
             seq: 77,
             timestamp_us: 0,
@@ -227,10 +231,10 @@ fn pongs_with_impossible_timestamps_are_dropped_and_counted() {
     let now = Instant::from_micros(5_000_000);
     for sent_us in [u64::MAX, 1 << 63, 6_000_000] {
         let pong = Packet {
-            sender: NodeId::from_bytes([2; 16]),
+            sender: NodeId::from_bytes([2; NodeId::LEN]),
             message: Message::Data(Data {
-                source: NodeId::from_bytes([2; 16]),
-                destination: NodeId::from_bytes([1; 16]),
+                source: NodeId::from_bytes([2; NodeId::LEN]),
+                destination: NodeId::from_bytes([1; NodeId::LEN]),
                 ttl: 5,
                 hops: 1,
                 body: DataBody::Pong {

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 const NODES: usize = 7;
 
 fn id(index: usize) -> NodeId {
-    NodeId::from_bytes([index as u8 + 1; 16])
+    NodeId::from_bytes([index as u8 + 1; NodeId::LEN])
 }
 
 fn index(node: &NodeId) -> usize {
@@ -19,8 +19,9 @@ fn index(node: &NodeId) -> usize {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// A node sends its pending route changes to its neighbours.
-    Flush(usize),
+    /// A node sends its pending route changes to the neighbours they matter to (or, with
+    /// `true`, refreshes whatever each neighbour was not told).
+    Flush(usize, bool),
     /// One in-flight update is delivered (picked by position, so the order is arbitrary).
     Deliver(usize),
     SetCost(usize, usize, u16),
@@ -34,7 +35,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let node = 0..NODES;
     prop_oneof![
-        3 => node.clone().prop_map(Op::Flush),
+        3 => (node.clone(), prop::bool::weighted(0.2)).prop_map(|(n, refresh)| Op::Flush(n, refresh)),
         6 => any::<usize>().prop_map(Op::Deliver),
         2 => (node.clone(), node.clone(), 1u16..500).prop_map(|(a, b, c)| Op::SetCost(a, b, c)),
         1 => (node.clone(), node.clone()).prop_map(|(a, b)| Op::Cut(a, b)),
@@ -76,10 +77,15 @@ impl Net {
         let cost = self.cost;
         let cost_from = move |node: usize| move |via: &NodeId| cost[node][index(via)].map(Metric);
         match op {
-            Op::Flush(n) => {
-                let changes = self.tables[n].take_changes();
-                for m in self.neighbours(n) {
-                    self.in_flight.push((n, m, changes.clone()));
+            Op::Flush(n, refresh) => {
+                let links: Vec<(NodeId, Metric)> = self
+                    .neighbours(n)
+                    .into_iter()
+                    .map(|m| (id(m), Metric(cost[n][m].unwrap_or(1))))
+                    .collect();
+                let updates = self.tables[n].take_updates(&links, refresh);
+                for (m, entries) in self.neighbours(n).into_iter().zip(updates) {
+                    self.in_flight.push((n, m, entries));
                 }
             }
             Op::Deliver(pick) if !self.in_flight.is_empty() => {
@@ -106,8 +112,8 @@ impl Net {
                 // A new link: both ends send everything they advertised.
                 self.cost[a][b] = Some(c);
                 self.cost[b][a] = Some(c);
-                self.in_flight.push((a, b, self.tables[a].full_dump()));
-                self.in_flight.push((b, a, self.tables[b].full_dump()));
+                self.in_flight.push((a, b, self.tables[a].full_dump(id(b))));
+                self.in_flight.push((b, a, self.tables[b].full_dump(id(a))));
             }
             Op::SetCost(..) => {}
             Op::Cut(a, b) if a != b => {
@@ -123,12 +129,9 @@ impl Net {
             Op::Bump(n) => {
                 let next = Seqno(self.tables[n].seqno().0.wrapping_add(1));
                 self.tables[n].bump_seqno(next);
-                let own = self.tables[n]
-                    .advertise_one(&id(n))
-                    .into_iter()
-                    .collect::<Vec<_>>();
                 for m in self.neighbours(n) {
-                    self.in_flight.push((n, m, own.clone()));
+                    let own = self.tables[n].advertise_one(&id(n), id(m));
+                    self.in_flight.push((n, m, own.into_iter().collect()));
                 }
             }
             Op::Direct(a, b) if a != b && self.cost[a][b].is_some() => {
@@ -171,7 +174,7 @@ proptest! {
     ) {
         let mut net = Net::new(&initial);
         for n in 0..NODES {
-            net.apply(Op::Flush(n));
+            net.apply(Op::Flush(n, false));
         }
         for op in ops {
             let described = format!("{op:?}");

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use hopwise_proto::{Algorithm, Duration, Instant};
+use hopwise_proto::{Algorithm, Duration, Instant, Volume};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -143,6 +143,16 @@ pub struct TrafficReport {
     pub bytes_per_node_per_sec: f64,
     pub payload_bytes_per_node_per_sec: f64,
     pub datagrams_per_node_per_sec: f64,
+    /// `bytes_per_node_per_sec` split by message kind (wire bytes, headers included).
+    pub by_kind: ControlTrafficByKind,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlTrafficByKind {
+    pub probes: f64,
+    pub route_updates: f64,
+    pub link_control: f64,
+    pub seqno_requests: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -289,9 +299,11 @@ pub fn run(
     let state = state_of(&sim);
     let per_node_second = sim.len() as f64 * duration.as_secs_f64();
     // Control traffic only: the flows' and the measurement's data packets are user traffic.
-    let control_datagrams = stats.datagrams_sent - stats.data_datagrams_sent;
-    let control_bytes = stats.bytes_sent - stats.data_bytes_sent;
+    let control_datagrams = stats.datagrams_sent - stats.sent.data.datagrams;
+    let control_bytes = stats.bytes_sent - stats.sent.data.bytes;
     let wire_bytes = control_bytes + control_datagrams * IP_UDP_HEADER_BYTES;
+    let wire_rate =
+        |v: Volume| (v.bytes + v.datagrams * IP_UDP_HEADER_BYTES) as f64 / per_node_second;
     let failover = failure.map(|f| failover_report(&f, &flows, flow_end));
     let routing = scenario.measure_pairs.then(|| {
         let ttl_before = sim.total_stats().dropped_ttl_expired;
@@ -327,6 +339,12 @@ pub fn run(
             bytes_per_node_per_sec: wire_bytes as f64 / per_node_second,
             payload_bytes_per_node_per_sec: control_bytes as f64 / per_node_second,
             datagrams_per_node_per_sec: control_datagrams as f64 / per_node_second,
+            by_kind: ControlTrafficByKind {
+                probes: wire_rate(stats.sent.probes),
+                route_updates: wire_rate(stats.sent.route_updates),
+                link_control: wire_rate(stats.sent.link_control),
+                seqno_requests: wire_rate(stats.sent.seqno_requests),
+            },
         },
         packets: PacketReport {
             probes_sent: stats.probes_sent,

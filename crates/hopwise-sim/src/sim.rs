@@ -299,22 +299,7 @@ impl Simulation {
     pub fn total_stats(&self) -> NodeStats {
         let mut total = NodeStats::default();
         for stats in self.nodes.iter().flatten().map(Node::stats) {
-            total.datagrams_received += stats.datagrams_received;
-            total.bytes_received += stats.bytes_received;
-            total.datagrams_sent += stats.datagrams_sent;
-            total.bytes_sent += stats.bytes_sent;
-            total.dropped_malformed += stats.dropped_malformed;
-            total.dropped_unexpected += stats.dropped_unexpected;
-            total.probes_sent += stats.probes_sent;
-            total.probes_lost += stats.probes_lost;
-            total.data_datagrams_sent += stats.data_datagrams_sent;
-            total.data_bytes_sent += stats.data_bytes_sent;
-            total.data_relayed += stats.data_relayed;
-            total.data_delivered += stats.data_delivered;
-            total.dropped_ttl_expired += stats.dropped_ttl_expired;
-            total.dropped_no_route += stats.dropped_no_route;
-            total.route_updates_sent += stats.route_updates_sent;
-            total.seqno_requests_sent += stats.seqno_requests_sent;
+            total += stats;
         }
         total
     }

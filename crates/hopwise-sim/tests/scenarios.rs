@@ -81,7 +81,10 @@ fn a_dead_neighbour_is_declared_down_within_bounded_time() {
     sim.stop_node(2);
     // A neighbour with a probe in flight is not probed again, so the link goes down after
     // `max_missed_probes` timeouts, each at most one (jittered) probe interval apart.
-    let defaults = hopwise_proto::Config::new(hopwise_proto::NodeId::from_bytes([0; 16]), 0);
+    let defaults = hopwise_proto::Config::new(
+        hopwise_proto::NodeId::from_bytes([0; hopwise_proto::NodeId::LEN]),
+        0,
+    );
     let per_miss = defaults.probe_timeout + defaults.probe_interval.mul_f64(1.2);
     let bound = (0..defaults.max_missed_probes).fold(Duration::ZERO, |total, _| total + per_miss);
     sim.run_until(at(10) + bound);

@@ -230,7 +230,7 @@ impl Node {
                     }
                 }
                 self.send(from, Message::Link(LinkOp::Accept));
-                let dump = self.routes.full_dump();
+                let dump = self.routes.full_dump(sender);
                 self.send_routes(from, &dump);
             }
             LinkOp::Accept => {
@@ -239,7 +239,7 @@ impl Node {
                 };
                 if link.is_routing() && !link.accepted {
                     link.accepted = true;
-                    let dump = self.routes.full_dump();
+                    let dump = self.routes.full_dump(sender);
                     self.send_routes(from, &dump);
                 }
             }
@@ -301,6 +301,22 @@ impl Node {
         }
         for (id, addr, timeout) in due {
             self.send_probe_with(addr, ProbePurpose::Link(id), timeout, Vec::new());
+        }
+    }
+
+    /// The other end of an idle link probed it, which shows the link alive: this end skips
+    /// its own next probe. Whichever end's timer runs out first probes, so an idle link costs
+    /// about one probe per interval instead of two, and both ends still get samples.
+    pub(super) fn link_probed_by_peer(&mut self, id: NodeId) {
+        let interval = self.config.routing.idle_probe_interval;
+        let postponed = self.now + interval.mul_f64(self.rng.random_range(0.5..1.5));
+        let now = self.now;
+        if let Some(link) = self.links.get_mut(&id)
+            && link.is_routing()
+            && link.link.is_some()
+            && !link.is_active(now)
+        {
+            link.next_probe_at = link.next_probe_at.max(postponed);
         }
     }
 

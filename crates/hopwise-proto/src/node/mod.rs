@@ -20,6 +20,7 @@ pub use routing::{PayloadTooLarge, RouteInfo};
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::AddAssign;
 
 use indexmap::IndexMap;
 use rand::{RngExt, SeedableRng};
@@ -82,6 +83,9 @@ pub struct RoutingConfig {
     pub update_delay: Duration,
     /// Lost or worsened routes are sent after this short delay.
     pub urgent_update_delay: Duration,
+    /// How often every routing link hears the route changes that were withheld from it because
+    /// they did not matter to it at the time.
+    pub refresh_interval: Duration,
     /// Time between two reviews of the routing links.
     pub review_interval: Duration,
     /// A relay link is replaced by a better candidate at most this often.
@@ -103,6 +107,7 @@ impl Default for RoutingConfig {
             max_missed_probes: 3,
             update_delay: Duration::from_secs(1),
             urgent_update_delay: Duration::from_millis(200),
+            refresh_interval: Duration::from_secs(30),
             review_interval: Duration::from_secs(5),
             relay_swap_interval: Duration::from_secs(60),
             max_destinations: 65_536,
@@ -205,10 +210,9 @@ pub struct NodeStats {
     pub dropped_unexpected: u64,
     pub probes_sent: u64,
     pub probes_lost: u64,
-    /// Overlay data datagrams sent (originated or relayed) and their bytes: user traffic, as
-    /// opposed to everything else, which is control traffic.
-    pub data_datagrams_sent: u64,
-    pub data_bytes_sent: u64,
+    /// Datagrams and bytes sent, by what they carried. Overlay data (originated or relayed) is
+    /// user traffic; everything else is control traffic.
+    pub sent: SentByKind,
     pub data_relayed: u64,
     pub data_delivered: u64,
     /// Data dropped because its TTL ran out (a loop or an absurdly long path).
@@ -217,6 +221,80 @@ pub struct NodeStats {
     pub dropped_no_route: u64,
     pub route_updates_sent: u64,
     pub seqno_requests_sent: u64,
+}
+
+/// Datagrams and bytes of one kind of message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Volume {
+    pub datagrams: u64,
+    pub bytes: u64,
+}
+
+impl Volume {
+    fn add(&mut self, bytes: usize) {
+        self.datagrams += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
+impl AddAssign for Volume {
+    fn add_assign(&mut self, other: Self) {
+        self.datagrams += other.datagrams;
+        self.bytes += other.bytes;
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SentByKind {
+    /// Probe requests and replies (coordinates, link liveness, gossip).
+    pub probes: Volume,
+    pub route_updates: Volume,
+    pub link_control: Volume,
+    pub seqno_requests: Volume,
+    pub data: Volume,
+}
+
+impl SentByKind {
+    fn record(&mut self, message: &Message, bytes: usize) {
+        let volume = match message {
+            Message::ProbeRequest(_) | Message::ProbeReply(_) => &mut self.probes,
+            Message::RouteUpdate(_) => &mut self.route_updates,
+            Message::Link(_) => &mut self.link_control,
+            Message::SeqnoRequest(_) => &mut self.seqno_requests,
+            Message::Data(_) => &mut self.data,
+        };
+        volume.add(bytes);
+    }
+}
+
+impl AddAssign for SentByKind {
+    fn add_assign(&mut self, other: Self) {
+        self.probes += other.probes;
+        self.route_updates += other.route_updates;
+        self.link_control += other.link_control;
+        self.seqno_requests += other.seqno_requests;
+        self.data += other.data;
+    }
+}
+
+impl AddAssign<&NodeStats> for NodeStats {
+    fn add_assign(&mut self, other: &NodeStats) {
+        self.datagrams_received += other.datagrams_received;
+        self.bytes_received += other.bytes_received;
+        self.datagrams_sent += other.datagrams_sent;
+        self.bytes_sent += other.bytes_sent;
+        self.dropped_malformed += other.dropped_malformed;
+        self.dropped_unexpected += other.dropped_unexpected;
+        self.probes_sent += other.probes_sent;
+        self.probes_lost += other.probes_lost;
+        self.sent += other.sent;
+        self.data_relayed += other.data_relayed;
+        self.data_delivered += other.data_delivered;
+        self.dropped_ttl_expired += other.dropped_ttl_expired;
+        self.dropped_no_route += other.dropped_no_route;
+        self.route_updates_sent += other.route_updates_sent;
+        self.seqno_requests_sent += other.seqno_requests_sent;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +348,7 @@ pub struct Node {
     /// Batched route changes go out at this time.
     flush_at: Option<Instant>,
     next_review_at: Instant,
+    next_refresh_at: Instant,
     last_relay_swap: Instant,
     /// Nodes that refused or never answered a link or session, until when to leave them alone.
     shunned: IndexMap<NodeId, Instant>,
@@ -301,6 +380,7 @@ impl Node {
         let unanswered_bootstrap = config.bootstrap.clone();
         let routes = RouteTable::new(config.id, config.routing.max_destinations);
         let next_review_at = now + config.routing.review_interval;
+        let next_refresh_at = now + config.routing.refresh_interval;
         Self {
             config,
             rng,
@@ -315,6 +395,7 @@ impl Node {
             next_link_probe_at: Instant::MAX,
             flush_at: None,
             next_review_at,
+            next_refresh_at,
             last_relay_swap: now,
             shunned: IndexMap::new(),
             recent_requests: IndexMap::new(),
@@ -389,6 +470,7 @@ impl Node {
             Some(self.next_link_probe_at),
             self.flush_at,
             Some(self.next_review_at),
+            Some(self.next_refresh_at),
         ]
         .into_iter()
         .flatten()
@@ -426,6 +508,9 @@ impl Node {
 
     fn on_probe_request(&mut self, from: SocketAddr, sender: NodeId, probe: Probe) {
         self.hear_from(sender, from, &probe);
+        if probe.gossip.is_empty() {
+            self.link_probed_by_peer(sender);
+        }
         // A keepalive without gossip gets a keepalive back.
         let gossip = if probe.gossip.is_empty() && self.links.contains_key(&sender) {
             Vec::new()
@@ -783,21 +868,21 @@ impl Node {
         to_wire(self.vivaldi.coordinate(), self.vivaldi.error())
     }
 
-    /// Queues `message` for `destination`; returns the datagram's length.
-    fn send(&mut self, destination: SocketAddr, message: Message) -> usize {
-        let contents = Packet {
+    /// Queues `message` for `destination`.
+    fn send(&mut self, destination: SocketAddr, message: Message) {
+        let packet = Packet {
             sender: self.config.id,
             message,
-        }
-        .to_bytes();
+        };
+        let contents = packet.to_bytes();
         let len = contents.len();
         self.stats.datagrams_sent += 1;
         self.stats.bytes_sent += len as u64;
+        self.stats.sent.record(&packet.message, len);
         self.outputs.push_back(Output::Transmit(Transmit {
             destination,
             contents,
         }));
-        len
     }
 }
 

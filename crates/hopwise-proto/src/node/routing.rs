@@ -202,9 +202,7 @@ impl Node {
             hops: data.hops.saturating_add(1),
             ..data
         });
-        let bytes = self.send(addr, message);
-        self.stats.data_datagrams_sent += 1;
-        self.stats.data_bytes_sent += bytes as u64;
+        self.send(addr, message);
     }
 
     pub(super) fn on_route_update(&mut self, sender: NodeId, update: RouteUpdate) {
@@ -265,7 +263,7 @@ impl Node {
         let Some(addr) = self.hop_addr(&to) else {
             return;
         };
-        if let Some(entry) = self.routes.advertise_one(destination) {
+        if let Some(entry) = self.routes.advertise_one(destination, to) {
             self.send_routes(addr, &[entry]);
         }
     }
@@ -354,18 +352,9 @@ impl Node {
 
     /// Timers of the routing half: batched updates, link probes, link reviews.
     pub(super) fn on_routing_timers(&mut self) {
-        if self.flush_at.is_some_and(|at| self.now >= at) {
-            self.flush_at = None;
-            let changes = self.routes.take_changes();
-            let targets: Vec<SocketAddr> = self
-                .links
-                .values()
-                .filter(|l| l.is_routing() && l.accepted)
-                .map(|l| l.addr)
-                .collect();
-            for addr in targets {
-                self.send_routes(addr, &changes);
-            }
+        let refresh = self.now >= self.next_refresh_at;
+        if refresh || self.flush_at.is_some_and(|at| self.now >= at) {
+            self.flush_updates(refresh);
         }
         if self.now >= self.next_link_probe_at {
             self.probe_links();
@@ -377,6 +366,27 @@ impl Node {
             let now = self.now;
             self.shunned.retain(|_, until| *until > now);
             self.review_links();
+        }
+    }
+
+    /// Sends the queued route changes (or, in a refresh, everything a neighbour was not told)
+    /// to every routing link.
+    fn flush_updates(&mut self, refresh: bool) {
+        self.flush_at = None;
+        if refresh {
+            let jitter = self.rng_factor();
+            self.next_refresh_at = self.now + self.config.routing.refresh_interval.mul_f64(jitter);
+        }
+        let (links, neighbours) = (&self.links, &self.neighbours);
+        let targets: Vec<(NodeId, Metric, SocketAddr)> = links
+            .iter()
+            .filter(|(_, l)| l.is_routing() && l.accepted)
+            .filter_map(|(id, l)| Some((*id, hop_cost(links, neighbours, id)?, l.addr)))
+            .collect();
+        let costs: Vec<(NodeId, Metric)> = targets.iter().map(|t| (t.0, t.1)).collect();
+        let updates = self.routes.take_updates(&costs, refresh);
+        for ((_, _, addr), entries) in targets.into_iter().zip(updates) {
+            self.send_routes(addr, &entries);
         }
     }
 

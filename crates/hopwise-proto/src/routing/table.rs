@@ -41,12 +41,22 @@ pub struct SeqnoWanted {
     pub ask: NodeId,
 }
 
+/// What one routing neighbour was last told about a destination.
+#[derive(Debug, Clone, Copy)]
+struct Told {
+    link: NodeId,
+    seqno: Seqno,
+    metric: Metric,
+}
+
 #[derive(Debug, Clone, Default)]
 struct Destination {
     offers: Vec<Offer>,
     selected: Option<Selected>,
     feasibility: Option<(Seqno, Metric)>,
+    /// The route as of the last batch of updates; a significant change from it queues another.
     advertised: Option<(Seqno, Metric)>,
+    told: Vec<Told>,
     /// When the last offer went away; the entry is forgotten some time later.
     empty_since: Option<Instant>,
 }
@@ -92,6 +102,84 @@ impl Destination {
     fn wanted(&self) -> Option<(Seqno, Metric)> {
         self.selected.map(|s| (s.seqno, s.metric))
     }
+
+    fn told_to(&self, link: &NodeId) -> Option<(Seqno, Metric)> {
+        self.told
+            .iter()
+            .find(|t| t.link == *link)
+            .map(|t| (t.seqno, t.metric))
+    }
+
+    /// Records an advertisement to `link`, and in the feasibility distance.
+    fn tell(&mut self, link: NodeId, seqno: Seqno, metric: Metric) {
+        self.record_feasibility(seqno, metric);
+        match self.told.iter_mut().find(|t| t.link == link) {
+            Some(told) => {
+                told.seqno = seqno;
+                told.metric = metric;
+            }
+            None => self.told.push(Told {
+                link,
+                seqno,
+                metric,
+            }),
+        }
+    }
+
+    /// The entry `link` should hear now, if any. Changes of reachability always go out. A change
+    /// of metric goes out when it differs enough from what the neighbour was told, when the
+    /// route does not run through the neighbour itself, and when it can matter to the neighbour:
+    /// when our route, old or new, plus the link comes close to the neighbour's own. A refresh
+    /// sends instead whatever is 10% (2 ms) away from what the neighbour was told, so no view
+    /// stays far off for long. Withholding a change is loop-safe: the feasibility condition holds
+    /// for whatever a neighbour last heard.
+    fn update_for(
+        &mut self,
+        id: &NodeId,
+        link: NodeId,
+        link_cost: Metric,
+        refresh: bool,
+    ) -> Option<RouteEntry> {
+        let told = self.told_to(&link).filter(|(_, m)| !m.is_infinite());
+        let wanted = self.wanted();
+        if !significant_change(told, wanted) {
+            return None;
+        }
+        let (seqno, metric) = match (wanted, told) {
+            (Some(wanted), _) => wanted,
+            // A retraction repeats the seqno the neighbour knows.
+            (None, Some((seqno, _))) => (seqno, Metric::INFINITY),
+            (None, None) => return None,
+        };
+        if let (Some((_, old)), false) = (told, metric.is_infinite()) {
+            // A route through the neighbour itself is never one it can use (split horizon).
+            let through_it = self.selected.is_some_and(|s| s.via == link);
+            let theirs = self.offers.iter().find(|o| o.via == link).map(|o| o.metric);
+            let wanted = if refresh {
+                old.0.abs_diff(metric.0) >= (old.0 / 10).max(20)
+            } else {
+                matters_to(old.min(metric).plus(link_cost), theirs)
+            };
+            if through_it || !wanted {
+                return None;
+            }
+        }
+        self.tell(link, seqno, metric);
+        Some(RouteEntry {
+            destination: *id,
+            seqno,
+            metric,
+        })
+    }
+}
+
+/// Whether a route costing `via_us` (our metric plus the link) could be chosen by a neighbour
+/// whose own route costs `theirs`: within 5% and 1 ms, to allow for the neighbour measuring the
+/// link a little differently.
+fn matters_to(via_us: Metric, theirs: Option<Metric>) -> bool {
+    theirs
+        .filter(|m| !m.is_infinite())
+        .is_none_or(|theirs| via_us.0 <= theirs.0 + theirs.0 / 20 + 10)
 }
 
 /// How long an unreachable destination is remembered (with its feasibility distance) before it
@@ -202,6 +290,15 @@ impl RouteTable {
             }),
             (None, true) => {}
         }
+        // The neighbour's own route changed, so what it was not told may matter to it now.
+        if destination.told_to(&via).is_some_and(|told| {
+            significant_change(
+                Some(told).filter(|t| !t.1.is_infinite()),
+                destination.wanted(),
+            )
+        }) {
+            self.dirty.insert(entry.destination);
+        }
         self.reselect(entry.destination, now, &cost)
     }
 
@@ -241,6 +338,7 @@ impl RouteTable {
     ) -> Vec<SeqnoWanted> {
         let mut affected = Vec::new();
         for (id, destination) in &mut self.destinations {
+            destination.told.retain(|t| t.link != *via);
             let before = destination.offers.len();
             destination.offers.retain(|o| o.via != *via);
             if destination.offers.len() != before {
@@ -354,61 +452,70 @@ impl RouteTable {
         wanted_seqno
     }
 
-    /// Entries to send to every routing neighbour now: the destinations whose route changed
-    /// enough since they were last advertised, and this node itself when its seqno moved.
-    /// Records them as advertised (which may lower feasibility distances).
-    pub fn take_changes(&mut self) -> Vec<RouteEntry> {
+    /// The entries each routing link (`(neighbour, link cost)`) should hear now, in the order
+    /// given: this node itself when its seqno moved, and the destinations whose route changed
+    /// enough since the last batch, filtered per neighbour by [`Destination::update_for`]. A
+    /// refresh looks at every destination and sends whatever differs enough from what each
+    /// neighbour was told, whether it matters there or not, so nothing stays stale for long.
+    pub fn take_updates(
+        &mut self,
+        links: &[(NodeId, Metric)],
+        refresh: bool,
+    ) -> Vec<Vec<RouteEntry>> {
         self.urgent = false;
-        let mut entries = Vec::with_capacity(self.dirty.len() + 1);
+        let mut updates = vec![Vec::new(); links.len()];
         if std::mem::take(&mut self.advertise_self) {
-            entries.push(self.own_entry());
+            let own = self.own_entry();
+            updates.iter_mut().for_each(|entries| entries.push(own));
         }
-        for id in std::mem::take(&mut self.dirty) {
+        let dirty = std::mem::take(&mut self.dirty);
+        let candidates: Vec<NodeId> = if refresh {
+            self.destinations.keys().copied().collect()
+        } else {
+            dirty.into_iter().collect()
+        };
+        for id in candidates {
             let Some(destination) = self.destinations.get_mut(&id) else {
                 continue;
             };
-            let (seqno, metric) = match destination.wanted() {
-                Some(wanted) => wanted,
-                // A retraction repeats the last advertised seqno.
-                None => match destination.advertised {
-                    Some((seqno, metric)) if !metric.is_infinite() => (seqno, Metric::INFINITY),
-                    _ => continue,
-                },
+            for (entries, (link, cost)) in updates.iter_mut().zip(links) {
+                entries.extend(destination.update_for(&id, *link, *cost, refresh));
+            }
+            destination.advertised = match destination.wanted() {
+                Some(wanted) => Some(wanted),
+                None => destination
+                    .advertised
+                    .map(|(seqno, _)| (seqno, Metric::INFINITY)),
             };
-            destination.advertised = Some((seqno, metric));
-            destination.record_feasibility(seqno, metric);
-            entries.push(RouteEntry {
-                destination: id,
-                seqno,
-                metric,
-            });
+        }
+        updates
+    }
+
+    /// Every reachable destination, for a neighbour that just opened a link.
+    pub fn full_dump(&mut self, link: NodeId) -> Vec<RouteEntry> {
+        let mut entries = vec![self.own_entry()];
+        for (id, destination) in &mut self.destinations {
+            if let Some((seqno, metric)) = destination.wanted() {
+                destination.tell(link, seqno, metric);
+                entries.push(RouteEntry {
+                    destination: *id,
+                    seqno,
+                    metric,
+                });
+            }
         }
         entries
     }
 
-    /// Everything advertised so far, for a neighbour that just opened a link.
-    pub fn full_dump(&self) -> Vec<RouteEntry> {
-        let mut entries = vec![self.own_entry()];
-        entries.extend(self.destinations.iter().filter_map(|(id, d)| {
-            let (seqno, metric) = d.advertised?;
-            (!metric.is_infinite()).then_some(RouteEntry {
-                destination: *id,
-                seqno,
-                metric,
-            })
-        }));
-        entries
-    }
-
-    /// The current route to `destination` as an entry for a single neighbour (the answer to a
-    /// seqno request), recorded in the feasibility distance like any advertisement.
-    pub fn advertise_one(&mut self, destination: &NodeId) -> Option<RouteEntry> {
+    /// The current route to `destination` as an entry for neighbour `link` alone (the answer to
+    /// a seqno request), recorded like any advertisement.
+    pub fn advertise_one(&mut self, destination: &NodeId, link: NodeId) -> Option<RouteEntry> {
         if *destination == self.me {
             return Some(self.own_entry());
         }
         let d = self.destinations.get_mut(destination)?;
         let (seqno, metric) = d.wanted()?;
-        d.record_feasibility(seqno, metric);
+        d.tell(link, seqno, metric);
         Some(RouteEntry {
             destination: *destination,
             seqno,
@@ -469,7 +576,7 @@ mod tests {
     use super::*;
 
     fn id(i: u8) -> NodeId {
-        NodeId::from_bytes([i; 16])
+        NodeId::from_bytes([i; NodeId::LEN])
     }
 
     fn entry(dest: u8, seqno: u16, metric: u16) -> RouteEntry {
@@ -486,6 +593,11 @@ mod tests {
         Some(Metric(10))
     }
 
+    /// What a neighbour that offers nothing itself (so every change matters to it) hears.
+    fn take_changes(table: &mut RouteTable) -> Vec<RouteEntry> {
+        table.take_updates(&[(id(50), Metric(10))], false).remove(0)
+    }
+
     #[test]
     fn selects_the_cheapest_total_and_advertises_it() {
         let mut table = RouteTable::new(id(0), 100);
@@ -500,7 +612,7 @@ mod tests {
         table.on_update(id(2), entry(9, 0, 120), NOW, cost);
         let selected = table.selected(&id(9)).unwrap();
         assert_eq!((selected.via, selected.metric), (id(2), Metric(130)));
-        let changes = table.take_changes();
+        let changes = take_changes(&mut table);
         assert_eq!(changes, vec![entry(0, 0, 0), entry(9, 0, 130)]);
         assert!(!table.has_changes());
     }
@@ -509,7 +621,7 @@ mod tests {
     fn unfeasible_offers_are_not_taken_and_trigger_a_seqno_request() {
         let mut table = RouteTable::new(id(0), 100);
         table.on_update(id(1), entry(9, 5, 100), NOW, unit_cost);
-        table.take_changes(); // advertised (5, 110): the feasibility distance
+        take_changes(&mut table); // advertised (5, 110): the feasibility distance
         // Neighbour 2 claims 115: not below 110, so taking it could close a loop.
         table.on_update(id(2), entry(9, 5, 115), NOW, unit_cost);
         assert_eq!(table.selected(&id(9)).unwrap().via, id(1));
@@ -524,7 +636,7 @@ mod tests {
             })
         );
         // The retraction goes out, then the newer seqno makes neighbour 2's route feasible.
-        assert_eq!(table.take_changes(), vec![entry(9, 5, u16::MAX)]);
+        assert_eq!(take_changes(&mut table), vec![entry(9, 5, u16::MAX)]);
         table.on_update(id(2), entry(9, 6, 115), NOW, unit_cost);
         assert_eq!(table.selected(&id(9)).unwrap().via, id(2));
     }
@@ -533,21 +645,74 @@ mod tests {
     fn small_improvements_do_not_flap_or_flood() {
         let mut table = RouteTable::new(id(0), 100);
         table.on_update(id(1), entry(9, 0, 1000), NOW, unit_cost);
-        table.take_changes();
+        take_changes(&mut table);
         // 0.1 ms better through neighbour 2: within the switching margin.
         table.on_update(id(2), entry(9, 0, 999), NOW, unit_cost);
         assert_eq!(table.selected(&id(9)).unwrap().via, id(1));
-        assert!(table.take_changes().is_empty());
+        assert!(take_changes(&mut table).is_empty());
         // 10% better: switch and advertise.
         table.on_update(id(2), entry(9, 0, 900), NOW, unit_cost);
         assert_eq!(table.selected(&id(9)).unwrap().via, id(2));
-        assert_eq!(table.take_changes(), vec![entry(9, 0, 910)]);
+        assert_eq!(take_changes(&mut table), vec![entry(9, 0, 910)]);
+    }
+
+    /// Link 1 costs 1 ms, link 2 costs 10 ms.
+    fn two_link_cost(via: &NodeId) -> Option<Metric> {
+        Some(Metric(if *via == id(1) { 10 } else { 100 }))
+    }
+
+    fn two_links() -> [(NodeId, Metric); 2] {
+        [(id(1), Metric(10)), (id(2), Metric(100))]
+    }
+
+    /// Our route is through neighbour 1 at 25 ms, then improves to 20 ms; neighbour 2's own
+    /// route is 20 ms, so neither matters to it.
+    fn withheld_improvement() -> RouteTable {
+        let mut table = RouteTable::new(id(0), 100);
+        table.on_update(id(1), entry(9, 0, 240), NOW, two_link_cost);
+        table.on_update(id(2), entry(9, 0, 200), NOW, two_link_cost);
+        assert_eq!(
+            table.take_updates(&two_links(), false),
+            vec![vec![entry(0, 0, 0), entry(9, 0, 250)]; 2]
+        );
+        table.on_update(id(1), entry(9, 0, 190), NOW, two_link_cost);
+        let updates = table.take_updates(&two_links(), false);
+        assert!(
+            updates[0].is_empty(),
+            "a route through neighbour 1 means nothing to it"
+        );
+        assert!(
+            updates[1].is_empty(),
+            "30 ms through us cannot compete with its own 20 ms"
+        );
+        table
+    }
+
+    #[test]
+    fn changes_go_where_they_matter() {
+        let mut table = withheld_improvement();
+        // Neighbour 2 loses its good route: the improvement it was not told about matters now.
+        table.on_update(id(2), entry(9, 0, 900), NOW, two_link_cost);
+        let updates = table.take_updates(&two_links(), false);
+        assert_eq!(updates, vec![vec![], vec![entry(9, 0, 200)]]);
+    }
+
+    #[test]
+    fn refreshes_send_what_neighbours_were_not_told() {
+        let mut table = withheld_improvement();
+        let updates = table.take_updates(&two_links(), true);
+        assert_eq!(updates, vec![vec![], vec![entry(9, 0, 200)]]);
+        assert_eq!(
+            table.take_updates(&two_links(), true),
+            vec![vec![]; 2],
+            "told once is enough"
+        );
     }
 
     #[test]
     fn seqno_requests_bump_own_seqno_once() {
         let mut table = RouteTable::new(id(0), 100);
-        table.take_changes();
+        take_changes(&mut table);
         table.bump_seqno(Seqno(4));
         assert_eq!(table.seqno(), Seqno(4));
         table.bump_seqno(Seqno(3));
@@ -559,10 +724,10 @@ mod tests {
             "a request for the current one moves past it"
         );
         assert!(
-            table.take_changes().is_empty(),
+            take_changes(&mut table).is_empty(),
             "a new seqno alone is not flooded"
         );
-        assert_eq!(table.advertise_one(&id(0)), Some(entry(0, 5, 0)));
+        assert_eq!(table.advertise_one(&id(0), id(50)), Some(entry(0, 5, 0)));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Wire formats. Every datagram starts with the same 20-byte header:
+//! Wire formats. Every datagram starts with the same 12-byte header:
 //!
 //! ```text
 //!  0                   1                   2                   3
@@ -7,9 +7,7 @@
 //! |  magic 0x68   |  version = 1  |     kind      |  reserved = 0 |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |                                                               |
-//! +                     sender NodeId (16 bytes)                  +
-//! |                                                               |
-//! +                                                               +
+//! +                     sender NodeId (8 bytes)                   +
 //! |                                                               |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |                      kind-specific body ...                   |
@@ -188,7 +186,7 @@ mod tests {
     #[test]
     fn header_rejections() {
         let mut good = vec![MAGIC, VERSION, KIND_PROBE_REQUEST, 0];
-        good.extend_from_slice(&[7; 16]);
+        good.extend_from_slice(&[7; NodeId::LEN]);
         assert_eq!(Packet::parse(&good[..3]), Err(DecodeError::Truncated));
         let mut bad = good.clone();
         bad[0] = 0x00;

@@ -19,7 +19,7 @@
 //!
 //! gossip entry:
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |                      NodeId (16 bytes)                        |
+//! |                      NodeId (8 bytes)                         |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! | family 4 or 6 | IPv4 (4) or IPv6 (16) address | port (16)     |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -171,7 +171,7 @@ mod tests {
 
     fn sample() -> Packet {
         Packet {
-            sender: NodeId::from_bytes([0x11; 16]),
+            sender: NodeId::from_bytes([0x11; NodeId::LEN]),
             message: Message::ProbeReply(Probe {
                 seq: 0x0102_0304,
                 timestamp_us: 0x0000_0000_0000_1388,
@@ -182,7 +182,7 @@ mod tests {
                     error: 0.25,
                 },
                 gossip: vec![GossipEntry {
-                    id: NodeId::from_bytes([0x22; 16]),
+                    id: NodeId::from_bytes([0x22; NodeId::LEN]),
                     addr: "10.0.0.7:7000".parse().unwrap(),
                     coord: WireCoord {
                         x1: 0.0,
@@ -199,7 +199,6 @@ mod tests {
     const SAMPLE_BYTES: &[u8] = &[
         0x68, 0x01, 0x02, 0x00,                         // magic, version, kind = reply, reserved
         0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, // sender
-        0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11,
         0x01, 0x02, 0x03, 0x04,                         // seq
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x13, 0x88, // timestamp 5000 µs
         0x3f, 0x80, 0x00, 0x00,                         // x1 = 1.0
@@ -208,7 +207,6 @@ mod tests {
         0x3e, 0x80, 0x00, 0x00,                         // error = 0.25
         0x01,                                           // one gossip entry
         0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, // its id
-        0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22,
         0x04, 0x0a, 0x00, 0x00, 0x07, 0x1b, 0x58,       // IPv4 10.0.0.7 port 7000
         0x00, 0x00, 0x00, 0x00,                         // x1 = 0
         0x00, 0x00, 0x00, 0x00,                         // x2 = 0
@@ -243,29 +241,29 @@ mod tests {
     #[test]
     fn rejects_bad_bodies() {
         let mut nan = SAMPLE_BYTES.to_vec();
-        nan[32..36].copy_from_slice(&f32::NAN.to_be_bytes());
+        nan[24..28].copy_from_slice(&f32::NAN.to_be_bytes());
         assert_eq!(Packet::parse(&nan), Err(DecodeError::InvalidCoordinate));
 
         let mut negative_height = SAMPLE_BYTES.to_vec();
-        negative_height[40..44].copy_from_slice(&(-1.0f32).to_be_bytes());
+        negative_height[32..36].copy_from_slice(&(-1.0f32).to_be_bytes());
         assert_eq!(
             Packet::parse(&negative_height),
             Err(DecodeError::InvalidCoordinate)
         );
 
         let mut too_many = SAMPLE_BYTES.to_vec();
-        too_many[48] = 9;
+        too_many[40] = 9;
         assert_eq!(
             Packet::parse(&too_many),
             Err(DecodeError::TooManyGossipEntries(9))
         );
 
         let mut claims_more = SAMPLE_BYTES.to_vec();
-        claims_more[48] = 2;
+        claims_more[40] = 2;
         assert_eq!(Packet::parse(&claims_more), Err(DecodeError::Truncated));
 
         let mut bad_family = SAMPLE_BYTES.to_vec();
-        bad_family[65] = 5;
+        bad_family[49] = 5;
         assert_eq!(
             Packet::parse(&bad_family),
             Err(DecodeError::BadAddressFamily(5))

@@ -6,14 +6,14 @@
 //! | entry count   | entries ...       |   |      op       |  1 open, 2 accept, 3 refuse, 4 close
 //! +---------------+-------------------+   +---------------+
 //!
-//! route entry (20 bytes):
+//! route entry (12 bytes):
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |              destination NodeId (16 bytes)                    |
+//! |               destination NodeId (8 bytes)                    |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |        sequence number        |   metric (0.1 ms, 0xFFFF = ∞) |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //!
-//! SeqnoRequest body: destination NodeId (16), wanted sequence number (16 bits), hop limit (8 bits)
+//! SeqnoRequest body: destination NodeId (8), wanted sequence number (16 bits), hop limit (8 bits)
 //! ```
 
 use super::DecodeError;
