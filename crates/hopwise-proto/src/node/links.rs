@@ -31,6 +31,8 @@ const SHUN_FOR: Duration = Duration::from_secs(300);
 const SESSION_IDLE: Duration = Duration::from_secs(20);
 /// Probe interval of a session that carries no traffic right now.
 const SESSION_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How soon a sample that disagrees with a link's median is checked by another probe.
+const CONFIRM_AFTER: Duration = Duration::from_millis(300);
 /// Relays are replaced only once they had time to show their worth.
 const RELAY_PROBATION: Duration = Duration::from_secs(30);
 /// A candidate relay must promise this much more than the weakest relay delivers (ms summed
@@ -68,6 +70,8 @@ pub struct RoutingLink {
     pub next_probe_at: Instant,
     /// The routing cost, kept up to date with every probe outcome (read for every offer).
     cost: Option<Metric>,
+    /// The last sample disagreed with the median: the next probe goes out early.
+    confirming: bool,
 }
 
 impl RoutingLink {
@@ -81,6 +85,7 @@ impl RoutingLink {
             last_traffic: None,
             next_probe_at: now,
             cost: None,
+            confirming: false,
         }
     }
 
@@ -110,8 +115,9 @@ impl RoutingLink {
     }
 }
 
-/// The cost of the hop to `via`: a measured routing link or session, else the filtered RTT of a
-/// coordinate neighbour.
+/// The cost of the hop to `via`: a measured routing link or session, else the recent RTT of a
+/// coordinate neighbour (the median of its last samples, like a link's, so that a changed
+/// latency shows within two samples; the coordinates' low percentile would lag behind a rise).
 pub(super) fn hop_cost(
     links: &indexmap::IndexMap<NodeId, RoutingLink>,
     neighbours: &indexmap::IndexMap<NodeId, super::Neighbour>,
@@ -120,7 +126,7 @@ pub(super) fn hop_cost(
     links.get(via).and_then(RoutingLink::cost).or_else(|| {
         neighbours
             .get(via)
-            .map(|n| Metric::from_ms(n.link.filtered_rtt_ms()).plus(HOP_COST))
+            .map(|n| Metric::from_ms(n.link.recent_rtt_ms()).plus(HOP_COST))
     })
 }
 
@@ -315,6 +321,7 @@ impl Node {
             && link.is_routing()
             && link.link.is_some()
             && !link.is_active(now)
+            && !link.confirming
         {
             link.next_probe_at = link.next_probe_at.max(postponed);
         }
@@ -334,6 +341,14 @@ impl Node {
         }
         link.update_cost();
         let after = link.cost();
+        // A sample far from the link's median may be a real change of latency: probe again
+        // soon, so that the median (and the routes) follow within a second, not a few intervals.
+        let median = link.rtt_ms().unwrap_or(rtt_ms);
+        link.confirming = (rtt_ms - median).abs() > (0.05 * median).max(1.0);
+        if link.confirming {
+            link.next_probe_at = link.next_probe_at.min(self.now + CONFIRM_AFTER);
+            self.next_link_probe_at = self.next_link_probe_at.min(link.next_probe_at);
+        }
         let routing = link.is_routing();
         let changed = match (before, after) {
             (Some(b), Some(a)) => b.0.abs_diff(a.0) > (b.0 / 200).max(1),

@@ -101,7 +101,7 @@ impl Default for RoutingConfig {
         Self {
             near_links: 8,
             relay_links: 8,
-            max_links: 40,
+            max_links: 64,
             idle_probe_interval: Duration::from_secs(5),
             active_probe_interval: Duration::from_millis(100),
             max_missed_probes: 3,
@@ -546,9 +546,10 @@ impl Node {
             return;
         }
         if let Some(neighbour) = self.neighbours.get_mut(&sender) {
-            let before = neighbour.link.filtered_rtt_ms();
+            // The direct path's route cost follows the recent median (see `hop_cost`).
+            let before = neighbour.link.recent_rtt_ms();
             neighbour.link.on_sample(rtt_ms);
-            if neighbour.link.filtered_rtt_ms() != before {
+            if neighbour.link.recent_rtt_ms() != before {
                 self.neighbour_changed(sender);
             }
         } else if !self.admit(sender, from, rtt_ms, coord, error) {
