@@ -109,7 +109,7 @@ impl Default for RoutingConfig {
             urgent_update_delay: Duration::from_millis(200),
             refresh_interval: Duration::from_secs(30),
             review_interval: Duration::from_secs(5),
-            relay_swap_interval: Duration::from_secs(60),
+            relay_swap_interval: Duration::from_secs(20),
             max_destinations: 65_536,
             max_sessions: 1_024,
         }
