@@ -30,6 +30,9 @@ enum Op {
     Bump(usize),
     /// A node records a direct path to a neighbour.
     Direct(usize, usize),
+    /// A node answers a seqno request with its direct path to a neighbour, under a newer seqno
+    /// than the neighbour itself has issued, and tells its neighbours.
+    RenewDirect(usize, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -40,7 +43,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (node.clone(), node.clone(), 1u16..500).prop_map(|(a, b, c)| Op::SetCost(a, b, c)),
         1 => (node.clone(), node.clone()).prop_map(|(a, b)| Op::Cut(a, b)),
         1 => node.clone().prop_map(Op::Bump),
-        1 => (node.clone(), node).prop_map(|(a, b)| Op::Direct(a, b)),
+        1 => (node.clone(), node.clone()).prop_map(|(a, b)| Op::Direct(a, b)),
+        1 => (node.clone(), node).prop_map(|(a, b)| Op::RenewDirect(a, b)),
     ]
 }
 
@@ -138,6 +142,17 @@ impl Net {
                 self.tables[a].set_direct(id(b), true, now, cost_from(a));
             }
             Op::Direct(..) => {}
+            Op::RenewDirect(a, b) if a != b => {
+                let newer = self.tables[a]
+                    .selected(&id(b))
+                    .map_or(Seqno(1), |s| Seqno(s.seqno.0.wrapping_add(1)));
+                self.tables[a].renew_direct(&id(b), newer, now, cost_from(a));
+                for m in self.neighbours(a) {
+                    let entry = self.tables[a].advertise_one(&id(b), id(m));
+                    self.in_flight.push((a, m, entry.into_iter().collect()));
+                }
+            }
+            Op::RenewDirect(..) => {}
         }
     }
 

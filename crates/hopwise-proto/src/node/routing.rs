@@ -329,6 +329,20 @@ impl Node {
             Some(s) if !request.seqno.is_newer_than(s.seqno) => {
                 self.answer_request(sender, &request.destination);
             }
+            // Our route is the measured direct path to a destination that is no routing link,
+            // so the request cannot be passed on to it: the direct path answers instead.
+            Some(s)
+                if s.via == request.destination
+                    && !self.links.contains_key(&request.destination) =>
+            {
+                let now = self.now;
+                let (links, neighbours) = (&self.links, &self.neighbours);
+                let cost = |via: &NodeId| hop_cost(links, neighbours, via);
+                self.routes
+                    .renew_direct(&request.destination, request.seqno, now, cost);
+                self.answer_request(sender, &request.destination);
+                self.answer_forwarded_requests(&request.destination);
+            }
             _ if request.hop_limit > 1 => {
                 let towards = selected.map(|s| s.via).or_else(|| {
                     self.routes
@@ -363,6 +377,11 @@ impl Node {
             let jitter = self.rng_factor();
             self.next_review_at = self.now + self.config.routing.review_interval.mul_f64(jitter);
             self.routes.forget_unreachable(self.now);
+            let (links, neighbours) = (&self.links, &self.neighbours);
+            let starving = self.routes.starving(|via| hop_cost(links, neighbours, via));
+            for wanted in starving {
+                self.request_seqno(wanted);
+            }
             let now = self.now;
             self.shunned.retain(|_, until| *until > now);
             self.review_links();

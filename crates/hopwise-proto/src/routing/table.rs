@@ -103,6 +103,27 @@ impl Destination {
         self.selected.map(|s| (s.seqno, s.metric))
     }
 
+    /// Without a selected route but with usable (hence unfeasible) offers: the newer seqno to
+    /// ask for, and whom to ask (the best offer).
+    fn seqno_wanted(
+        &self,
+        id: NodeId,
+        cost: &impl Fn(&NodeId) -> Option<Metric>,
+    ) -> Option<SeqnoWanted> {
+        if self.selected.is_some() {
+            return None;
+        }
+        self.offers
+            .iter()
+            .filter(|o| !o.metric.is_infinite() && cost(&o.via).is_some())
+            .min_by_key(|o| (o.metric, o.via))
+            .map(|o| SeqnoWanted {
+                destination: id,
+                seqno: self.feasibility.map_or(o.seqno, |(seqno, _)| seqno.next()),
+                ask: o.via,
+            })
+    }
+
     fn told_to(&self, link: &NodeId) -> Option<(Seqno, Metric)> {
         self.told
             .iter()
@@ -329,6 +350,28 @@ impl RouteTable {
         self.on_update(destination, entry, now, cost)
     }
 
+    /// Moves the measured direct path to `destination` up to `seqno`, so that it can answer a
+    /// request for that seqno. The path ends at the destination, so no seqno it carries can
+    /// close a loop: feasibility only relies on what is advertised being recorded.
+    pub fn renew_direct(
+        &mut self,
+        destination: &NodeId,
+        seqno: Seqno,
+        now: Instant,
+        cost: impl Fn(&NodeId) -> Option<Metric>,
+    ) -> Option<SeqnoWanted> {
+        let offer = self
+            .destinations
+            .get_mut(destination)?
+            .offers
+            .iter_mut()
+            .find(|o| o.via == *destination)?;
+        if seqno.is_newer_than(offer.seqno) {
+            offer.seqno = seqno;
+        }
+        self.reselect(*destination, now, &cost)
+    }
+
     /// Forgets every offer from `via` (its link went down or closed).
     pub fn remove_via(
         &mut self,
@@ -418,22 +461,7 @@ impl RouteTable {
             },
             metric,
         });
-        let wanted_seqno = if destination.selected.is_none() {
-            destination
-                .offers
-                .iter()
-                .filter(usable)
-                .min_by_key(|o| (o.metric, o.via))
-                .map(|o| SeqnoWanted {
-                    destination: id,
-                    seqno: destination
-                        .feasibility
-                        .map_or(o.seqno, |(seqno, _)| seqno.next()),
-                    ask: o.via,
-                })
-        } else {
-            None
-        };
+        let wanted_seqno = destination.seqno_wanted(id, cost);
         destination.empty_since = if destination.offers.is_empty() {
             destination.empty_since.or(Some(now))
         } else {
@@ -530,6 +558,15 @@ impl RouteTable {
 
     pub fn has_changes(&self) -> bool {
         self.advertise_self || !self.dirty.is_empty()
+    }
+
+    /// Every destination still waiting for a newer seqno, for asking again: a request or its
+    /// answer may be lost, or dropped as a duplicate of another node's request on the way.
+    pub fn starving(&self, cost: impl Fn(&NodeId) -> Option<Metric>) -> Vec<SeqnoWanted> {
+        self.destinations
+            .iter()
+            .filter_map(|(id, d)| d.seqno_wanted(*id, &cost))
+            .collect()
     }
 
     /// Forgets destinations that have been unreachable for a while.
@@ -639,6 +676,24 @@ mod tests {
         assert_eq!(take_changes(&mut table), vec![entry(9, 5, u16::MAX)]);
         table.on_update(id(2), entry(9, 6, 115), NOW, unit_cost);
         assert_eq!(table.selected(&id(9)).unwrap().via, id(2));
+    }
+
+    #[test]
+    fn a_destination_waiting_for_a_seqno_is_asked_for_again_until_it_comes() {
+        let mut table = RouteTable::new(id(0), 100);
+        table.on_update(id(1), entry(9, 5, 100), NOW, unit_cost);
+        take_changes(&mut table);
+        table.on_update(id(2), entry(9, 5, 115), NOW, unit_cost);
+        table.on_update(id(1), entry(9, 5, u16::MAX), NOW, unit_cost);
+        let again = SeqnoWanted {
+            destination: id(9),
+            seqno: Seqno(6),
+            ask: id(2),
+        };
+        assert_eq!(table.starving(unit_cost), vec![again]);
+        assert_eq!(table.starving(unit_cost), vec![again], "still waiting");
+        table.on_update(id(2), entry(9, 6, 115), NOW, unit_cost);
+        assert!(table.starving(unit_cost).is_empty());
     }
 
     #[test]
