@@ -299,8 +299,9 @@ pub fn run(
     let state = state_of(&sim);
     let per_node_second = sim.len() as f64 * duration.as_secs_f64();
     // Control traffic only: the flows' and the measurement's data packets are user traffic.
-    let control_datagrams = stats.datagrams_sent - stats.sent.data.datagrams;
-    let control_bytes = stats.bytes_sent - stats.sent.data.bytes;
+    let total = stats.sent.total();
+    let control_datagrams = total.datagrams - stats.sent.data.datagrams;
+    let control_bytes = total.bytes - stats.sent.data.bytes;
     let wire_bytes = control_bytes + control_datagrams * IP_UDP_HEADER_BYTES;
     let wire_rate =
         |v: Volume| (v.bytes + v.datagrams * IP_UDP_HEADER_BYTES) as f64 / per_node_second;
@@ -351,8 +352,8 @@ pub fn run(
             probes_lost: stats.probes_lost,
             dropped_malformed: stats.dropped_malformed,
             dropped_unexpected: stats.dropped_unexpected,
-            route_updates_sent: stats.route_updates_sent,
-            seqno_requests_sent: stats.seqno_requests_sent,
+            route_updates_sent: stats.sent.route_updates.datagrams,
+            seqno_requests_sent: stats.sent.seqno_requests.datagrams,
         },
         network: NetworkReport {
             jitter_ms: config.network.jitter_ms,

@@ -115,19 +115,21 @@ impl RoutingLink {
     }
 }
 
-/// The cost of the hop to `via`: a measured routing link or session, else the recent RTT of a
+/// The cost of the hop to a node: a measured routing link or session, else the recent RTT of a
 /// coordinate neighbour (the median of its last samples, like a link's, so that a changed
 /// latency shows within two samples; the coordinates' low percentile would lag behind a rise).
-pub(super) fn hop_cost(
-    links: &indexmap::IndexMap<NodeId, RoutingLink>,
-    neighbours: &indexmap::IndexMap<NodeId, super::Neighbour>,
-    via: &NodeId,
-) -> Option<Metric> {
-    links.get(via).and_then(RoutingLink::cost).or_else(|| {
-        neighbours
-            .get(via)
-            .map(|n| Metric::from_ms(n.link.recent_rtt_ms()).plus(HOP_COST))
-    })
+/// Takes the two tables rather than the node, so the route table can be borrowed beside it.
+pub(super) fn hop_costs<'a>(
+    links: &'a indexmap::IndexMap<NodeId, RoutingLink>,
+    neighbours: &'a indexmap::IndexMap<NodeId, super::Neighbour>,
+) -> impl Fn(&NodeId) -> Option<Metric> + Copy + 'a {
+    move |via| {
+        links.get(via).and_then(RoutingLink::cost).or_else(|| {
+            neighbours
+                .get(via)
+                .map(|n| Metric::from_ms(n.link.recent_rtt_ms()).plus(HOP_COST))
+        })
+    }
 }
 
 impl Node {
@@ -493,7 +495,7 @@ impl Node {
     /// each link: the gap between the best and second-best offer wherever the link is best.
     fn link_utilities(&self) -> indexmap::IndexMap<NodeId, f64> {
         let mut utilities = indexmap::IndexMap::new();
-        let cost = |via: &NodeId| hop_cost(&self.links, &self.neighbours, via);
+        let cost = hop_costs(&self.links, &self.neighbours);
         for (_, offers, _) in self.routes.destinations() {
             let mut best: Option<(Metric, NodeId)> = None;
             let mut second: Option<Metric> = None;

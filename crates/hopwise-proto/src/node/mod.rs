@@ -202,16 +202,14 @@ pub enum Event {
 pub struct NodeStats {
     pub datagrams_received: u64,
     pub bytes_received: u64,
-    pub datagrams_sent: u64,
-    pub bytes_sent: u64,
     /// Datagrams that failed to decode.
     pub dropped_malformed: u64,
     /// Well-formed datagrams that made no sense here (unsolicited replies, our own id).
     pub dropped_unexpected: u64,
     pub probes_sent: u64,
     pub probes_lost: u64,
-    /// Datagrams and bytes sent, by what they carried. Overlay data (originated or relayed) is
-    /// user traffic; everything else is control traffic.
+    /// Datagrams and bytes sent, by what they carried (and in total: [`SentByKind::total`]).
+    /// Overlay data (originated or relayed) is user traffic; everything else is control traffic.
     pub sent: SentByKind,
     pub data_relayed: u64,
     pub data_delivered: u64,
@@ -219,8 +217,6 @@ pub struct NodeStats {
     pub dropped_ttl_expired: u64,
     /// Data dropped because no route to its destination was known.
     pub dropped_no_route: u64,
-    pub route_updates_sent: u64,
-    pub seqno_requests_sent: u64,
 }
 
 /// Datagrams and bytes of one kind of message.
@@ -255,6 +251,15 @@ pub struct SentByKind {
 }
 
 impl SentByKind {
+    pub fn total(&self) -> Volume {
+        let mut total = self.probes;
+        total += self.route_updates;
+        total += self.link_control;
+        total += self.seqno_requests;
+        total += self.data;
+        total
+    }
+
     fn record(&mut self, message: &Message, bytes: usize) {
         let volume = match message {
             Message::ProbeRequest(_) | Message::ProbeReply(_) => &mut self.probes,
@@ -281,8 +286,6 @@ impl AddAssign<&NodeStats> for NodeStats {
     fn add_assign(&mut self, other: &NodeStats) {
         self.datagrams_received += other.datagrams_received;
         self.bytes_received += other.bytes_received;
-        self.datagrams_sent += other.datagrams_sent;
-        self.bytes_sent += other.bytes_sent;
         self.dropped_malformed += other.dropped_malformed;
         self.dropped_unexpected += other.dropped_unexpected;
         self.probes_sent += other.probes_sent;
@@ -292,8 +295,6 @@ impl AddAssign<&NodeStats> for NodeStats {
         self.data_delivered += other.data_delivered;
         self.dropped_ttl_expired += other.dropped_ttl_expired;
         self.dropped_no_route += other.dropped_no_route;
-        self.route_updates_sent += other.route_updates_sent;
-        self.seqno_requests_sent += other.seqno_requests_sent;
     }
 }
 
@@ -546,7 +547,7 @@ impl Node {
             return;
         }
         if let Some(neighbour) = self.neighbours.get_mut(&sender) {
-            // The direct path's route cost follows the recent median (see `hop_cost`).
+            // The direct path's route cost follows the recent median (see `hop_costs`).
             let before = neighbour.link.recent_rtt_ms();
             neighbour.link.on_sample(rtt_ms);
             if neighbour.link.recent_rtt_ms() != before {
@@ -876,10 +877,7 @@ impl Node {
             message,
         };
         let contents = packet.to_bytes();
-        let len = contents.len();
-        self.stats.datagrams_sent += 1;
-        self.stats.bytes_sent += len as u64;
-        self.stats.sent.record(&packet.message, len);
+        self.stats.sent.record(&packet.message, contents.len());
         self.outputs.push_back(Output::Transmit(Transmit {
             destination,
             contents,

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::links::{RoutingLink, hop_cost};
+use super::links::{RoutingLink, hop_costs};
 use super::{Event, Node, Output};
 use crate::routing::{Metric, SeqnoWanted};
 use crate::wire::{
@@ -215,8 +215,7 @@ impl Node {
             link.accepted = true;
         }
         let now = self.now;
-        let (links, neighbours) = (&self.links, &self.neighbours);
-        let cost = |via: &NodeId| hop_cost(links, neighbours, via);
+        let cost = hop_costs(&self.links, &self.neighbours);
         let destinations: Vec<NodeId> = update.entries.iter().map(|e| e.destination).collect();
         let wanted: Vec<SeqnoWanted> = update
             .entries
@@ -309,7 +308,6 @@ impl Node {
         let Some(addr) = self.links.get(&to).map(|l| l.addr) else {
             return;
         };
-        self.stats.seqno_requests_sent += 1;
         self.send(addr, Message::SeqnoRequest(request));
     }
 
@@ -336,8 +334,7 @@ impl Node {
                     && !self.links.contains_key(&request.destination) =>
             {
                 let now = self.now;
-                let (links, neighbours) = (&self.links, &self.neighbours);
-                let cost = |via: &NodeId| hop_cost(links, neighbours, via);
+                let cost = hop_costs(&self.links, &self.neighbours);
                 self.routes
                     .renew_direct(&request.destination, request.seqno, now, cost);
                 self.answer_request(sender, &request.destination);
@@ -377,8 +374,9 @@ impl Node {
             let jitter = self.rng_factor();
             self.next_review_at = self.now + self.config.routing.review_interval.mul_f64(jitter);
             self.routes.forget_unreachable(self.now);
-            let (links, neighbours) = (&self.links, &self.neighbours);
-            let starving = self.routes.starving(|via| hop_cost(links, neighbours, via));
+            let starving = self
+                .routes
+                .starving(hop_costs(&self.links, &self.neighbours));
             for wanted in starving {
                 self.request_seqno(wanted);
             }
@@ -396,11 +394,12 @@ impl Node {
             let jitter = self.rng_factor();
             self.next_refresh_at = self.now + self.config.routing.refresh_interval.mul_f64(jitter);
         }
-        let (links, neighbours) = (&self.links, &self.neighbours);
-        let targets: Vec<(NodeId, Metric, SocketAddr)> = links
+        let cost = hop_costs(&self.links, &self.neighbours);
+        let targets: Vec<(NodeId, Metric, SocketAddr)> = self
+            .links
             .iter()
             .filter(|(_, l)| l.is_routing() && l.accepted)
-            .filter_map(|(id, l)| Some((*id, hop_cost(links, neighbours, id)?, l.addr)))
+            .filter_map(|(id, l)| Some((*id, cost(id)?, l.addr)))
             .collect();
         let costs: Vec<(NodeId, Metric)> = targets.iter().map(|t| (t.0, t.1)).collect();
         let updates = self.routes.take_updates(&costs, refresh);
@@ -411,7 +410,6 @@ impl Node {
 
     pub(super) fn send_routes(&mut self, addr: SocketAddr, entries: &[RouteEntry]) {
         for chunk in entries.chunks(MAX_ROUTE_ENTRIES) {
-            self.stats.route_updates_sent += 1;
             let update = RouteUpdate {
                 entries: chunk.to_vec(),
             };
@@ -422,8 +420,7 @@ impl Node {
     /// Link costs changed: re-evaluate what goes through `via`.
     pub(super) fn link_cost_changed(&mut self, via: NodeId) {
         let now = self.now;
-        let (links, neighbours) = (&self.links, &self.neighbours);
-        let cost = |id: &NodeId| hop_cost(links, neighbours, id);
+        let cost = hop_costs(&self.links, &self.neighbours);
         let wanted = self.routes.reselect_via(&via, now, cost);
         self.after_route_change(wanted);
     }
@@ -432,10 +429,9 @@ impl Node {
     /// coordinate neighbour.
     pub(super) fn link_removed(&mut self, via: NodeId) {
         let now = self.now;
-        let (links, neighbours) = (&self.links, &self.neighbours);
-        let cost = |id: &NodeId| hop_cost(links, neighbours, id);
+        let cost = hop_costs(&self.links, &self.neighbours);
         let mut wanted = self.routes.remove_via(&via, now, cost);
-        if neighbours.contains_key(&via) {
+        if self.neighbours.contains_key(&via) {
             wanted.extend(self.routes.set_direct(via, true, now, cost));
         }
         self.after_route_change(wanted);
@@ -450,8 +446,7 @@ impl Node {
         }
         let now = self.now;
         let present = self.neighbours.contains_key(&id);
-        let (links, neighbours) = (&self.links, &self.neighbours);
-        let cost = |via: &NodeId| hop_cost(links, neighbours, via);
+        let cost = hop_costs(&self.links, &self.neighbours);
         let wanted: Vec<SeqnoWanted> = self
             .routes
             .set_direct(id, present, now, cost)

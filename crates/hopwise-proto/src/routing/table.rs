@@ -312,12 +312,10 @@ impl RouteTable {
             (None, true) => {}
         }
         // The neighbour's own route changed, so what it was not told may matter to it now.
-        if destination.told_to(&via).is_some_and(|told| {
-            significant_change(
-                Some(told).filter(|t| !t.1.is_infinite()),
-                destination.wanted(),
-            )
-        }) {
+        if destination
+            .told_to(&via)
+            .is_some_and(|told| significant_change(Some(told), destination.wanted()))
+        {
             self.dirty.insert(entry.destination);
         }
         self.reselect(entry.destination, now, &cost)
