@@ -20,4 +20,5 @@ pub use node::{
     Config, Event, Input, LinkKind, Node, NodeStats, Output, PayloadTooLarge, RouteInfo,
     RoutingConfig, RoutingLink, SentByKind, Transmit, Volume,
 };
+pub use routing::ZoneConfig;
 pub use time::{Duration, Instant};

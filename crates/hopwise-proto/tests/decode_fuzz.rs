@@ -51,13 +51,24 @@ fn packet() -> impl Strategy<Value = Packet> {
             gossip,
         });
     let node_id = || any::<[u8; NodeId::LEN]>().prop_map(NodeId::from_bytes);
-    let route_entry =
-        (node_id(), any::<u16>(), any::<u16>()).prop_map(|(destination, seqno, metric)| {
-            RouteEntry {
-                destination,
-                seqno: Seqno(seqno),
-                metric: Metric(metric),
+    let route_entry = (node_id(), any::<u16>(), any::<u16>(), node_id()).prop_map(
+        |(destination, seqno, metric, zone)| RouteEntry {
+            destination,
+            seqno: Seqno(seqno),
+            metric: Metric(metric),
+            zone: Some(zone),
+        },
+    );
+    // Flat or zoned: every entry of one update carries a zone, or none does.
+    let route_update = (
+        any::<bool>(),
+        prop::collection::vec(route_entry, 0..=MAX_ROUTE_ENTRIES),
+    )
+        .prop_map(|(zoned, mut entries)| {
+            if !zoned {
+                entries.iter_mut().for_each(|e| e.zone = None);
             }
+            RouteUpdate { entries }
         });
     let link_op = prop_oneof![
         Just(LinkOp::Open),
@@ -75,13 +86,23 @@ fn packet() -> impl Strategy<Value = Packet> {
             }
         }),
         prop::collection::vec(any::<u8>(), 0..1_000).prop_map(DataBody::Payload),
+        node_id().prop_map(|zone| DataBody::Register { zone }),
+        node_id().prop_map(|target| DataBody::Lookup { target }),
+        (node_id(), proptest::option::of(node_id()))
+            .prop_map(|(target, zone)| DataBody::LookupReply { target, zone }),
     ];
-    let data = (node_id(), node_id(), any::<u8>(), any::<u8>(), body).prop_map(
-        |(source, destination, ttl, hops, body)| Data {
+    let zones = (
+        proptest::option::of(node_id()),
+        proptest::option::of(node_id()),
+    );
+    let data = (node_id(), node_id(), any::<u8>(), any::<u8>(), zones, body).prop_map(
+        |(source, destination, ttl, hops, (source_zone, destination_zone), body)| Data {
             source,
             destination,
             ttl,
             hops,
+            source_zone,
+            destination_zone,
             body,
         },
     );
@@ -91,8 +112,7 @@ fn packet() -> impl Strategy<Value = Packet> {
         } else {
             Message::ProbeReply(probe)
         }),
-        prop::collection::vec(route_entry, 0..=MAX_ROUTE_ENTRIES)
-            .prop_map(|entries| Message::RouteUpdate(RouteUpdate { entries })),
+        route_update.prop_map(Message::RouteUpdate),
         link_op.prop_map(Message::Link),
         (node_id(), any::<u16>(), any::<u8>()).prop_map(|(destination, seqno, hop_limit)| {
             Message::SeqnoRequest(SeqnoRequest {
@@ -128,7 +148,7 @@ proptest! {
     }
 
     #[test]
-    fn random_bodies_behind_a_valid_header_never_panic(kind in 0u8..8, body in prop::collection::vec(any::<u8>(), 0..600)) {
+    fn random_bodies_behind_a_valid_header_never_panic(kind in 0u8..9, body in prop::collection::vec(any::<u8>(), 0..600)) {
         let mut data = vec![0x68, 1, kind, 0];
         data.extend_from_slice(&[9; NodeId::LEN]);
         data.extend_from_slice(&body);
@@ -237,6 +257,8 @@ fn pongs_with_impossible_timestamps_are_dropped_and_counted() {
                 destination: NodeId::from_bytes([1; NodeId::LEN]),
                 ttl: 5,
                 hops: 1,
+                source_zone: None,
+                destination_zone: None,
                 body: DataBody::Pong {
                     token: 1,
                     sent_us,

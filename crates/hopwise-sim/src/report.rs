@@ -1,8 +1,9 @@
 //! One simulation run from cold start to report: the `hopwise sim` scenario.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use hopwise_proto::{Algorithm, Duration, Instant, Volume};
+use hopwise_proto::{Algorithm, Duration, Instant, Node, NodeId, Volume};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -73,7 +74,8 @@ pub struct RoutingReport {
     /// over the whole run.
     pub ttl_expired: u64,
     pub ttl_expired_total: u64,
-    /// First second at which every running node had a route to every other one.
+    /// First second at which every running node had a route to every other one (in zoned
+    /// routing: had joined a zone, and had a route to every head and every member of its zone).
     pub converged_at_s: Option<f64>,
     pub mean_hops: f64,
 }
@@ -88,6 +90,19 @@ pub struct MeanMax {
 pub struct StateReport {
     pub route_entries_per_node: MeanMax,
     pub routing_links_per_node: MeanMax,
+    /// Present in zoned routing.
+    pub zones: Option<ZonesReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ZonesReport {
+    pub head_one_in: u64,
+    /// Running zone heads.
+    pub heads: usize,
+    /// Running nodes per zone (the head included).
+    pub members_per_zone: MeanMax,
+    /// Running nodes that have not joined a zone.
+    pub without_zone: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +168,8 @@ pub struct ControlTrafficByKind {
     pub route_updates: f64,
     pub link_control: f64,
     pub seqno_requests: f64,
+    /// Zone registrations and lookups (zoned routing).
+    pub directory: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -345,6 +362,7 @@ pub fn run(
                 route_updates: wire_rate(stats.sent.route_updates),
                 link_control: wire_rate(stats.sent.link_control),
                 seqno_requests: wire_rate(stats.sent.seqno_requests),
+                directory: wire_rate(stats.sent.directory),
             },
         },
         packets: PacketReport {
@@ -377,21 +395,64 @@ pub fn run(
     }
 }
 
-/// Whether every running node has a route to every other running node.
+/// Whether every running node has a route to every other running node; in zoned routing,
+/// whether every running node has joined a zone and has a route to every running head and every
+/// running member of its zone.
 fn fully_routed(sim: &Simulation) -> bool {
-    let running = (0..sim.len()).filter(|&i| sim.is_running(i)).count();
-    (0..sim.len())
-        .filter_map(|i| sim.node(i))
-        .all(|node| node.route_count() + 1 >= running)
+    let nodes: Vec<&Node> = (0..sim.len()).filter_map(|i| sim.node(i)).collect();
+    let Some(zoning) = nodes.first().and_then(|n| n.zoning()) else {
+        return nodes
+            .iter()
+            .all(|node| node.route_count() + 1 >= nodes.len());
+    };
+    let heads: Vec<NodeId> = nodes
+        .iter()
+        .map(|n| n.id())
+        .filter(|id| zoning.is_head(id))
+        .collect();
+    let members = zone_members(&nodes);
+    nodes.iter().all(|node| {
+        let Some(zone) = node.zone() else {
+            return false;
+        };
+        let reaches = |id: &NodeId| *id == node.id() || node.route(id).is_some();
+        heads.iter().all(reaches) && members[&zone].iter().all(reaches)
+    })
+}
+
+/// Running nodes by the zone they joined.
+fn zone_members(nodes: &[&Node]) -> HashMap<NodeId, Vec<NodeId>> {
+    let mut members: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    for node in nodes {
+        if let Some(zone) = node.zone() {
+            members.entry(zone).or_default().push(node.id());
+        }
+    }
+    members
+}
+
+fn mean_max(values: Vec<f64>) -> MeanMax {
+    MeanMax {
+        mean: values.iter().sum::<f64>() / values.len().max(1) as f64,
+        max: values.iter().copied().fold(0.0, f64::max),
+    }
+}
+
+fn zones_of(nodes: &[&Node]) -> Option<ZonesReport> {
+    let zoning = nodes.first()?.zoning()?;
+    let members = zone_members(nodes);
+    Some(ZonesReport {
+        head_one_in: zoning.head_one_in,
+        heads: nodes.iter().filter(|n| zoning.is_head(&n.id())).count(),
+        members_per_zone: mean_max(members.values().map(|m| m.len() as f64).collect()),
+        without_zone: nodes.iter().filter(|n| n.zone().is_none()).count(),
+    })
 }
 
 fn state_of(sim: &Simulation) -> StateReport {
-    let nodes: Vec<_> = (0..sim.len()).filter_map(|i| sim.node(i)).collect();
-    let mean_max = |values: Vec<f64>| MeanMax {
-        mean: values.iter().sum::<f64>() / values.len().max(1) as f64,
-        max: values.iter().copied().fold(0.0, f64::max),
-    };
+    let nodes: Vec<&Node> = (0..sim.len()).filter_map(|i| sim.node(i)).collect();
     StateReport {
+        zones: zones_of(&nodes),
         route_entries_per_node: mean_max(nodes.iter().map(|n| n.route_count() as f64).collect()),
         routing_links_per_node: mean_max(
             nodes

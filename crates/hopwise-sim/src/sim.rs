@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use hopwise_proto::{
     Algorithm, Config, Coordinate, Duration, Event, Input, Instant, Node, NodeId, NodeStats,
-    Output, PayloadTooLarge,
+    Output, PayloadTooLarge, ZoneConfig,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -49,6 +49,8 @@ pub struct SimConfig {
     pub later_matrices: Vec<Matrix>,
     /// What the run measures besides coordinates.
     pub scenario: Scenario,
+    /// Zoned routing for every node, or flat routing with `None`.
+    pub zones: Option<ZoneConfig>,
 }
 
 /// Traffic and failures a run injects, and what it measures at the end.
@@ -85,6 +87,7 @@ impl Default for SimConfig {
             network: NetworkConfig::default(),
             later_matrices: Vec::new(),
             scenario: Scenario::default(),
+            zones: None,
         }
     }
 }
@@ -199,6 +202,7 @@ impl Simulation {
             node_config.vivaldi.algorithm = config.algorithm;
             node_config.landmark = config.landmark && index == 0;
             node_config.bootstrap = bootstrap;
+            node_config.routing.zones = config.zones;
             sim.configs.push(Some(node_config));
             let start = Instant::ZERO + config.start_spread.mul_f64(rng.random::<f64>());
             sim.schedule(start, Happening::Start { node: index });

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use hopwise_proto::{Algorithm, Duration};
+use hopwise_proto::{Algorithm, Duration, ZoneConfig};
 use hopwise_sim::{Matrix, NetworkConfig, Scenario, SimConfig, Unit, coords_csv, pairs_csv};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -78,7 +78,24 @@ pub struct SimArgs {
     /// When to kill --fail-nodes, e.g. 200s.
     #[arg(long, value_parser = humantime::parse_duration)]
     fail_at: Option<std::time::Duration>,
+    /// Zoned routing: exact routes within a zone, one route per zone head beyond. `auto` zones
+    /// networks of more than 1,000 nodes and routes smaller ones flat.
+    #[arg(long, value_enum, default_value_t = ZonesArg::Auto)]
+    zones: ZonesArg,
+    /// In zoned routing, one node in this many is a zone head.
+    #[arg(long, default_value_t = ZoneConfig::default().head_one_in)]
+    zone_heads: u64,
 }
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ZonesArg {
+    Auto,
+    On,
+    Off,
+}
+
+/// Above this many nodes, `--zones auto` routes in zones.
+const ZONED_ABOVE: usize = 1_000;
 
 /// The matrix paths named by `--matrix` arguments, with glob patterns expanded (sorted).
 fn matrix_paths(patterns: &[String]) -> anyhow::Result<Vec<PathBuf>> {
@@ -159,6 +176,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         "all matrices must have the same number of nodes"
     );
     let matrix = matrices.remove(0);
+    anyhow::ensure!(args.zone_heads >= 1, "--zone-heads must be at least 1");
+    let zoned = match args.zones {
+        ZonesArg::Auto => size > ZONED_ABOVE,
+        ZonesArg::On => true,
+        ZonesArg::Off => false,
+    };
     let duration = to_duration(args.duration, "--duration")?;
     let config = SimConfig {
         seed: args.seed,
@@ -185,6 +208,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 .map(|at| to_duration(at, "--fail-at"))
                 .transpose()?,
         },
+        zones: zoned.then_some(ZoneConfig {
+            head_one_in: args.zone_heads,
+        }),
         ..SimConfig::default()
     };
 

@@ -13,6 +13,7 @@
 
 mod links;
 mod routing;
+mod zones;
 
 pub use links::{LinkKind, RoutingLink};
 pub use routing::{PayloadTooLarge, RouteInfo};
@@ -30,8 +31,8 @@ use tracing::trace;
 use crate::coords::{Coordinate, Observation, Vivaldi, VivaldiConfig};
 use crate::link::{Link, LossVerdict};
 use crate::peers::{KnownNode, PeerTable};
-use crate::routing::RouteTable;
-use crate::wire::{GossipEntry, MAX_GOSSIP, Message, Packet, Probe, WireCoord};
+use crate::routing::{RouteTable, ZoneConfig};
+use crate::wire::{DataBody, GossipEntry, MAX_GOSSIP, Message, Packet, Probe, WireCoord};
 use crate::{Duration, Instant, NodeId};
 
 #[derive(Debug, Clone)]
@@ -94,6 +95,9 @@ pub struct RoutingConfig {
     pub max_destinations: usize,
     /// Bound on on-demand direct sessions.
     pub max_sessions: usize,
+    /// Zoned routing (for networks beyond about a thousand nodes), or flat routing with `None`.
+    /// Every member of a network must use the same setting.
+    pub zones: Option<ZoneConfig>,
 }
 
 impl Default for RoutingConfig {
@@ -112,6 +116,7 @@ impl Default for RoutingConfig {
             relay_swap_interval: Duration::from_secs(20),
             max_destinations: 65_536,
             max_sessions: 1_024,
+            zones: None,
         }
     }
 }
@@ -247,6 +252,8 @@ pub struct SentByKind {
     pub route_updates: Volume,
     pub link_control: Volume,
     pub seqno_requests: Volume,
+    /// Zone registrations and lookups (zoned routing).
+    pub directory: Volume,
     pub data: Volume,
 }
 
@@ -256,6 +263,7 @@ impl SentByKind {
         total += self.route_updates;
         total += self.link_control;
         total += self.seqno_requests;
+        total += self.directory;
         total += self.data;
         total
     }
@@ -266,7 +274,14 @@ impl SentByKind {
             Message::RouteUpdate(_) => &mut self.route_updates,
             Message::Link(_) => &mut self.link_control,
             Message::SeqnoRequest(_) => &mut self.seqno_requests,
-            Message::Data(_) => &mut self.data,
+            Message::Data(data) => match data.body {
+                DataBody::Register { .. }
+                | DataBody::Lookup { .. }
+                | DataBody::LookupReply { .. } => &mut self.directory,
+                DataBody::Ping { .. } | DataBody::Pong { .. } | DataBody::Payload(_) => {
+                    &mut self.data
+                }
+            },
         };
         volume.add(bytes);
     }
@@ -278,6 +293,7 @@ impl AddAssign for SentByKind {
         self.route_updates += other.route_updates;
         self.link_control += other.link_control;
         self.seqno_requests += other.seqno_requests;
+        self.directory += other.directory;
         self.data += other.data;
     }
 }
@@ -335,6 +351,7 @@ pub struct Node {
     config: Config,
     rng: ChaCha8Rng,
     now: Instant,
+    started_at: Instant,
     vivaldi: Vivaldi,
     known: PeerTable,
     neighbours: IndexMap<NodeId, Neighbour>,
@@ -362,6 +379,7 @@ pub struct Node {
     unanswered_bootstrap: Vec<SocketAddr>,
     bootstrap_retry_at: Instant,
     bootstrap_backoff: Duration,
+    zones: zones::ZoneState,
     outputs: VecDeque<Output>,
     stats: NodeStats,
     /// Reused for every coordinate update.
@@ -379,13 +397,18 @@ impl Node {
         };
         let known = PeerTable::new(config.max_known_nodes);
         let unanswered_bootstrap = config.bootstrap.clone();
-        let routes = RouteTable::new(config.id, config.routing.max_destinations);
+        let routes = RouteTable::new(
+            config.id,
+            config.routing.max_destinations,
+            config.routing.zones,
+        );
         let next_review_at = now + config.routing.review_interval;
         let next_refresh_at = now + config.routing.refresh_interval;
         Self {
             config,
             rng,
             now,
+            started_at: now,
             vivaldi,
             known,
             neighbours: IndexMap::new(),
@@ -406,6 +429,7 @@ impl Node {
             unanswered_bootstrap,
             bootstrap_retry_at: now,
             bootstrap_backoff: BOOTSTRAP_FIRST_RETRY,
+            zones: zones::ZoneState::default(),
             outputs: VecDeque::new(),
             stats: NodeStats::default(),
             observations: Vec::new(),

@@ -7,8 +7,7 @@ use super::links::{RoutingLink, hop_costs};
 use super::{Event, Node, Output};
 use crate::routing::{Metric, SeqnoWanted};
 use crate::wire::{
-    Data, DataBody, INITIAL_TTL, MAX_PAYLOAD, MAX_ROUTE_ENTRIES, Message, RouteEntry, RouteUpdate,
-    SeqnoRequest,
+    Data, DataBody, MAX_PAYLOAD, MAX_ROUTE_ENTRIES, Message, RouteEntry, RouteUpdate, SeqnoRequest,
 };
 use crate::{Duration, Instant, NodeId};
 
@@ -76,7 +75,7 @@ impl Node {
 
     /// Where a packet for `destination` would go now.
     pub fn route(&self, destination: &NodeId) -> Option<RouteInfo> {
-        let (next_hop, metric) = self.next_hop(destination)?;
+        let (next_hop, metric) = self.next_hop_to(destination)?;
         Some(RouteInfo {
             next_hop,
             next_hop_addr: self.hop_addr(&next_hop)?,
@@ -86,6 +85,15 @@ impl Node {
     }
 
     /// Destinations with a route in the table (on-demand sessions not included).
+    /// The head of this node's zone (zoned routing), once it has joined one.
+    pub fn zone(&self) -> Option<NodeId> {
+        self.routes.own_zone()
+    }
+
+    pub fn zoning(&self) -> Option<&crate::routing::ZoneConfig> {
+        self.routes.zoning()
+    }
+
     pub fn route_count(&self) -> usize {
         self.routes.route_count()
     }
@@ -94,23 +102,25 @@ impl Node {
         self.links.iter().filter(|(_, l)| l.is_routing())
     }
 
-    fn originate(&mut self, destination: NodeId, body: DataBody) {
-        let data = Data {
-            source: self.config.id,
-            destination,
-            ttl: INITIAL_TTL,
-            hops: 0,
-            body,
-        };
+    pub(super) fn originate(&mut self, destination: NodeId, body: DataBody) {
+        let data = self.new_packet(destination, body);
         if destination == self.config.id {
             self.deliver(data);
             return;
         }
         self.ensure_session(destination);
+        if self.next_hop(&data).is_none()
+            && data.destination_zone.is_none()
+            && self.routes.zoning().is_some()
+        {
+            self.await_lookup(data);
+            return;
+        }
         self.forward(data);
     }
 
     pub(super) fn on_data(&mut self, data: Data) {
+        self.learn_source_zone(&data);
         if data.destination == self.config.id {
             self.deliver(data);
         } else if data.ttl <= 1 {
@@ -163,11 +173,24 @@ impl Node {
                     payload,
                 }));
             }
+            DataBody::Register { .. } | DataBody::Lookup { .. } | DataBody::LookupReply { .. } => {
+                self.deliver_directory(data);
+            }
         }
     }
 
+    /// Where a packet goes next: towards its destination if a route or a measured direct link
+    /// reaches it, else (zoned routing) towards the head of the destination's zone.
+    fn next_hop(&self, data: &Data) -> Option<(NodeId, Metric)> {
+        self.next_hop_to(&data.destination).or_else(|| {
+            data.destination_zone
+                .filter(|head| *head != self.config.id)
+                .and_then(|head| self.next_hop_to(&head))
+        })
+    }
+
     /// The cheaper of the routed next hop and a measured direct link to the destination.
-    fn next_hop(&self, destination: &NodeId) -> Option<(NodeId, Metric)> {
+    fn next_hop_to(&self, destination: &NodeId) -> Option<(NodeId, Metric)> {
         let routed = self
             .routes
             .selected(destination)
@@ -183,8 +206,8 @@ impl Node {
         }
     }
 
-    fn forward(&mut self, data: Data) {
-        let Some((next_hop, _)) = self.next_hop(&data.destination) else {
+    pub(super) fn forward(&mut self, data: Data) {
+        let Some((next_hop, _)) = self.next_hop(&data) else {
             self.stats.dropped_no_route += 1;
             return;
         };
@@ -374,6 +397,7 @@ impl Node {
             let jitter = self.rng_factor();
             self.next_review_at = self.now + self.config.routing.review_interval.mul_f64(jitter);
             self.routes.forget_unreachable(self.now);
+            self.review_zone();
             let starving = self
                 .routes
                 .starving(hop_costs(&self.links, &self.neighbours));
@@ -408,8 +432,15 @@ impl Node {
         }
     }
 
+    /// Sends `entries` in as few updates as fit; zoned and flat entries are different kinds of
+    /// update (in zoned routing, the zone of a node that has not joined one is not known).
     pub(super) fn send_routes(&mut self, addr: SocketAddr, entries: &[RouteEntry]) {
-        for chunk in entries.chunks(MAX_ROUTE_ENTRIES) {
+        let (zoned, flat): (Vec<RouteEntry>, Vec<RouteEntry>) =
+            entries.iter().partition(|e| e.zone.is_some());
+        for chunk in flat
+            .chunks(MAX_ROUTE_ENTRIES)
+            .chain(zoned.chunks(MAX_ROUTE_ENTRIES))
+        {
             let update = RouteUpdate {
                 entries: chunk.to_vec(),
             };

@@ -2,8 +2,10 @@
 //! route table with its feasibility condition. Pure data structures; the node drives them.
 
 mod table;
+mod zones;
 
 pub use table::{Offer, RouteTable, Selected, SeqnoWanted};
+pub use zones::ZoneConfig;
 
 /// A path cost in tenths of a millisecond of round-trip time; `INFINITY` means unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

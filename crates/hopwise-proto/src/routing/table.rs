@@ -11,7 +11,7 @@
 
 use indexmap::{IndexMap, IndexSet};
 
-use super::{Metric, Seqno};
+use super::{Metric, Seqno, ZoneConfig};
 use crate::wire::RouteEntry;
 use crate::{Duration, Instant, NodeId};
 
@@ -59,6 +59,40 @@ struct Destination {
     told: Vec<Told>,
     /// When the last offer went away; the entry is forgotten some time later.
     empty_since: Option<Instant>,
+    /// In zoned routing, the head of the destination's zone, as of the newest seqno heard.
+    zone: Option<(Seqno, NodeId)>,
+}
+
+/// Which routes a routing link may hear: everything in flat routing; in zoned routing, routes to
+/// heads, to the link itself, and to members of the link's zone. A member's routes thus spread
+/// through its zone, and one hop beyond: a neighbour outside the zone passes them on to its own
+/// links inside the zone, which bridges members that have no link to each other.
+#[derive(Debug, Clone, Copy)]
+struct Scope {
+    zoning: Option<ZoneConfig>,
+}
+
+impl Scope {
+    fn zone_of(&self, id: &NodeId, destination: Option<&Destination>) -> Option<NodeId> {
+        let zoning = self.zoning?;
+        if zoning.is_head(id) {
+            return Some(*id);
+        }
+        destination?.zone.map(|(_, zone)| zone)
+    }
+
+    fn visible(
+        &self,
+        id: &NodeId,
+        zone: Option<NodeId>,
+        link: &NodeId,
+        link_zone: Option<NodeId>,
+    ) -> bool {
+        let Some(zoning) = self.zoning else {
+            return true;
+        };
+        zoning.is_head(id) || id == link || zone.is_some_and(|z| Some(z) == link_zone)
+    }
 }
 
 impl Destination {
@@ -160,9 +194,14 @@ impl Destination {
         link: NodeId,
         link_cost: Metric,
         refresh: bool,
+        (scope, link_zone): (Scope, Option<NodeId>),
     ) -> Option<RouteEntry> {
         let told = self.told_to(&link).filter(|(_, m)| !m.is_infinite());
-        let wanted = self.wanted();
+        let zone = scope.zone_of(id, Some(self));
+        // A route the link may not hear is retracted if it was told before.
+        let wanted = self
+            .wanted()
+            .filter(|_| scope.visible(id, zone, &link, link_zone));
         if !significant_change(told, wanted) {
             return None;
         }
@@ -190,7 +229,27 @@ impl Destination {
             destination: *id,
             seqno,
             metric,
+            zone,
         })
+    }
+
+    /// Takes the zone an entry carries if it is at least as new as the one known. Returns
+    /// whether the zone changed.
+    fn learn_zone(&mut self, entry: &RouteEntry) -> bool {
+        let Some(zone) = entry.zone.filter(|_| !entry.metric.is_infinite()) else {
+            return false;
+        };
+        match self.zone {
+            Some((seqno, _)) if seqno.is_newer_than(entry.seqno) => false,
+            Some((_, known)) if known == zone => {
+                self.zone = Some((entry.seqno, zone));
+                false
+            }
+            _ => {
+                self.zone = Some((entry.seqno, zone));
+                true
+            }
+        }
     }
 }
 
@@ -210,6 +269,9 @@ const FORGET_AFTER: Duration = Duration::from_secs(120);
 pub struct RouteTable {
     me: NodeId,
     seqno: Seqno,
+    scope: Scope,
+    /// The head of this node's zone, in zoned routing.
+    own_zone: Option<NodeId>,
     advertise_self: bool,
     destinations: IndexMap<NodeId, Destination>,
     dirty: IndexSet<NodeId>,
@@ -219,10 +281,14 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(me: NodeId, max_destinations: usize) -> Self {
+    /// A table for flat routing, or for zoned routing with `zoning`.
+    pub fn new(me: NodeId, max_destinations: usize, zoning: Option<ZoneConfig>) -> Self {
+        let own_zone = zoning.filter(|z| z.is_head(&me)).map(|_| me);
         Self {
             me,
             seqno: Seqno::default(),
+            scope: Scope { zoning },
+            own_zone,
             advertise_self: true,
             destinations: IndexMap::new(),
             dirty: IndexSet::new(),
@@ -233,6 +299,41 @@ impl RouteTable {
 
     pub fn seqno(&self) -> Seqno {
         self.seqno
+    }
+
+    pub fn zoning(&self) -> Option<&ZoneConfig> {
+        self.scope.zoning.as_ref()
+    }
+
+    /// The head of this node's zone (itself, for a head), once it has joined one.
+    pub fn own_zone(&self) -> Option<NodeId> {
+        self.own_zone
+    }
+
+    /// Joins the zone of `head`. The own entry goes out again under a new seqno, so that the new
+    /// zone supersedes the old one everywhere.
+    pub fn set_own_zone(&mut self, head: NodeId) {
+        if self.own_zone == Some(head) || self.scope.zoning.is_none() {
+            return;
+        }
+        self.own_zone = Some(head);
+        self.seqno = self.seqno.next();
+        self.advertise_self = true;
+    }
+
+    /// The zone head of `id`, where known (zoned routing only).
+    pub fn zone_of(&self, id: &NodeId) -> Option<NodeId> {
+        if *id == self.me {
+            return self.own_zone;
+        }
+        self.scope.zone_of(id, self.destinations.get(id))
+    }
+
+    /// Zone heads with a selected route (zoned routing only).
+    pub fn heads(&self) -> impl Iterator<Item = (&NodeId, &Selected)> {
+        let zoning = self.scope.zoning;
+        self.routes()
+            .filter(move |(id, _)| zoning.is_some_and(|z| z.is_head(id)))
     }
 
     /// Answers a sequence-number request for this node: moves past `wanted`. The answer goes to
@@ -295,6 +396,12 @@ impl RouteTable {
                 .insert(entry.destination, Destination::default());
         }
         let destination = &mut self.destinations[&entry.destination];
+        // A neighbour's own entry names its zone; when that changes, which of our routes it may
+        // hear changes too.
+        if destination.learn_zone(&entry) && entry.destination == via {
+            self.dirty.extend(self.destinations.keys().copied());
+        }
+        let destination = &mut self.destinations[&entry.destination];
         let position = destination.offers.iter().position(|o| o.via == via);
         match (position, entry.metric.is_infinite()) {
             (Some(i), true) => {
@@ -344,6 +451,7 @@ impl RouteTable {
             destination,
             seqno,
             metric,
+            zone: None,
         };
         self.on_update(destination, entry, now, cost)
     }
@@ -500,12 +608,20 @@ impl RouteTable {
         } else {
             dirty.into_iter().collect()
         };
+        let scope = self.scope;
+        let link_zones: Vec<Option<NodeId>> = links
+            .iter()
+            .map(|(link, _)| scope.zone_of(link, self.destinations.get(link)))
+            .collect();
         for id in candidates {
             let Some(destination) = self.destinations.get_mut(&id) else {
                 continue;
             };
-            for (entries, (link, cost)) in updates.iter_mut().zip(links) {
-                entries.extend(destination.update_for(&id, *link, *cost, refresh));
+            for ((entries, (link, cost)), link_zone) in
+                updates.iter_mut().zip(links).zip(&link_zones)
+            {
+                let audience = (scope, *link_zone);
+                entries.extend(destination.update_for(&id, *link, *cost, refresh, audience));
             }
             destination.advertised = match destination.wanted() {
                 Some(wanted) => Some(wanted),
@@ -517,16 +633,23 @@ impl RouteTable {
         updates
     }
 
-    /// Every reachable destination, for a neighbour that just opened a link.
+    /// Every reachable destination the link may hear, for a neighbour that just opened a link.
     pub fn full_dump(&mut self, link: NodeId) -> Vec<RouteEntry> {
         let mut entries = vec![self.own_entry()];
+        let scope = self.scope;
+        let link_zone = scope.zone_of(&link, self.destinations.get(&link));
         for (id, destination) in &mut self.destinations {
+            let zone = scope.zone_of(id, Some(destination));
+            if !scope.visible(id, zone, &link, link_zone) {
+                continue;
+            }
             if let Some((seqno, metric)) = destination.wanted() {
                 destination.tell(link, seqno, metric);
                 entries.push(RouteEntry {
                     destination: *id,
                     seqno,
                     metric,
+                    zone,
                 });
             }
         }
@@ -539,6 +662,7 @@ impl RouteTable {
         if *destination == self.me {
             return Some(self.own_entry());
         }
+        let zone = self.zone_of(destination);
         let d = self.destinations.get_mut(destination)?;
         let (seqno, metric) = d.wanted()?;
         d.tell(link, seqno, metric);
@@ -546,6 +670,7 @@ impl RouteTable {
             destination: *destination,
             seqno,
             metric,
+            zone,
         })
     }
 
@@ -578,6 +703,7 @@ impl RouteTable {
             destination: self.me,
             seqno: self.seqno,
             metric: Metric::ZERO,
+            zone: self.own_zone,
         }
     }
 }
@@ -619,6 +745,7 @@ mod tests {
             destination: id(dest),
             seqno: Seqno(seqno),
             metric: Metric(metric),
+            zone: None,
         }
     }
 
@@ -635,7 +762,7 @@ mod tests {
 
     #[test]
     fn selects_the_cheapest_total_and_advertises_it() {
-        let mut table = RouteTable::new(id(0), 100);
+        let mut table = RouteTable::new(id(0), 100, None);
         let cost = |via: &NodeId| {
             Some(if *via == id(1) {
                 Metric(50)
@@ -654,7 +781,7 @@ mod tests {
 
     #[test]
     fn unfeasible_offers_are_not_taken_and_trigger_a_seqno_request() {
-        let mut table = RouteTable::new(id(0), 100);
+        let mut table = RouteTable::new(id(0), 100, None);
         table.on_update(id(1), entry(9, 5, 100), NOW, unit_cost);
         take_changes(&mut table); // advertised (5, 110): the feasibility distance
         // Neighbour 2 claims 115: not below 110, so taking it could close a loop.
@@ -678,7 +805,7 @@ mod tests {
 
     #[test]
     fn a_destination_waiting_for_a_seqno_is_asked_for_again_until_it_comes() {
-        let mut table = RouteTable::new(id(0), 100);
+        let mut table = RouteTable::new(id(0), 100, None);
         table.on_update(id(1), entry(9, 5, 100), NOW, unit_cost);
         take_changes(&mut table);
         table.on_update(id(2), entry(9, 5, 115), NOW, unit_cost);
@@ -696,7 +823,7 @@ mod tests {
 
     #[test]
     fn small_improvements_do_not_flap_or_flood() {
-        let mut table = RouteTable::new(id(0), 100);
+        let mut table = RouteTable::new(id(0), 100, None);
         table.on_update(id(1), entry(9, 0, 1000), NOW, unit_cost);
         take_changes(&mut table);
         // 0.1 ms better through neighbour 2: within the switching margin.
@@ -721,7 +848,7 @@ mod tests {
     /// Our route is through neighbour 1 at 25 ms, then improves to 20 ms; neighbour 2's own
     /// route is 20 ms, so neither matters to it.
     fn withheld_improvement() -> RouteTable {
-        let mut table = RouteTable::new(id(0), 100);
+        let mut table = RouteTable::new(id(0), 100, None);
         table.on_update(id(1), entry(9, 0, 240), NOW, two_link_cost);
         table.on_update(id(2), entry(9, 0, 200), NOW, two_link_cost);
         assert_eq!(
@@ -764,7 +891,7 @@ mod tests {
 
     #[test]
     fn seqno_requests_bump_own_seqno_once() {
-        let mut table = RouteTable::new(id(0), 100);
+        let mut table = RouteTable::new(id(0), 100, None);
         take_changes(&mut table);
         table.bump_seqno(Seqno(4));
         assert_eq!(table.seqno(), Seqno(4));
@@ -785,7 +912,7 @@ mod tests {
 
     #[test]
     fn a_dead_neighbour_takes_its_routes_with_it() {
-        let mut table = RouteTable::new(id(0), 100);
+        let mut table = RouteTable::new(id(0), 100, None);
         table.on_update(id(1), entry(8, 0, 100), NOW, unit_cost);
         table.on_update(id(1), entry(9, 0, 100), NOW, unit_cost);
         table.on_update(id(2), entry(9, 0, 300), NOW, unit_cost);
@@ -799,7 +926,7 @@ mod tests {
 
     #[test]
     fn destinations_are_capped() {
-        let mut table = RouteTable::new(id(0), 2);
+        let mut table = RouteTable::new(id(0), 2, None);
         for dest in 1..10 {
             table.on_update(id(100), entry(dest, 0, 5), NOW, unit_cost);
         }

@@ -6,13 +6,21 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |              destination NodeId (8 bytes)                    |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |      TTL      |  hops so far  |     body kind  |  body ...
+//! |      TTL      |  hops so far  |Z| body kind   |  [zones]  body ...
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //!
+//! zones (present when Z is set): source's zone head, destination's zone head (8 bytes each;
+//!     all zeros: not known)
 //! ping body: token (64 bits), origin timestamp µs (64 bits)
 //! pong body: token (64 bits), origin timestamp µs (64 bits), hops the ping took (8 bits)
 //! payload body: length (16 bits), then that many application bytes
+//! register body: the source's zone head (8 bytes)
+//! lookup body: the NodeId whose zone is wanted (8 bytes)
+//! lookup reply body: that NodeId, its zone head (8 bytes each; zeros: not registered)
 //! ```
+//!
+//! Zones matter in zoned routing only (see `routing::zones`): a node keeps exact routes within
+//! its zone, and reaches any other node through the head of that node's zone.
 //!
 //! The TTL is decremented by every relay; a packet whose TTL reaches zero is dropped and counted,
 //! so a transient loop can never keep a packet alive.
@@ -25,11 +33,18 @@ use crate::NodeId;
 pub const INITIAL_TTL: u8 = 32;
 
 /// The largest application payload one data packet carries.
-pub const MAX_PAYLOAD: usize = super::MAX_DATAGRAM - super::HEADER_LEN - 2 * NodeId::LEN - 3 - 2;
+pub const MAX_PAYLOAD: usize = super::MAX_DATAGRAM - super::HEADER_LEN - 4 * NodeId::LEN - 3 - 2;
 
 const BODY_PING: u8 = 1;
 const BODY_PONG: u8 = 2;
 const BODY_PAYLOAD: u8 = 3;
+const BODY_REGISTER: u8 = 4;
+const BODY_LOOKUP: u8 = 5;
+const BODY_LOOKUP_REPLY: u8 = 6;
+/// Set in the body-kind byte when the zones follow.
+const ZONES_PRESENT: u8 = 0x80;
+/// The wire form of "no zone known". No node has the all-zero id (ids are hashes of keys).
+const NO_ZONE: NodeId = NodeId::from_bytes([0; NodeId::LEN]);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Data {
@@ -37,6 +52,9 @@ pub struct Data {
     pub destination: NodeId,
     pub ttl: u8,
     pub hops: u8,
+    /// Zone heads of the source and the destination, where known (zoned routing only).
+    pub source_zone: Option<NodeId>,
+    pub destination_zone: Option<NodeId>,
     pub body: DataBody,
 }
 
@@ -53,6 +71,22 @@ pub enum DataBody {
         ping_hops: u8,
     },
     Payload(Vec<u8>),
+    /// "My zone is headed by this node": sent to the directory node for the source.
+    Register {
+        zone: NodeId,
+    },
+    /// "Which zone is `target` in?", sent to the directory node for `target`.
+    Lookup {
+        target: NodeId,
+    },
+    LookupReply {
+        target: NodeId,
+        zone: Option<NodeId>,
+    },
+}
+
+fn zone_from_wire(id: NodeId) -> Option<NodeId> {
+    (id != NO_ZONE).then_some(id)
 }
 
 impl Data {
@@ -61,7 +95,14 @@ impl Data {
         let destination = NodeId::from_bytes(reader.bytes()?);
         let ttl = reader.u8()?;
         let hops = reader.u8()?;
-        let body = match reader.u8()? {
+        let kind = reader.u8()?;
+        let (source_zone, destination_zone) = if kind & ZONES_PRESENT != 0 {
+            let source = zone_from_wire(NodeId::from_bytes(reader.bytes()?));
+            (source, zone_from_wire(NodeId::from_bytes(reader.bytes()?)))
+        } else {
+            (None, None)
+        };
+        let body = match kind & !ZONES_PRESENT {
             BODY_PING => DataBody::Ping {
                 token: reader.u64()?,
                 sent_us: reader.u64()?,
@@ -77,6 +118,16 @@ impl Data {
                 let len = usize::from(reader.u16()?);
                 DataBody::Payload(reader.slice(len)?.to_vec())
             }
+            BODY_REGISTER => DataBody::Register {
+                zone: NodeId::from_bytes(reader.bytes()?),
+            },
+            BODY_LOOKUP => DataBody::Lookup {
+                target: NodeId::from_bytes(reader.bytes()?),
+            },
+            BODY_LOOKUP_REPLY => DataBody::LookupReply {
+                target: NodeId::from_bytes(reader.bytes()?),
+                zone: zone_from_wire(NodeId::from_bytes(reader.bytes()?)),
+            },
             other => return Err(DecodeError::UnknownOp(other)),
         };
         Ok(Self {
@@ -84,17 +135,26 @@ impl Data {
             destination,
             ttl,
             hops,
+            source_zone,
+            destination_zone,
             body,
         })
+    }
+
+    fn has_zones(&self) -> bool {
+        self.source_zone.is_some() || self.destination_zone.is_some()
     }
 
     pub(super) fn buffer_len(&self) -> usize {
         2 * NodeId::LEN
             + 3
+            + if self.has_zones() { 2 * NodeId::LEN } else { 0 }
             + match &self.body {
                 DataBody::Ping { .. } => 16,
                 DataBody::Pong { .. } => 17,
                 DataBody::Payload(bytes) => 2 + bytes.len(),
+                DataBody::Register { .. } | DataBody::Lookup { .. } => NodeId::LEN,
+                DataBody::LookupReply { .. } => 2 * NodeId::LEN,
             }
     }
 
@@ -103,9 +163,23 @@ impl Data {
         out.extend_from_slice(self.destination.as_bytes());
         out.push(self.ttl);
         out.push(self.hops);
+        let kind = match &self.body {
+            DataBody::Ping { .. } => BODY_PING,
+            DataBody::Pong { .. } => BODY_PONG,
+            DataBody::Payload(_) => BODY_PAYLOAD,
+            DataBody::Register { .. } => BODY_REGISTER,
+            DataBody::Lookup { .. } => BODY_LOOKUP,
+            DataBody::LookupReply { .. } => BODY_LOOKUP_REPLY,
+        };
+        if self.has_zones() {
+            out.push(kind | ZONES_PRESENT);
+            out.extend_from_slice(self.source_zone.unwrap_or(NO_ZONE).as_bytes());
+            out.extend_from_slice(self.destination_zone.unwrap_or(NO_ZONE).as_bytes());
+        } else {
+            out.push(kind);
+        }
         match &self.body {
             DataBody::Ping { token, sent_us } => {
-                out.push(BODY_PING);
                 out.extend_from_slice(&token.to_be_bytes());
                 out.extend_from_slice(&sent_us.to_be_bytes());
             }
@@ -114,16 +188,20 @@ impl Data {
                 sent_us,
                 ping_hops,
             } => {
-                out.push(BODY_PONG);
                 out.extend_from_slice(&token.to_be_bytes());
                 out.extend_from_slice(&sent_us.to_be_bytes());
                 out.push(*ping_hops);
             }
             DataBody::Payload(bytes) => {
                 debug_assert!(bytes.len() <= MAX_PAYLOAD);
-                out.push(BODY_PAYLOAD);
                 out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
                 out.extend_from_slice(bytes);
+            }
+            DataBody::Register { zone } => out.extend_from_slice(zone.as_bytes()),
+            DataBody::Lookup { target } => out.extend_from_slice(target.as_bytes()),
+            DataBody::LookupReply { target, zone } => {
+                out.extend_from_slice(target.as_bytes());
+                out.extend_from_slice(zone.unwrap_or(NO_ZONE).as_bytes());
             }
         }
     }

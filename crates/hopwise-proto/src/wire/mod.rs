@@ -42,6 +42,7 @@ const KIND_ROUTE_UPDATE: u8 = 3;
 const KIND_LINK: u8 = 4;
 const KIND_SEQNO_REQUEST: u8 = 5;
 const KIND_DATA: u8 = 6;
+const KIND_ZONED_ROUTE_UPDATE: u8 = 7;
 
 /// Why a datagram was dropped. Malformed input is never an error for the node as a whole: it is
 /// counted and discarded.
@@ -129,7 +130,8 @@ impl Packet {
         let message = match kind {
             KIND_PROBE_REQUEST => Message::ProbeRequest(Probe::parse(&mut reader)?),
             KIND_PROBE_REPLY => Message::ProbeReply(Probe::parse(&mut reader)?),
-            KIND_ROUTE_UPDATE => Message::RouteUpdate(RouteUpdate::parse(&mut reader)?),
+            KIND_ROUTE_UPDATE => Message::RouteUpdate(RouteUpdate::parse(&mut reader, false)?),
+            KIND_ZONED_ROUTE_UPDATE => Message::RouteUpdate(RouteUpdate::parse(&mut reader, true)?),
             KIND_LINK => Message::Link(LinkOp::parse(&mut reader)?),
             KIND_SEQNO_REQUEST => Message::SeqnoRequest(SeqnoRequest::parse(&mut reader)?),
             KIND_DATA => Message::Data(Data::parse(&mut reader)?),
@@ -156,6 +158,7 @@ impl Packet {
         let kind = match &self.message {
             Message::ProbeRequest(_) => KIND_PROBE_REQUEST,
             Message::ProbeReply(_) => KIND_PROBE_REPLY,
+            Message::RouteUpdate(update) if update.is_zoned() => KIND_ZONED_ROUTE_UPDATE,
             Message::RouteUpdate(_) => KIND_ROUTE_UPDATE,
             Message::Link(_) => KIND_LINK,
             Message::SeqnoRequest(_) => KIND_SEQNO_REQUEST,
