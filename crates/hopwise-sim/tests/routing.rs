@@ -5,7 +5,7 @@
 mod common;
 
 use common::bundled_planetlab;
-use hopwise_proto::{Duration, Event, Instant};
+use hopwise_proto::{Duration, Event, Instant, ZoneConfig};
 use hopwise_sim::paths::choose_pairs;
 use hopwise_sim::report::Report;
 use hopwise_sim::{Matrix, NetworkConfig, Scenario, SimConfig, Simulation, run};
@@ -297,4 +297,28 @@ fn routes_follow_a_latency_change() {
     assert_eq!(slice.switched_at_s, 60.0);
     assert_eq!(slice.reachable_fraction, 1.0);
     assert!(slice.stretch_median <= 1.02, "{slice:?}");
+}
+
+#[test]
+fn zoned_routing_reaches_every_pair_with_a_fraction_of_the_routes() {
+    // 200 nodes behind the 50 PlanetLab hosts, about one in 16 a zone head.
+    let matrix = bundled_planetlab().expanded(200, 7);
+    let config = SimConfig {
+        zones: Some(ZoneConfig { head_one_in: 16 }),
+        ..SimConfig::default()
+    };
+    let report = run(matrix, &config, Duration::from_secs(60), |_| {}).report;
+    let zones = report.state.zones.as_ref().expect("zoned");
+    assert!(zones.heads >= 4, "{zones:?}");
+    assert_eq!(zones.without_zone, 0);
+    let routing = report.routing.expect("pairs measured");
+    assert_eq!(routing.pairs_measured, 200 * 199);
+    // Most pairs are in different zones: reached through the destination's head, after a
+    // directory lookup.
+    assert_eq!(routing.reachable_fraction, 1.0);
+    assert_eq!(routing.ttl_expired, 0);
+    assert!(routing.converged_at_s.is_some());
+    let routes = report.state.route_entries_per_node.mean;
+    assert!(routes < 0.6 * 199.0, "{routes} routes per node");
+    assert!(report.traffic.by_kind.directory > 0.0);
 }
