@@ -84,7 +84,6 @@ impl Node {
         })
     }
 
-    /// Destinations with a route in the table (on-demand sessions not included).
     /// The head of this node's zone (zoned routing), once it has joined one.
     pub fn zone(&self) -> Option<NodeId> {
         self.routes.own_zone()
@@ -94,6 +93,7 @@ impl Node {
         self.routes.zoning()
     }
 
+    /// Destinations with a route in the table (on-demand sessions not included).
     pub fn route_count(&self) -> usize {
         self.routes.route_count()
     }
