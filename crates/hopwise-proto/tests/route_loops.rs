@@ -160,7 +160,9 @@ impl Net {
             }
             Op::RenewDirect(..) => {}
             Op::Join(n, head) => {
-                let is_head = self.tables[n].zoning().is_some_and(|z| z.is_head(&id(head)));
+                let is_head = self.tables[n]
+                    .zoning()
+                    .is_some_and(|z| z.is_head(&id(head)));
                 if is_head {
                     self.tables[n].set_own_zone(id(head));
                 }

@@ -32,7 +32,7 @@ use crate::coords::{Coordinate, Observation, Vivaldi, VivaldiConfig};
 use crate::link::{Link, LossVerdict};
 use crate::peers::{KnownNode, PeerTable};
 use crate::routing::{RouteTable, ZoneConfig};
-use crate::wire::{DataBody, GossipEntry, MAX_GOSSIP, Message, Packet, Probe, WireCoord};
+use crate::wire::{GossipEntry, MAX_GOSSIP, Message, Packet, Probe, WireCoord};
 use crate::{Duration, Instant, NodeId};
 
 #[derive(Debug, Clone)]
@@ -274,14 +274,8 @@ impl SentByKind {
             Message::RouteUpdate(_) => &mut self.route_updates,
             Message::Link(_) => &mut self.link_control,
             Message::SeqnoRequest(_) => &mut self.seqno_requests,
-            Message::Data(data) => match data.body {
-                DataBody::Register { .. }
-                | DataBody::Lookup { .. }
-                | DataBody::LookupReply { .. } => &mut self.directory,
-                DataBody::Ping { .. } | DataBody::Pong { .. } | DataBody::Payload(_) => {
-                    &mut self.data
-                }
-            },
+            Message::Data(data) if data.body.is_directory() => &mut self.directory,
+            Message::Data(_) => &mut self.data,
         };
         volume.add(bytes);
     }

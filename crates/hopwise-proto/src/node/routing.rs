@@ -108,7 +108,10 @@ impl Node {
             self.deliver(data);
             return;
         }
-        self.ensure_session(destination);
+        // Directory messages are few and small: no direct path is worth measuring for them.
+        if !data.body.is_directory() {
+            self.ensure_session(destination);
+        }
         if self.next_hop(&data).is_none()
             && data.destination_zone.is_none()
             && self.routes.zoning().is_some()

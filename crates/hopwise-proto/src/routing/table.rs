@@ -531,6 +531,7 @@ impl RouteTable {
         now: Instant,
         cost: &impl Fn(&NodeId) -> Option<Metric>,
     ) -> Option<SeqnoWanted> {
+        let worth_asking = self.worth_asking(&id);
         let destination = &mut self.destinations[&id];
         let total = |offer: &Offer| cost(&offer.via).map(|c| offer.metric.plus(c));
         let usable = |offer: &&Offer| !offer.metric.is_infinite() && cost(&offer.via).is_some();
@@ -567,7 +568,7 @@ impl RouteTable {
             },
             metric,
         });
-        let wanted_seqno = destination.seqno_wanted(id, cost);
+        let wanted_seqno = destination.seqno_wanted(id, cost).filter(|_| worth_asking);
         destination.empty_since = if destination.offers.is_empty() {
             destination.empty_since.or(Some(now))
         } else {
@@ -688,8 +689,19 @@ impl RouteTable {
     pub fn starving(&self, cost: impl Fn(&NodeId) -> Option<Metric>) -> Vec<SeqnoWanted> {
         self.destinations
             .iter()
+            .filter(|(id, _)| self.worth_asking(id))
             .filter_map(|(id, d)| d.seqno_wanted(*id, &cost))
             .collect()
+    }
+
+    /// Whether a starving route to `id` is worth a seqno request: always in flat routing; in
+    /// zoned routing, only for heads and members of our zone. Other members' routes arrive only
+    /// while a neighbour's zone view lags behind, and are retracted soon.
+    fn worth_asking(&self, id: &NodeId) -> bool {
+        let Some(zoning) = self.scope.zoning else {
+            return true;
+        };
+        zoning.is_head(id) || (self.own_zone.is_some() && self.zone_of(id) == self.own_zone)
     }
 
     /// Forgets destinations that have been unreachable for a while.

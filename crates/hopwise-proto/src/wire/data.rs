@@ -85,6 +85,16 @@ pub enum DataBody {
     },
 }
 
+impl DataBody {
+    /// Zone registrations and lookups: control traffic of zoned routing, not user data.
+    pub fn is_directory(&self) -> bool {
+        matches!(
+            self,
+            Self::Register { .. } | Self::Lookup { .. } | Self::LookupReply { .. }
+        )
+    }
+}
+
 fn zone_from_wire(id: NodeId) -> Option<NodeId> {
     (id != NO_ZONE).then_some(id)
 }
