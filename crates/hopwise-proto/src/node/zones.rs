@@ -168,15 +168,14 @@ impl Node {
     /// What a packet tells about its source's zone.
     pub(super) fn learn_source_zone(&mut self, data: &Data) {
         if let (Some(zone), true) = (data.source_zone, self.zoned()) {
-            let victim = self.rng.random_range(0..usize::MAX);
-            remember(
-                &mut self.zones.hints,
-                MAX_ZONE_HINTS,
-                data.source,
-                (zone, self.now),
-                victim,
-            );
+            self.remember_zone(data.source, zone);
         }
+    }
+
+    fn remember_zone(&mut self, node: NodeId, zone: NodeId) {
+        let victim = self.rng.random_range(0..usize::MAX);
+        let hint = (zone, self.now);
+        remember(&mut self.zones.hints, MAX_ZONE_HINTS, node, hint, victim);
     }
 
     /// A packet of ours for a destination outside our routes, whose zone we do not know: it
@@ -242,14 +241,7 @@ impl Node {
             self.stats.dropped_no_route += lookup.waiting.len() as u64;
             return;
         };
-        let victim = self.rng.random_range(0..usize::MAX);
-        remember(
-            &mut self.zones.hints,
-            MAX_ZONE_HINTS,
-            target,
-            (zone, self.now),
-            victim,
-        );
+        self.remember_zone(target, zone);
         for data in lookup.waiting {
             self.forward(Data {
                 destination_zone: Some(zone),
