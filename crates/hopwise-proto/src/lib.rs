@@ -7,6 +7,7 @@
 
 pub mod coords;
 mod id;
+pub mod keyed;
 pub mod link;
 pub mod node;
 pub mod peers;

@@ -2,10 +2,10 @@
 
 use std::net::SocketAddr;
 
-use indexmap::IndexMap;
 use rand::{Rng, RngExt};
 
 use crate::coords::Coordinate;
+use crate::keyed::{HashKey, Map};
 use crate::{Instant, NodeId};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -23,14 +23,14 @@ pub struct KnownNode {
 /// room, so a flood of gossip costs bounded memory.
 #[derive(Debug)]
 pub struct PeerTable {
-    nodes: IndexMap<NodeId, KnownNode>,
+    nodes: Map<NodeId, KnownNode>,
     capacity: usize,
 }
 
 impl PeerTable {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, hash_key: HashKey) -> Self {
         Self {
-            nodes: IndexMap::new(),
+            nodes: Map::with_hasher(hash_key),
             capacity: capacity.max(1),
         }
     }
@@ -100,7 +100,7 @@ mod tests {
     #[test]
     fn stays_within_capacity_and_updates_in_place() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let mut table = PeerTable::new(4);
+        let mut table = PeerTable::new(4, HashKey::default());
         for i in 0..10 {
             table.learn(node(i), &mut rng);
             assert!(table.len() <= 4);

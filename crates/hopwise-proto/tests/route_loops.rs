@@ -62,7 +62,9 @@ impl Net {
     fn new(initial: &[(usize, usize, u16)], zoning: Option<ZoneConfig>) -> Self {
         let mut net = Net {
             tables: (0..NODES)
-                .map(|i| RouteTable::new(id(i), 64, zoning))
+                .map(|i| {
+                    RouteTable::new(id(i), 64, zoning, hopwise_proto::keyed::hash_key(i as u64))
+                })
                 .collect(),
             cost: [[None; NODES]; NODES],
             in_flight: Vec::new(),

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use rand::RngExt;
 
 use super::{Event, Node, Output, ProbePurpose};
+use crate::keyed::Map;
 use crate::link::{Link, LossVerdict};
 use crate::routing::Metric;
 use crate::wire::{LinkOp, Message};
@@ -120,8 +121,8 @@ impl RoutingLink {
 /// latency shows within two samples; the coordinates' low percentile would lag behind a rise).
 /// Takes the two tables rather than the node, so the route table can be borrowed beside it.
 pub(super) fn hop_costs<'a>(
-    links: &'a indexmap::IndexMap<NodeId, RoutingLink>,
-    neighbours: &'a indexmap::IndexMap<NodeId, super::Neighbour>,
+    links: &'a Map<NodeId, RoutingLink>,
+    neighbours: &'a Map<NodeId, super::Neighbour>,
 ) -> impl Fn(&NodeId) -> Option<Metric> + Copy + 'a {
     move |via| {
         links.get(via).and_then(RoutingLink::cost).or_else(|| {
@@ -493,8 +494,8 @@ impl Node {
 
     /// How much worse, in milliseconds summed over destinations, the routes would be without
     /// each link: the gap between the best and second-best offer wherever the link is best.
-    fn link_utilities(&self) -> indexmap::IndexMap<NodeId, f64> {
-        let mut utilities = indexmap::IndexMap::new();
+    fn link_utilities(&self) -> Map<NodeId, f64> {
+        let mut utilities = Map::with_hasher(self.hash_key);
         let cost = hop_costs(&self.links, &self.neighbours);
         for (_, offers, _) in self.routes.destinations() {
             let mut best: Option<(Metric, NodeId)> = None;

@@ -23,12 +23,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::AddAssign;
 
-use indexmap::IndexMap;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tracing::trace;
 
 use crate::coords::{Coordinate, Observation, Vivaldi, VivaldiConfig};
+use crate::keyed::{self, HashKey, Map};
 use crate::link::{Link, LossVerdict};
 use crate::peers::{KnownNode, PeerTable};
 use crate::routing::{RouteTable, ZoneConfig};
@@ -344,17 +344,19 @@ enum ProbePurpose {
 pub struct Node {
     config: Config,
     rng: ChaCha8Rng,
+    /// Keys every hash table of this node.
+    hash_key: HashKey,
     now: Instant,
     started_at: Instant,
     vivaldi: Vivaldi,
     known: PeerTable,
-    neighbours: IndexMap<NodeId, Neighbour>,
+    neighbours: Map<NodeId, Neighbour>,
     /// Probes in flight, by sequence number.
-    pending: IndexMap<u32, PendingProbe>,
+    pending: Map<u32, PendingProbe>,
     /// No probe in `pending` expires before this.
     next_expiry: Option<Instant>,
     routes: RouteTable,
-    links: IndexMap<NodeId, links::RoutingLink>,
+    links: Map<NodeId, links::RoutingLink>,
     /// No link needs a probe before this.
     next_link_probe_at: Instant,
     /// Batched route changes go out at this time.
@@ -363,9 +365,9 @@ pub struct Node {
     next_refresh_at: Instant,
     last_relay_swap: Instant,
     /// Nodes that refused or never answered a link or session, until when to leave them alone.
-    shunned: IndexMap<NodeId, Instant>,
+    shunned: Map<NodeId, Instant>,
     /// Sequence-number requests recently sent or forwarded, so each travels once.
-    recent_requests: IndexMap<(NodeId, crate::routing::Seqno), routing::PendingRequest>,
+    recent_requests: Map<(NodeId, crate::routing::Seqno), routing::PendingRequest>,
     next_seq: u32,
     next_probe_at: Instant,
     /// Bootstrap addresses that have never answered; retried with exponential backoff, so a
@@ -389,41 +391,44 @@ impl Node {
         } else {
             Vivaldi::new(config.vivaldi.clone())
         };
-        let known = PeerTable::new(config.max_known_nodes);
+        let hash_key = keyed::hash_key(config.rng_seed);
+        let known = PeerTable::new(config.max_known_nodes, hash_key);
         let unanswered_bootstrap = config.bootstrap.clone();
         let routes = RouteTable::new(
             config.id,
             config.routing.max_destinations,
             config.routing.zones,
+            hash_key,
         );
         let next_review_at = now + config.routing.review_interval;
         let next_refresh_at = now + config.routing.refresh_interval;
         Self {
             config,
             rng,
+            hash_key,
             now,
             started_at: now,
             vivaldi,
             known,
-            neighbours: IndexMap::new(),
-            pending: IndexMap::new(),
+            neighbours: Map::with_hasher(hash_key),
+            pending: Map::with_hasher(hash_key),
             next_expiry: None,
             routes,
-            links: IndexMap::new(),
+            links: Map::with_hasher(hash_key),
             next_link_probe_at: Instant::MAX,
             flush_at: None,
             next_review_at,
             next_refresh_at,
             last_relay_swap: now,
-            shunned: IndexMap::new(),
-            recent_requests: IndexMap::new(),
+            shunned: Map::with_hasher(hash_key),
+            recent_requests: Map::with_hasher(hash_key),
             next_seq: 0,
             // The first timer fires at once and greets the bootstrap addresses.
             next_probe_at: now,
             unanswered_bootstrap,
             bootstrap_retry_at: now,
             bootstrap_backoff: BOOTSTRAP_FIRST_RETRY,
-            zones: zones::ZoneState::default(),
+            zones: zones::ZoneState::new(hash_key),
             outputs: VecDeque::new(),
             stats: NodeStats::default(),
             observations: Vec::new(),

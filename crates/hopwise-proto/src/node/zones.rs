@@ -2,10 +2,10 @@
 //! the directory, answering directory requests as a head, and looking up the zone of a
 //! destination that no exact route reaches.
 
-use indexmap::IndexMap;
 use rand::RngExt;
 
 use super::Node;
+use crate::keyed::{HashKey, Map};
 use crate::wire::{Data, DataBody, INITIAL_TTL};
 use crate::{Duration, Instant, NodeId};
 
@@ -35,13 +35,13 @@ const ZONE_SWITCH_MARGIN_MS: f64 = 3.0;
 /// seconds, and a hasty choice would be revised soon.
 const FIRST_ZONE_AFTER: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct ZoneState {
     /// Zones of destinations learned from lookups and from packets' source zones.
-    hints: IndexMap<NodeId, (NodeId, Instant)>,
+    hints: Map<NodeId, (NodeId, Instant)>,
     /// As a directory head: the zones nodes registered with us.
-    directory: IndexMap<NodeId, (NodeId, Instant)>,
-    lookups: IndexMap<NodeId, PendingLookup>,
+    directory: Map<NodeId, (NodeId, Instant)>,
+    lookups: Map<NodeId, PendingLookup>,
     /// Where and what we last registered, and when.
     registered: Option<(NodeId, NodeId, Instant)>,
 }
@@ -53,8 +53,19 @@ struct PendingLookup {
     waiting: Vec<Data>,
 }
 
+impl ZoneState {
+    pub(super) fn new(hash_key: HashKey) -> Self {
+        Self {
+            hints: Map::with_hasher(hash_key),
+            directory: Map::with_hasher(hash_key),
+            lookups: Map::with_hasher(hash_key),
+            registered: None,
+        }
+    }
+}
+
 fn remember(
-    map: &mut IndexMap<NodeId, (NodeId, Instant)>,
+    map: &mut Map<NodeId, (NodeId, Instant)>,
     bound: usize,
     key: NodeId,
     value: (NodeId, Instant),

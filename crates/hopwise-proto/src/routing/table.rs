@@ -9,9 +9,8 @@
 //! whatever the timing of updates. A node left with only unfeasible offers asks the destination
 //! for a newer sequence number instead of taking one.
 
-use indexmap::{IndexMap, IndexSet};
-
 use super::{Metric, Seqno, ZoneConfig};
+use crate::keyed::{HashKey, Map, Set};
 use crate::wire::RouteEntry;
 use crate::{Duration, Instant, NodeId};
 
@@ -273,8 +272,8 @@ pub struct RouteTable {
     /// The head of this node's zone, in zoned routing.
     own_zone: Option<NodeId>,
     advertise_self: bool,
-    destinations: IndexMap<NodeId, Destination>,
-    dirty: IndexSet<NodeId>,
+    destinations: Map<NodeId, Destination>,
+    dirty: Set<NodeId>,
     /// Some queued change is a loss or a worsening.
     urgent: bool,
     max_destinations: usize,
@@ -282,7 +281,12 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// A table for flat routing, or for zoned routing with `zoning`.
-    pub fn new(me: NodeId, max_destinations: usize, zoning: Option<ZoneConfig>) -> Self {
+    pub fn new(
+        me: NodeId,
+        max_destinations: usize,
+        zoning: Option<ZoneConfig>,
+        hash_key: HashKey,
+    ) -> Self {
         let own_zone = zoning.filter(|z| z.is_head(&me)).map(|_| me);
         Self {
             me,
@@ -290,8 +294,8 @@ impl RouteTable {
             scope: Scope { zoning },
             own_zone,
             advertise_self: true,
-            destinations: IndexMap::new(),
-            dirty: IndexSet::new(),
+            destinations: Map::with_hasher(hash_key),
+            dirty: Set::with_hasher(hash_key),
             urgent: false,
             max_destinations,
         }
@@ -774,7 +778,7 @@ mod tests {
 
     #[test]
     fn selects_the_cheapest_total_and_advertises_it() {
-        let mut table = RouteTable::new(id(0), 100, None);
+        let mut table = RouteTable::new(id(0), 100, None, HashKey::default());
         let cost = |via: &NodeId| {
             Some(if *via == id(1) {
                 Metric(50)
@@ -793,7 +797,7 @@ mod tests {
 
     #[test]
     fn unfeasible_offers_are_not_taken_and_trigger_a_seqno_request() {
-        let mut table = RouteTable::new(id(0), 100, None);
+        let mut table = RouteTable::new(id(0), 100, None, HashKey::default());
         table.on_update(id(1), entry(9, 5, 100), NOW, unit_cost);
         take_changes(&mut table); // advertised (5, 110): the feasibility distance
         // Neighbour 2 claims 115: not below 110, so taking it could close a loop.
@@ -817,7 +821,7 @@ mod tests {
 
     #[test]
     fn a_destination_waiting_for_a_seqno_is_asked_for_again_until_it_comes() {
-        let mut table = RouteTable::new(id(0), 100, None);
+        let mut table = RouteTable::new(id(0), 100, None, HashKey::default());
         table.on_update(id(1), entry(9, 5, 100), NOW, unit_cost);
         take_changes(&mut table);
         table.on_update(id(2), entry(9, 5, 115), NOW, unit_cost);
@@ -835,7 +839,7 @@ mod tests {
 
     #[test]
     fn small_improvements_do_not_flap_or_flood() {
-        let mut table = RouteTable::new(id(0), 100, None);
+        let mut table = RouteTable::new(id(0), 100, None, HashKey::default());
         table.on_update(id(1), entry(9, 0, 1000), NOW, unit_cost);
         take_changes(&mut table);
         // 0.1 ms better through neighbour 2: within the switching margin.
@@ -860,7 +864,7 @@ mod tests {
     /// Our route is through neighbour 1 at 25 ms, then improves to 20 ms; neighbour 2's own
     /// route is 20 ms, so neither matters to it.
     fn withheld_improvement() -> RouteTable {
-        let mut table = RouteTable::new(id(0), 100, None);
+        let mut table = RouteTable::new(id(0), 100, None, HashKey::default());
         table.on_update(id(1), entry(9, 0, 240), NOW, two_link_cost);
         table.on_update(id(2), entry(9, 0, 200), NOW, two_link_cost);
         assert_eq!(
@@ -903,7 +907,7 @@ mod tests {
 
     #[test]
     fn seqno_requests_bump_own_seqno_once() {
-        let mut table = RouteTable::new(id(0), 100, None);
+        let mut table = RouteTable::new(id(0), 100, None, HashKey::default());
         take_changes(&mut table);
         table.bump_seqno(Seqno(4));
         assert_eq!(table.seqno(), Seqno(4));
@@ -924,7 +928,7 @@ mod tests {
 
     #[test]
     fn a_dead_neighbour_takes_its_routes_with_it() {
-        let mut table = RouteTable::new(id(0), 100, None);
+        let mut table = RouteTable::new(id(0), 100, None, HashKey::default());
         table.on_update(id(1), entry(8, 0, 100), NOW, unit_cost);
         table.on_update(id(1), entry(9, 0, 100), NOW, unit_cost);
         table.on_update(id(2), entry(9, 0, 300), NOW, unit_cost);
@@ -938,7 +942,7 @@ mod tests {
 
     #[test]
     fn destinations_are_capped() {
-        let mut table = RouteTable::new(id(0), 2, None);
+        let mut table = RouteTable::new(id(0), 2, None, HashKey::default());
         for dest in 1..10 {
             table.on_update(id(100), entry(dest, 0, 5), NOW, unit_cost);
         }
