@@ -232,21 +232,22 @@ impl Destination {
         })
     }
 
-    /// Takes the zone an entry carries if it is at least as new as the one known. Returns
-    /// whether the zone changed.
+    /// Takes the zone an entry carries if it is newer than the one known. Returns whether the
+    /// zone changed.
+    ///
+    /// A relay labels a route with the newest zone it knows, which may be newer than the
+    /// route's seqno; two relays can thus send different zones under one seqno. Only a newer
+    /// seqno may change the zone (a zone change always bumps the seqno), so such labels cannot
+    /// make the zone flap back and forth.
     fn learn_zone(&mut self, entry: &RouteEntry) -> bool {
         let Some(zone) = entry.zone.filter(|_| !entry.metric.is_infinite()) else {
             return false;
         };
         match self.zone {
-            Some((seqno, _)) if seqno.is_newer_than(entry.seqno) => false,
-            Some((_, known)) if known == zone => {
+            Some((seqno, _)) if !entry.seqno.is_newer_than(seqno) => false,
+            known => {
                 self.zone = Some((entry.seqno, zone));
-                false
-            }
-            _ => {
-                self.zone = Some((entry.seqno, zone));
-                true
+                known.is_none_or(|(_, known)| known != zone)
             }
         }
     }
@@ -947,5 +948,35 @@ mod tests {
             table.on_update(id(100), entry(dest, 0, 5), NOW, unit_cost);
         }
         assert_eq!(table.destinations().count(), 2);
+    }
+
+    #[test]
+    fn a_zone_changes_only_with_a_newer_seqno() {
+        let zoning = ZoneConfig { head_one_in: 64 };
+        let (member, old_zone, new_zone) = (9, 20, 21);
+        assert!(
+            ![member, old_zone, new_zone]
+                .iter()
+                .any(|&i| zoning.is_head(&id(i)))
+        );
+        let mut table = RouteTable::new(id(0), 100, Some(zoning), HashKey::default());
+        let labelled = |seqno, zone| RouteEntry {
+            zone: Some(id(zone)),
+            ..entry(member, seqno, 100)
+        };
+        table.on_update(id(1), labelled(3, old_zone), NOW, unit_cost);
+        assert_eq!(table.zone_of(&id(member)), Some(id(old_zone)));
+        // A relay that already knows the member's newer zone labels the old seqno with it; the
+        // label must not make the zone flip back and forth between the two relays' views.
+        table.on_update(id(2), labelled(3, new_zone), NOW, unit_cost);
+        assert_eq!(table.zone_of(&id(member)), Some(id(old_zone)));
+        table.on_update(id(2), labelled(4, new_zone), NOW, unit_cost);
+        assert_eq!(table.zone_of(&id(member)), Some(id(new_zone)));
+        table.on_update(id(1), labelled(3, old_zone), NOW, unit_cost);
+        assert_eq!(
+            table.zone_of(&id(member)),
+            Some(id(new_zone)),
+            "an older seqno is ignored"
+        );
     }
 }
