@@ -34,6 +34,13 @@ const ZONE_SWITCH_MARGIN_MS: f64 = 3.0;
 /// A node joins its first zone after this long: the routes to heads are poor in the first
 /// seconds, and a hasty choice would be revised soon.
 const FIRST_ZONE_AFTER: Duration = Duration::from_secs(10);
+/// A member stays at least this long in a zone whose head it still reaches. Every switch costs
+/// the old and the new zone a wave of updates, and routes to heads move for a while after
+/// relays change.
+const ZONE_MIN_STAY: Duration = Duration::from_secs(60);
+/// A member leaves a zone whose head it no longer reaches after this long: a route that is
+/// lost for a moment (while a seqno request is answered) is no reason to move.
+const HEAD_LOST_AFTER: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 pub(super) struct ZoneState {
@@ -44,6 +51,10 @@ pub(super) struct ZoneState {
     lookups: Map<NodeId, PendingLookup>,
     /// Where and what we last registered, and when.
     registered: Option<(NodeId, NodeId, Instant)>,
+    /// When this node last joined a zone.
+    joined_at: Option<Instant>,
+    /// Since when the route to the own head has been missing.
+    head_lost_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -60,6 +71,8 @@ impl ZoneState {
             directory: Map::with_hasher(hash_key),
             lookups: Map::with_hasher(hash_key),
             registered: None,
+            joined_at: None,
+            head_lost_since: None,
         }
     }
 }
@@ -89,24 +102,11 @@ impl Node {
             return;
         };
         if !zoning.is_head(&self.config.id) && self.now - self.started_at >= FIRST_ZONE_AFTER {
-            let current = self
-                .routes
-                .own_zone()
-                .and_then(|head| self.routes.selected(&head))
-                .map(|s| s.metric.as_ms());
-            let nearest = self
-                .routes
-                .heads()
-                .min_by_key(|(id, s)| (s.metric, **id))
-                .map(|(id, s)| (*id, s.metric.as_ms()));
-            if let Some((head, metric)) = nearest {
-                let better = current.is_none_or(|current| {
-                    metric <= ZONE_SWITCH_FACTOR * current - ZONE_SWITCH_MARGIN_MS
-                });
-                if better {
-                    self.routes.set_own_zone(head);
-                    self.after_route_change(Vec::new());
-                }
+            if let Some(head) = self.zone_to_join() {
+                self.zones.joined_at = Some(self.now);
+                self.zones.head_lost_since = None;
+                self.routes.set_own_zone(head);
+                self.after_route_change(Vec::new());
             }
         }
         self.register_zone();
@@ -125,6 +125,41 @@ impl Node {
             .collect();
         for lookup in expired {
             self.stats.dropped_no_route += lookup.waiting.len() as u64;
+        }
+    }
+
+    /// The head whose zone this node should join now, if it is not the current one: the nearest
+    /// head by route, once the current head is clearly farther and the node has stayed a while,
+    /// or once the route to the current head has been lost for a while.
+    fn zone_to_join(&mut self) -> Option<NodeId> {
+        let now = self.now;
+        let (head, metric) = self
+            .routes
+            .heads()
+            .min_by_key(|(id, s)| (s.metric, **id))
+            .map(|(id, s)| (*id, s.metric.as_ms()))?;
+        let Some(own) = self.routes.own_zone() else {
+            return Some(head);
+        };
+        if own == head {
+            self.zones.head_lost_since = None;
+            return None;
+        }
+        match self.routes.selected(&own) {
+            Some(current) => {
+                self.zones.head_lost_since = None;
+                let settled = self
+                    .zones
+                    .joined_at
+                    .is_none_or(|at| now - at >= ZONE_MIN_STAY);
+                let current = current.metric.as_ms();
+                let closer = metric <= ZONE_SWITCH_FACTOR * current - ZONE_SWITCH_MARGIN_MS;
+                (settled && closer).then_some(head)
+            }
+            None => {
+                let since = *self.zones.head_lost_since.get_or_insert(now);
+                (now - since >= HEAD_LOST_AFTER).then_some(head)
+            }
         }
     }
 
