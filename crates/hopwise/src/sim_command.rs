@@ -1,5 +1,6 @@
 //! `hopwise sim`: run real protocol nodes over a latency matrix in virtual time.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -133,6 +134,9 @@ enum AlgorithmArg {
     Classic,
 }
 
+/// Without a terminal, progress goes to stderr once per this many simulated seconds.
+const PLAIN_PROGRESS_EVERY_S: u64 = 30;
+
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.loss),
@@ -214,8 +218,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         ..SimConfig::default()
     };
 
-    // indicatif draws only when stderr is a terminal.
-    let bar = ProgressBar::new(duration.as_secs_f64().ceil() as u64);
+    // indicatif draws only when stderr is a terminal; a long run in the background or under a
+    // log collector reports its progress in plain lines instead.
+    let total_s = duration.as_secs_f64().ceil() as u64;
+    let bar = ProgressBar::new(total_s);
+    let plain_progress = !std::io::stderr().is_terminal();
+    let wall_start = std::time::Instant::now();
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} simulating {pos}/{len} s [{bar:40}] {elapsed_precise} eta {eta}",
@@ -224,7 +232,14 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         .progress_chars("=> "),
     );
     let outcome = hopwise_sim::run(matrix, &config, duration, |t| {
-        bar.set_position(t.as_secs_f64() as u64)
+        let simulated_s = t.as_secs_f64() as u64;
+        bar.set_position(simulated_s);
+        if plain_progress && simulated_s % PLAIN_PROGRESS_EVERY_S == 0 && simulated_s < total_s {
+            eprintln!(
+                "simulated {simulated_s}/{total_s} s in {:.0} s",
+                wall_start.elapsed().as_secs_f64()
+            );
+        }
     });
     bar.finish_and_clear();
 
