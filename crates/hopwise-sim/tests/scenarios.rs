@@ -150,15 +150,21 @@ fn coordinates_converge_on_real_data_despite_loss_and_jitter() {
         |_| {},
     );
     let coords = &outcome.report.coords;
+    // With this loss and jitter the median error settles near 0.055 within 30 s on this matrix.
     assert!(
-        coords.median_rel_error < 0.15,
+        coords.median_rel_error < 0.08,
         "median {}",
         coords.median_rel_error
     );
-    let start = coords.convergence.first().unwrap().median_rel_error;
+    // Noisy samples must not make the coordinates drift once they have settled.
+    let best = coords
+        .convergence
+        .iter()
+        .map(|c| c.median_rel_error)
+        .fold(f64::INFINITY, f64::min);
     assert!(
-        coords.median_rel_error < start / 2.0,
-        "no convergence: {start} -> {}",
+        coords.median_rel_error <= 1.2 * best,
+        "drifted: best {best}, final {}",
         coords.median_rel_error
     );
     assert!(outcome.report.packets.probes_lost > 0, "loss was simulated");
