@@ -15,6 +15,9 @@ use crate::{Duration, Instant, NodeId};
 const SEQNO_REQUEST_HOPS: u8 = 16;
 /// The same request is not sent or forwarded twice within this time.
 const REQUEST_MEMORY: Duration = Duration::from_secs(2);
+/// How long a route lost to unfeasibility keeps carrying packets: a seqno request is answered
+/// within a round trip or two.
+const LOST_ROUTE_FALLBACK: Duration = Duration::from_secs(2);
 /// Bound on remembered requests.
 const MAX_RECENT_REQUESTS: usize = 4_096;
 
@@ -192,12 +195,19 @@ impl Node {
         })
     }
 
-    /// The cheaper of the routed next hop and a measured direct link to the destination.
+    /// The cheaper of the routed next hop and a measured direct link to the destination. A
+    /// route lost to unfeasibility moments ago still carries packets (it is not advertised), so
+    /// that waiting for a newer seqno does not drop them; a loop it might close is cut by the TTL.
     fn next_hop_to(&self, destination: &NodeId) -> Option<(NodeId, Metric)> {
         let routed = self
             .routes
             .selected(destination)
-            .map(|selected| (selected.via, selected.metric));
+            .map(|selected| (selected.via, selected.metric))
+            .or_else(|| {
+                self.routes
+                    .recently_lost(destination, self.now, LOST_ROUTE_FALLBACK)
+                    .filter(|(via, _)| self.hop_addr(via).is_some())
+            });
         let direct = self
             .links
             .get(destination)
@@ -367,15 +377,7 @@ impl Node {
                 self.answer_forwarded_requests(&request.destination);
             }
             _ if request.hop_limit > 1 => {
-                let towards = selected.map(|s| s.via).or_else(|| {
-                    self.routes
-                        .offers(&request.destination)
-                        .iter()
-                        .filter(|o| o.via != sender && !o.metric.is_infinite())
-                        .min_by_key(|o| o.metric)
-                        .map(|o| o.via)
-                });
-                if let Some(next) = towards.filter(|next| *next != sender) {
+                if let Some(next) = self.routes.request_next_hop(&request.destination, &sender) {
                     let forwarded = SeqnoRequest {
                         hop_limit: request.hop_limit - 1,
                         ..request

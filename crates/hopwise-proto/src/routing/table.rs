@@ -60,6 +60,9 @@ struct Destination {
     empty_since: Option<Instant>,
     /// In zoned routing, the head of the destination's zone, as of the newest seqno heard.
     zone: Option<(Seqno, NodeId)>,
+    /// The route lost to unfeasibility, and when: packets keep using it (it is not advertised)
+    /// while the newer seqno asked for is on its way.
+    lost: Option<(NodeId, Metric, Instant)>,
 }
 
 /// Which routes a routing link may hear: everything in flat routing; in zoned routing, routes to
@@ -136,25 +139,34 @@ impl Destination {
         self.selected.map(|s| (s.seqno, s.metric))
     }
 
-    /// Without a selected route but with usable (hence unfeasible) offers: the newer seqno to
-    /// ask for, and whom to ask (the best offer).
+    /// The newer seqno to ask for, and whom to ask (the best unfeasible offer), when an
+    /// unfeasible offer is all there is, or when it is clearly better than the selected route
+    /// (RFC 8966 §3.8.2.2): the feasibility distance is a past minimum, and without a new seqno
+    /// it would keep the node on a route that has become worse than another path.
     fn seqno_wanted(
         &self,
         id: NodeId,
         cost: &impl Fn(&NodeId) -> Option<Metric>,
     ) -> Option<SeqnoWanted> {
-        if self.selected.is_some() {
-            return None;
-        }
-        self.offers
+        let (total, offer) = self
+            .offers
             .iter()
-            .filter(|o| !o.metric.is_infinite() && cost(&o.via).is_some())
-            .min_by_key(|o| (o.metric, o.via))
-            .map(|o| SeqnoWanted {
-                destination: id,
-                seqno: self.feasibility.map_or(o.seqno, |(seqno, _)| seqno.next()),
-                ask: o.via,
-            })
+            .filter(|o| !o.metric.is_infinite() && !self.is_feasible(&id, o))
+            .filter_map(|o| cost(&o.via).map(|c| (o.metric.plus(c), o)))
+            .min_by_key(|(total, o)| (*total, o.via))?;
+        if let Some(selected) = self.selected {
+            let current = selected.metric.0;
+            if total.0 + (current / 50).max(10) > current {
+                return None;
+            }
+        }
+        Some(SeqnoWanted {
+            destination: id,
+            seqno: self
+                .feasibility
+                .map_or(offer.seqno, |(seqno, _)| seqno.next()),
+            ask: offer.via,
+        })
     }
 
     fn told_to(&self, link: &NodeId) -> Option<(Seqno, Metric)> {
@@ -353,6 +365,18 @@ impl RouteTable {
         }
     }
 
+    /// The next hop of a route lost to unfeasibility within the last `within`, for forwarding
+    /// only.
+    pub fn recently_lost(
+        &self,
+        destination: &NodeId,
+        now: Instant,
+        within: Duration,
+    ) -> Option<(NodeId, Metric)> {
+        let (via, metric, at) = self.destinations.get(destination)?.lost?;
+        (now - at < within).then_some((via, metric))
+    }
+
     pub fn selected(&self, destination: &NodeId) -> Option<&Selected> {
         self.destinations.get(destination)?.selected.as_ref()
     }
@@ -368,11 +392,24 @@ impl RouteTable {
         self.routes().count()
     }
 
-    /// Offers from every neighbour for `destination` (for inspection and link selection).
-    pub fn offers(&self, destination: &NodeId) -> &[Offer] {
-        self.destinations
-            .get(destination)
-            .map_or(&[], |d| d.offers.as_slice())
+    /// Where a seqno request for `destination` that `asker` sent goes on: along the selected
+    /// route, or the best other offer, but never back to the asker. A route through the asker is
+    /// one the asker has just lost; returning the request would drop it, and the asker would
+    /// starve until it asks again.
+    pub fn request_next_hop(&self, destination: &NodeId, asker: &NodeId) -> Option<NodeId> {
+        let destination = self.destinations.get(destination)?;
+        destination
+            .selected
+            .map(|s| s.via)
+            .filter(|via| via != asker)
+            .or_else(|| {
+                destination
+                    .offers
+                    .iter()
+                    .filter(|o| o.via != *asker && !o.metric.is_infinite())
+                    .min_by_key(|o| o.metric)
+                    .map(|o| o.via)
+            })
     }
 
     /// Every destination known, with its offers.
@@ -563,6 +600,7 @@ impl RouteTable {
             (None, best) => best,
         };
         let newest = destination.newest_seqno();
+        let previous = destination.selected;
         destination.selected = chosen.map(|(metric, offer)| Selected {
             via: offer.via,
             // A direct path is advertised under the newest seqno: it ends at the destination.
@@ -573,6 +611,11 @@ impl RouteTable {
             },
             metric,
         });
+        destination.lost = match (destination.selected, previous) {
+            (None, Some(previous)) => Some((previous.via, previous.metric, now)),
+            (None, None) => destination.lost,
+            (Some(_), _) => None,
+        };
         let wanted_seqno = destination.seqno_wanted(id, cost).filter(|_| worth_asking);
         destination.empty_since = if destination.offers.is_empty() {
             destination.empty_since.or(Some(now))
@@ -818,6 +861,67 @@ mod tests {
         assert_eq!(take_changes(&mut table), vec![entry(9, 5, u16::MAX)]);
         table.on_update(id(2), entry(9, 6, 115), NOW, unit_cost);
         assert_eq!(table.selected(&id(9)).unwrap().via, id(2));
+    }
+
+    #[test]
+    fn a_clearly_better_unfeasible_offer_asks_for_a_seqno_while_a_route_is_kept() {
+        let mut table = RouteTable::new(id(0), 100, None, HashKey::default());
+        table.on_update(id(1), entry(9, 5, 100), NOW, unit_cost);
+        take_changes(&mut table); // the feasibility distance is (5, 110)
+        // The link to neighbour 1 slows down: its offer (100) stays feasible, at a total of 300.
+        let slow_link_to_1 = |via: &NodeId| Some(Metric(if *via == id(1) { 200 } else { 10 }));
+        table.reselect_via(&id(1), NOW, slow_link_to_1);
+        assert_eq!(table.selected(&id(9)).unwrap().metric, Metric(300));
+        // Neighbour 2 offers 295 (total 305, unfeasible): not better, no request...
+        let worse = table.on_update(id(2), entry(9, 5, 295), NOW, slow_link_to_1);
+        assert_eq!(worse, None);
+        // ...but at 115 (total 125, still unfeasible) it is clearly better: ask for a new seqno,
+        // and keep the route through 1 meanwhile.
+        let wanted = table.on_update(id(2), entry(9, 5, 115), NOW, slow_link_to_1);
+        assert_eq!(table.selected(&id(9)).unwrap().via, id(1));
+        assert_eq!(
+            wanted,
+            Some(SeqnoWanted {
+                destination: id(9),
+                seqno: Seqno(6),
+                ask: id(2)
+            })
+        );
+        table.on_update(id(2), entry(9, 6, 115), NOW, slow_link_to_1);
+        assert_eq!(table.selected(&id(9)).unwrap().via, id(2));
+    }
+
+    #[test]
+    fn a_seqno_request_goes_on_along_the_route_but_never_back_to_the_asker() {
+        let mut table = RouteTable::new(id(0), 100, None, HashKey::default());
+        table.on_update(id(1), entry(9, 5, 100), NOW, unit_cost);
+        table.on_update(id(2), entry(9, 5, 150), NOW, unit_cost);
+        table.on_update(id(3), entry(9, 5, 120), NOW, unit_cost);
+        assert_eq!(table.selected(&id(9)).unwrap().via, id(1));
+        assert_eq!(table.request_next_hop(&id(9), &id(2)), Some(id(1)));
+        // Asked by the node the route goes through: the best other offer.
+        assert_eq!(table.request_next_hop(&id(9), &id(1)), Some(id(3)));
+        assert_eq!(table.request_next_hop(&id(8), &id(1)), None);
+    }
+
+    #[test]
+    fn a_route_lost_to_unfeasibility_is_remembered_for_forwarding_only_briefly() {
+        let mut table = RouteTable::new(id(0), 100, None, HashKey::default());
+        table.on_update(id(1), entry(9, 5, 100), NOW, unit_cost);
+        take_changes(&mut table);
+        table.on_update(id(2), entry(9, 5, 115), NOW, unit_cost);
+        let later = NOW + Duration::from_secs(10);
+        table.on_update(id(1), entry(9, 5, u16::MAX), later, unit_cost);
+        assert!(table.selected(&id(9)).is_none());
+        let within = Duration::from_secs(2);
+        assert_eq!(
+            table.recently_lost(&id(9), later + Duration::from_secs(1), within),
+            Some((id(1), Metric(110)))
+        );
+        assert_eq!(table.recently_lost(&id(9), later + within, within), None);
+        // A feasible route again (the newer seqno came) ends the fallback at once.
+        table.on_update(id(2), entry(9, 6, 115), later, unit_cost);
+        assert_eq!(table.recently_lost(&id(9), later, within), None);
     }
 
     #[test]
