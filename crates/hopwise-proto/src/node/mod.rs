@@ -54,11 +54,7 @@ pub struct Config {
     pub near_neighbours: usize,
     /// Neighbours kept at random, so the coordinate is constrained from every direction.
     pub far_neighbours: usize,
-    /// Share of probes spent on nodes that are not yet neighbours once the set is full. Measured
-    /// nodes are the only candidates for routing links, so exploring is how a node finds its
-    /// nearest nodes and its relays: 0.4 rather than 0.2 links a node to 3.6 rather than 3.2 of
-    /// its 4 nearest within a minute (200 PlanetLab nodes), for slightly less accurate
-    /// coordinates (each neighbour is probed every 20 s instead of 15 s).
+    /// Share of probes spent on nodes that are not yet neighbours once the set is full.
     pub explore_fraction: f64,
     /// Gossip entries carried by each probe and reply.
     pub gossip_per_probe: usize,
@@ -137,7 +133,7 @@ impl Config {
             max_missed_probes: 4,
             near_neighbours: 4,
             far_neighbours: 44,
-            explore_fraction: 0.4,
+            explore_fraction: 0.2,
             gossip_per_probe: 3,
             max_known_nodes: 4_096,
             vivaldi: VivaldiConfig::default(),
@@ -645,28 +641,33 @@ impl Node {
                     .total_cmp(&b.1.link.filtered_rtt_ms())
             })
             .map(|(id, n)| (*id, n.link.filtered_rtt_ms()));
-        // A node among the `near_links` nearest measured is a candidate for a near routing link:
-        // it is kept even when only a far slot is left, and never evicted to make room.
-        let closer = self
-            .neighbours
-            .values()
-            .filter(|n| n.link.filtered_rtt_ms() < rtt_ms)
-            .count();
-        let among_nearest = closer < self.config.routing.near_links;
-        let far_full = far >= self.config.far_neighbours;
         let role = if near < self.config.near_neighbours {
             NeighbourRole::Near
         } else if farthest_near.is_some_and(|(_, worst)| rtt_ms < worst) {
             let (demoted, _) = farthest_near.expect("checked above");
-            self.neighbours[&demoted].role = NeighbourRole::Far;
-            if far_full {
-                self.evict_far_neighbour();
+            if far < self.config.far_neighbours {
+                self.neighbours[&demoted].role = NeighbourRole::Far;
+            } else {
+                self.neighbours.swap_remove(&demoted);
+                self.neighbour_changed(demoted);
+                self.outputs
+                    .push_back(Output::Event(Event::LinkDown { id: demoted }));
             }
             NeighbourRole::Near
-        } else if !far_full {
+        } else if far < self.config.far_neighbours {
             NeighbourRole::Far
-        } else if among_nearest || self.rng.random_bool(FAR_ROTATION_PROBABILITY) {
-            self.evict_far_neighbour();
+        } else if self.rng.random_bool(FAR_ROTATION_PROBABILITY) {
+            let far_ids: Vec<NodeId> = self
+                .neighbours
+                .iter()
+                .filter(|(_, n)| n.role == NeighbourRole::Far)
+                .map(|(id, _)| *id)
+                .collect();
+            let victim = far_ids[self.rng.random_range(0..far_ids.len())];
+            self.neighbours.swap_remove(&victim);
+            self.neighbour_changed(victim);
+            self.outputs
+                .push_back(Output::Event(Event::LinkDown { id: victim }));
             NeighbourRole::Far
         } else {
             return false;
@@ -683,36 +684,6 @@ impl Node {
         self.outputs
             .push_back(Output::Event(Event::LinkUp { id, addr, rtt_ms }));
         true
-    }
-
-    /// Drops a random far neighbour, sparing the `near_links` nearest (near routing link
-    /// candidates).
-    fn evict_far_neighbour(&mut self) {
-        let mut by_rtt: Vec<(NodeId, f64)> = self
-            .neighbours
-            .iter()
-            .map(|(id, n)| (*id, n.link.filtered_rtt_ms()))
-            .collect();
-        by_rtt.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let spared: Vec<NodeId> = by_rtt
-            .iter()
-            .take(self.config.routing.near_links)
-            .map(|(id, _)| *id)
-            .collect();
-        let far_ids: Vec<NodeId> = self
-            .neighbours
-            .iter()
-            .filter(|(id, n)| n.role == NeighbourRole::Far && !spared.contains(id))
-            .map(|(id, _)| *id)
-            .collect();
-        if far_ids.is_empty() {
-            return;
-        }
-        let victim = far_ids[self.rng.random_range(0..far_ids.len())];
-        self.neighbours.swap_remove(&victim);
-        self.neighbour_changed(victim);
-        self.outputs
-            .push_back(Output::Event(Event::LinkDown { id: victim }));
     }
 
     fn update_coordinate(&mut self, latest: &NodeId) {
