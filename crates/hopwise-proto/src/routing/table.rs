@@ -155,8 +155,7 @@ impl Destination {
             .filter_map(|o| cost(&o.via).map(|c| (o.metric.plus(c), o)))
             .min_by_key(|(total, o)| (*total, o.via))?;
         if let Some(selected) = self.selected {
-            let current = selected.metric.0;
-            if total.0 + (current / 50).max(10) > current {
+            if total.0 + clear_gap(selected.metric) > selected.metric.0 {
                 return None;
             }
         }
@@ -768,6 +767,13 @@ impl RouteTable {
     }
 }
 
+/// The smallest difference from `metric` that clearly matters: 2%, 1 ms at least. A route this
+/// much worse is worth telling neighbours; an unfeasible offer this much better is worth a seqno
+/// request.
+fn clear_gap(metric: Metric) -> u16 {
+    (metric.0 / 50).max(10)
+}
+
 /// How much better another offer must be before the selected route is replaced: hysteresis
 /// against flapping between nearly equal paths (RFC 9616 §3.5's spirit).
 fn switch_margin(current: Metric) -> u16 {
@@ -787,7 +793,7 @@ fn significant_change(
         (None, None) => false,
         (None, Some(_)) | (Some(_), None) => true,
         (Some((_, old)), Some((_, new))) => {
-            new.0 + (old.0 / 100).max(3) <= old.0 || new.0 >= old.0 + (old.0 / 50).max(10)
+            new.0 + (old.0 / 100).max(3) <= old.0 || new.0 >= old.0 + clear_gap(old)
         }
     }
 }
@@ -798,6 +804,15 @@ mod tests {
 
     fn id(i: u8) -> NodeId {
         NodeId::from_bytes([i; NodeId::LEN])
+    }
+
+    /// The seqno request expected for destination 9: `seqno`, asked of neighbour `ask`.
+    fn request_for_9(seqno: u16, ask: u8) -> SeqnoWanted {
+        SeqnoWanted {
+            destination: id(9),
+            seqno: Seqno(seqno),
+            ask: id(ask),
+        }
     }
 
     fn entry(dest: u8, seqno: u16, metric: u16) -> RouteEntry {
@@ -849,14 +864,7 @@ mod tests {
         assert_eq!(table.selected(&id(9)).unwrap().via, id(1));
         let wanted = table.on_update(id(1), entry(9, 5, u16::MAX), NOW, unit_cost);
         assert!(table.selected(&id(9)).is_none());
-        assert_eq!(
-            wanted,
-            Some(SeqnoWanted {
-                destination: id(9),
-                seqno: Seqno(6),
-                ask: id(2)
-            })
-        );
+        assert_eq!(wanted, Some(request_for_9(6, 2)));
         // The retraction goes out, then the newer seqno makes neighbour 2's route feasible.
         assert_eq!(take_changes(&mut table), vec![entry(9, 5, u16::MAX)]);
         table.on_update(id(2), entry(9, 6, 115), NOW, unit_cost);
@@ -879,14 +887,7 @@ mod tests {
         // and keep the route through 1 meanwhile.
         let wanted = table.on_update(id(2), entry(9, 5, 115), NOW, slow_link_to_1);
         assert_eq!(table.selected(&id(9)).unwrap().via, id(1));
-        assert_eq!(
-            wanted,
-            Some(SeqnoWanted {
-                destination: id(9),
-                seqno: Seqno(6),
-                ask: id(2)
-            })
-        );
+        assert_eq!(wanted, Some(request_for_9(6, 2)));
         table.on_update(id(2), entry(9, 6, 115), NOW, slow_link_to_1);
         assert_eq!(table.selected(&id(9)).unwrap().via, id(2));
     }
@@ -931,11 +932,7 @@ mod tests {
         take_changes(&mut table);
         table.on_update(id(2), entry(9, 5, 115), NOW, unit_cost);
         table.on_update(id(1), entry(9, 5, u16::MAX), NOW, unit_cost);
-        let again = SeqnoWanted {
-            destination: id(9),
-            seqno: Seqno(6),
-            ask: id(2),
-        };
+        let again = request_for_9(6, 2);
         assert_eq!(table.starving(unit_cost), vec![again]);
         assert_eq!(table.starving(unit_cost), vec![again], "still waiting");
         table.on_update(id(2), entry(9, 6, 115), NOW, unit_cost);
