@@ -54,6 +54,9 @@ pub enum LinkKind {
     Relay,
     /// Opened by the other node.
     Inbound,
+    /// Zoned routing: opened by a member none of whose other links is in its own zone, to a
+    /// node of that zone, so that it hears the routes of its zone.
+    Zone,
     /// Direct path to a destination this node sends traffic to; carries no routes.
     Session,
 }
@@ -393,6 +396,7 @@ impl Node {
         let now = self.now;
         let candidates = self.measured_candidates();
         self.review_near(&candidates);
+        self.review_zone_link(&candidates);
         let relays: Vec<NodeId> = self
             .links
             .iter()
@@ -489,6 +493,46 @@ impl Node {
             if let Some((id, _)) = surplus.into_iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
                 self.close_link(id);
             }
+        }
+    }
+
+    /// Zoned routing: a member hears routes to the other members of its zone only from links in
+    /// that zone. A member without one opens a link to the nearest measured node of its zone,
+    /// or to its head; a zone link to a zone it has left is closed.
+    fn review_zone_link(&mut self, candidates: &[(NodeId, SocketAddr, f64)]) {
+        let Some(zone) = self
+            .routes
+            .own_zone()
+            .filter(|head| *head != self.config.id)
+        else {
+            return;
+        };
+        let in_zone =
+            |node: &Node, id: &NodeId| *id == zone || node.routes.zone_of(id) == Some(zone);
+        let stale: Vec<NodeId> = self
+            .links
+            .iter()
+            .filter(|(id, l)| l.kind == LinkKind::Zone && !in_zone(self, id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.close_link(id);
+        }
+        let linked = self
+            .links
+            .iter()
+            .any(|(id, l)| l.is_routing() && in_zone(self, id));
+        if linked || self.routing_link_count() >= self.config.routing.max_links {
+            return;
+        }
+        let target = candidates
+            .iter()
+            .find(|c| in_zone(self, &c.0) && self.links.get(&c.0).is_none_or(|l| !l.is_routing()))
+            .map(|c| (c.0, c.1))
+            .or_else(|| Some((zone, self.known.get(&zone)?.addr)))
+            .filter(|(id, _)| !self.shunned.contains_key(id));
+        if let Some((id, addr)) = target {
+            self.open_link(id, addr, LinkKind::Zone);
         }
     }
 
