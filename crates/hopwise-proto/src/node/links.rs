@@ -171,6 +171,8 @@ impl Node {
         if shun {
             self.shunned.insert(id, self.now + SHUN_FOR);
         }
+        // Given up or gone down: no longer a near-link candidate until measured again.
+        self.nearest.forget(&id);
         if let Some(link) = self.links.swap_remove(&id) {
             if link.is_routing() {
                 self.link_removed(id);
@@ -432,14 +434,20 @@ impl Node {
         }
     }
 
-    /// Nodes with a measured RTT that could become routing links: coordinate neighbours not
-    /// linked yet (sessions may be upgraded), sorted by RTT.
+    /// Nodes with a measured RTT that could become routing links: coordinate neighbours and the
+    /// nearest nodes measured (sessions may be upgraded), sorted by RTT.
     fn measured_candidates(&self) -> Vec<(NodeId, SocketAddr, f64)> {
+        let nearest = self
+            .nearest
+            .iter()
+            .filter(|m| !self.neighbours.contains_key(&m.id))
+            .map(|m| (m.id, m.addr, m.rtt_ms));
         let mut candidates: Vec<(NodeId, SocketAddr, f64)> = self
             .neighbours
             .iter()
-            .filter(|(id, _)| !self.shunned.contains_key(*id))
             .map(|(id, n)| (*id, n.addr, n.link.filtered_rtt_ms()))
+            .chain(nearest)
+            .filter(|(id, _, _)| !self.shunned.contains_key(id))
             .collect();
         candidates.sort_by(|a, b| a.2.total_cmp(&b.2));
         candidates

@@ -12,6 +12,7 @@
 //! same inputs always give the same outputs.
 
 mod links;
+mod nearest;
 mod routing;
 mod zones;
 
@@ -56,6 +57,12 @@ pub struct Config {
     pub far_neighbours: usize,
     /// Share of probes spent on nodes that are not yet neighbours once the set is full.
     pub explore_fraction: f64,
+    /// The share in the node's first `startup_exploration`. Measured nodes are the only
+    /// candidates for routing links, so exploring is how a new node finds its nearest nodes and
+    /// its relays; every neighbour replaced changes a direct route, though, so a mature node
+    /// explores less.
+    pub startup_explore_fraction: f64,
+    pub startup_exploration: Duration,
     /// Gossip entries carried by each probe and reply.
     pub gossip_per_probe: usize,
     /// Bound on the table of known nodes.
@@ -134,6 +141,8 @@ impl Config {
             near_neighbours: 4,
             far_neighbours: 44,
             explore_fraction: 0.2,
+            startup_explore_fraction: 0.4,
+            startup_exploration: Duration::from_secs(120),
             gossip_per_probe: 3,
             max_known_nodes: 4_096,
             vivaldi: VivaldiConfig::default(),
@@ -351,6 +360,8 @@ pub struct Node {
     vivaldi: Vivaldi,
     known: PeerTable,
     neighbours: Map<NodeId, Neighbour>,
+    /// The nearest nodes measured, neighbours or not: candidates for near links.
+    nearest: nearest::NearestMeasured,
     /// Probes in flight, by sequence number.
     pending: Map<u32, PendingProbe>,
     /// No probe in `pending` expires before this.
@@ -400,6 +411,7 @@ impl Node {
             config.routing.zones,
             hash_key,
         );
+        let nearest = nearest::NearestMeasured::new(config.routing.near_links);
         let next_review_at = now + config.routing.review_interval;
         let next_refresh_at = now + config.routing.refresh_interval;
         Self {
@@ -411,6 +423,7 @@ impl Node {
             vivaldi,
             known,
             neighbours: Map::with_hasher(hash_key),
+            nearest,
             pending: Map::with_hasher(hash_key),
             next_expiry: None,
             routes,
@@ -569,6 +582,7 @@ impl Node {
             }
             return;
         }
+        self.nearest.observe(sender, from, rtt_ms);
         if let Some(neighbour) = self.neighbours.get_mut(&sender) {
             // The direct path's route cost follows the recent median (see `hop_costs`).
             let before = neighbour.link.recent_rtt_ms();
@@ -730,7 +744,12 @@ impl Node {
         }
         let full =
             self.neighbours.len() >= self.config.near_neighbours + self.config.far_neighbours;
-        let explore = !full || self.rng.random_bool(self.config.explore_fraction);
+        let explore_fraction = if self.now - self.started_at < self.config.startup_exploration {
+            self.config.startup_explore_fraction
+        } else {
+            self.config.explore_fraction
+        };
+        let explore = !full || self.rng.random_bool(explore_fraction);
         let target = if explore { self.pick_candidate() } else { None };
         match target.or_else(|| self.stalest_neighbour()) {
             Some(addr) => self.send_probe(addr),
@@ -843,6 +862,7 @@ impl Node {
                 self.neighbours.swap_remove(&id);
                 self.neighbour_changed(id);
                 self.known.remove(&id);
+                self.nearest.forget(&id);
                 self.outputs
                     .push_back(Output::Event(Event::LinkDown { id }));
             }

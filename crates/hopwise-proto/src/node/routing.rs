@@ -364,10 +364,15 @@ impl Node {
                 self.answer_request(sender, &request.destination);
             }
             // Our route is the measured direct path to a destination that is no routing link,
-            // so the request cannot be passed on to it: the direct path answers instead.
+            // so the request cannot be passed on to it: the direct path answers instead. A
+            // session does not count: the destination's answer, a route update, would be
+            // dropped on a link that carries no routes.
             Some(s)
                 if s.via == request.destination
-                    && !self.links.contains_key(&request.destination) =>
+                    && !self
+                        .links
+                        .get(&request.destination)
+                        .is_some_and(RoutingLink::is_routing) =>
             {
                 let now = self.now;
                 let cost = hop_costs(&self.links, &self.neighbours);
