@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 
 use rand::RngExt;
 
+use super::routing::LOST_ROUTE_FALLBACK;
 use super::{Event, Node, Output, ProbePurpose};
 use crate::keyed::Map;
 use crate::link::{Link, LossVerdict};
@@ -162,9 +163,26 @@ impl Node {
         if let Some(link) = self.links.swap_remove(&id) {
             if link.is_routing() {
                 self.send(link.addr, Message::Link(LinkOp::Close));
+                self.remember_closed(id, link.addr);
                 self.link_removed(id);
             }
         }
+    }
+
+    /// Keeps the address of a routing link closed on purpose for [`LOST_ROUTE_FALLBACK`]. The
+    /// other end still forwards, so the routes lost with the link may carry packets there until
+    /// a route with a newer seqno arrives; dropping them instead cost whole round trips.
+    fn remember_closed(&mut self, id: NodeId, addr: SocketAddr) {
+        let now = self.now;
+        self.closed_links
+            .retain(|_, (_, at)| now - *at < LOST_ROUTE_FALLBACK);
+        self.closed_links.insert(id, (addr, now));
+    }
+
+    /// The address of a routing link closed within [`LOST_ROUTE_FALLBACK`].
+    pub(super) fn recently_closed_addr(&self, id: &NodeId) -> Option<SocketAddr> {
+        let (addr, at) = self.closed_links.get(id)?;
+        (self.now - *at < LOST_ROUTE_FALLBACK).then_some(*addr)
     }
 
     fn drop_link(&mut self, id: NodeId, shun: bool) {
@@ -263,7 +281,8 @@ impl Node {
                 }
             }
             LinkOp::Close => {
-                if self.links.get(&sender).is_some_and(|l| l.is_routing()) {
+                if let Some(link) = self.links.get(&sender).filter(|l| l.is_routing()) {
+                    self.remember_closed(sender, link.addr);
                     self.drop_link(sender, false);
                 }
             }

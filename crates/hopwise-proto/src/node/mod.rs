@@ -368,6 +368,10 @@ pub struct Node {
     next_expiry: Option<Instant>,
     routes: RouteTable,
     links: Map<NodeId, links::RoutingLink>,
+    /// Routing links closed on purpose (by either end) moments ago, with their addresses: the
+    /// path still works, so a route lost with one keeps carrying packets there for a little
+    /// while, like a route lost to unfeasibility.
+    closed_links: Map<NodeId, (SocketAddr, Instant)>,
     /// No link needs a probe before this.
     next_link_probe_at: Instant,
     /// Batched route changes go out at this time.
@@ -428,6 +432,7 @@ impl Node {
             next_expiry: None,
             routes,
             links: Map::with_hasher(hash_key),
+            closed_links: Map::with_hasher(hash_key),
             next_link_probe_at: Instant::MAX,
             flush_at: None,
             next_review_at,

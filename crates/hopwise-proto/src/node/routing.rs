@@ -17,7 +17,7 @@ const SEQNO_REQUEST_HOPS: u8 = 16;
 const REQUEST_MEMORY: Duration = Duration::from_secs(2);
 /// How long a route lost to unfeasibility keeps carrying packets: a seqno request is answered
 /// within a round trip or two.
-const LOST_ROUTE_FALLBACK: Duration = Duration::from_secs(2);
+pub(super) const LOST_ROUTE_FALLBACK: Duration = Duration::from_secs(2);
 /// Bound on remembered requests.
 const MAX_RECENT_REQUESTS: usize = 4_096;
 
@@ -496,11 +496,13 @@ impl Node {
         self.after_route_change(wanted);
     }
 
-    /// Address of the next hop `via`: a routing link or session, else a coordinate neighbour.
+    /// Address of the next hop `via`: a routing link or session, else a coordinate neighbour, else
+    /// a routing link closed moments ago (for the routes lost with it).
     fn hop_addr(&self, via: &NodeId) -> Option<SocketAddr> {
         self.links
             .get(via)
             .map(|l| l.addr)
             .or_else(|| self.neighbours.get(via).map(|n| n.addr))
+            .or_else(|| self.recently_closed_addr(via))
     }
 }
