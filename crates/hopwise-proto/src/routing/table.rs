@@ -582,7 +582,6 @@ impl RouteTable {
         now: Instant,
         cost: &impl Fn(&NodeId) -> Option<Metric>,
     ) -> Option<SeqnoWanted> {
-        let worth_asking = self.worth_asking(&id);
         let destination = &mut self.destinations[&id];
         let total = |offer: &Offer| cost(&offer.via).map(|c| offer.metric.plus(c));
         let usable = |offer: &&Offer| !offer.metric.is_infinite() && cost(&offer.via).is_some();
@@ -625,7 +624,8 @@ impl RouteTable {
             (None, None) => destination.lost,
             (Some(_), _) => None,
         };
-        let wanted_seqno = destination.seqno_wanted(id, cost).filter(|_| worth_asking);
+        let wanted_seqno = destination.seqno_wanted(id, cost);
+        let routed = destination.selected.is_some();
         destination.empty_since = if destination.offers.is_empty() {
             destination.empty_since.or(Some(now))
         } else {
@@ -641,7 +641,7 @@ impl RouteTable {
                 self.urgent = true;
             }
         }
-        wanted_seqno
+        wanted_seqno.filter(|_| self.worth_asking(&id, routed))
     }
 
     /// The entries each routing link (`(neighbour, link cost)`) should hear now, in the order
@@ -746,19 +746,24 @@ impl RouteTable {
     pub fn starving(&self, cost: impl Fn(&NodeId) -> Option<Metric>) -> Vec<SeqnoWanted> {
         self.destinations
             .iter()
-            .filter(|(id, _)| self.worth_asking(id))
+            .filter(|(id, d)| self.worth_asking(id, d.selected.is_some()))
             .filter_map(|(id, d)| d.seqno_wanted(*id, &cost))
             .collect()
     }
 
-    /// Whether a starving route to `id` is worth a seqno request: always in flat routing; in
-    /// zoned routing, only for heads and members of our zone. Other members' routes arrive only
-    /// while a neighbour's zone view lags behind, and are retracted soon.
-    fn worth_asking(&self, id: &NodeId) -> bool {
+    /// Whether a seqno request for `id` is worth sending, by a node that keeps a route to it
+    /// (`routed`, asking for a better offer) or has none: always in flat routing. In zoned
+    /// routing only by a node without a route, and only for heads and members of our zone.
+    /// Other members' routes arrive only while a neighbour's zone view lags behind, and are
+    /// retracted soon. Asking for better offers as well cost 393 B/s per node at 2,000 nodes
+    /// (5,308 against 4,915 B/s, 300 s, seed 1) with no gain in stretch or reachability.
+    fn worth_asking(&self, id: &NodeId, routed: bool) -> bool {
         let Some(zoning) = self.scope.zoning else {
             return true;
         };
-        zoning.is_head(id) || (self.own_zone.is_some() && self.zone_of(id) == self.own_zone)
+        !routed
+            && (zoning.is_head(id)
+                || (self.own_zone.is_some() && self.zone_of(id) == self.own_zone))
     }
 
     /// Forgets destinations that have been unreachable for a while.
@@ -900,6 +905,30 @@ mod tests {
         assert_eq!(wanted, Some(request_for_9(6, 2)));
         table.on_update(id(2), entry(9, 6, 115), NOW, slow_link_to_1);
         assert_eq!(table.selected(&id(9)).unwrap().via, id(2));
+    }
+
+    #[test]
+    fn zoned_routing_asks_for_a_seqno_only_when_starving() {
+        // Every node is a head, so every destination is worth asking for.
+        let zoning = ZoneConfig { head_one_in: 1 };
+        let mut table = RouteTable::new(id(0), 100, Some(zoning), HashKey::default());
+        let zoned = |seqno, metric| RouteEntry {
+            zone: Some(id(9)),
+            ..entry(9, seqno, metric)
+        };
+        table.on_update(id(1), zoned(5, 100), NOW, unit_cost);
+        take_changes(&mut table); // the feasibility distance is (5, 110)
+        let slow_link_to_1 = |via: &NodeId| Some(Metric(if *via == id(1) { 200 } else { 10 }));
+        table.reselect_via(&id(1), NOW, slow_link_to_1);
+        // The same clearly better unfeasible offer that asks for a seqno in flat routing...
+        let better = table.on_update(id(2), zoned(5, 115), NOW, slow_link_to_1);
+        assert_eq!(table.selected(&id(9)).unwrap().via, id(1));
+        assert_eq!(better, None);
+        assert!(table.starving(slow_link_to_1).is_empty());
+        // ...asks only once the route is lost.
+        let starving = table.on_update(id(1), zoned(5, u16::MAX), NOW, slow_link_to_1);
+        assert_eq!(starving, Some(request_for_9(6, 2)));
+        assert_eq!(table.starving(slow_link_to_1), vec![request_for_9(6, 2)]);
     }
 
     #[test]
