@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use rand::RngExt;
 
 use super::routing::LOST_ROUTE_FALLBACK;
-use super::{Event, Node, Output, ProbePurpose};
+use super::{Node, ProbePurpose};
 use crate::keyed::Map;
 use crate::link::{Link, LossVerdict};
 use crate::routing::Metric;
@@ -395,13 +395,8 @@ impl Node {
         };
         if estimator.on_probe_lost() == LossVerdict::WentDown {
             self.drop_link(id, false);
-            // The direct path is gone: the node is no coordinate neighbour either, so its
-            // measured direct path stops being offered as a route.
-            if self.neighbours.swap_remove(&id).is_some() {
-                self.outputs
-                    .push_back(Output::Event(Event::LinkDown { id }));
-                self.neighbour_changed(id);
-            }
+            // The direct path is gone: the node is no coordinate neighbour either.
+            self.remove_neighbour(id);
             return;
         }
         let before = link.cost();

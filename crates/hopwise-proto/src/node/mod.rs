@@ -667,10 +667,7 @@ impl Node {
             if far < self.config.far_neighbours {
                 self.neighbours[&demoted].role = NeighbourRole::Far;
             } else {
-                self.neighbours.swap_remove(&demoted);
-                self.neighbour_changed(demoted);
-                self.outputs
-                    .push_back(Output::Event(Event::LinkDown { id: demoted }));
+                self.remove_neighbour(demoted);
             }
             NeighbourRole::Near
         } else if far < self.config.far_neighbours {
@@ -683,10 +680,7 @@ impl Node {
                 .map(|(id, _)| *id)
                 .collect();
             let victim = far_ids[self.rng.random_range(0..far_ids.len())];
-            self.neighbours.swap_remove(&victim);
-            self.neighbour_changed(victim);
-            self.outputs
-                .push_back(Output::Event(Event::LinkDown { id: victim }));
+            self.remove_neighbour(victim);
             NeighbourRole::Far
         } else {
             return false;
@@ -703,6 +697,16 @@ impl Node {
         self.outputs
             .push_back(Output::Event(Event::LinkUp { id, addr, rtt_ms }));
         true
+    }
+
+    /// Drops a coordinate neighbour: its direct path stops being offered as a route, and the
+    /// application hears that the link went down.
+    fn remove_neighbour(&mut self, id: NodeId) {
+        if self.neighbours.swap_remove(&id).is_some() {
+            self.neighbour_changed(id);
+            self.outputs
+                .push_back(Output::Event(Event::LinkDown { id }));
+        }
     }
 
     fn update_coordinate(&mut self, latest: &NodeId) {
@@ -864,12 +868,9 @@ impl Node {
                 continue;
             };
             if neighbour.link.on_probe_lost() == LossVerdict::WentDown {
-                self.neighbours.swap_remove(&id);
-                self.neighbour_changed(id);
+                self.remove_neighbour(id);
                 self.known.remove(&id);
                 self.nearest.forget(&id);
-                self.outputs
-                    .push_back(Output::Event(Event::LinkDown { id }));
             }
         }
     }
