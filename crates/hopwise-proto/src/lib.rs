@@ -12,6 +12,7 @@ pub mod link;
 pub mod node;
 pub mod peers;
 pub mod routing;
+pub mod secure;
 mod time;
 pub mod wire;
 

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use hopwise_proto::routing::{Metric, Seqno};
 use hopwise_proto::wire::{
-    Data, DataBody, GossipEntry, LinkOp, MAX_GOSSIP, MAX_ROUTE_ENTRIES, Message, Packet, Probe,
-    RouteEntry, RouteUpdate, SeqnoRequest, WireCoord,
+    Data, DataBody, GossipEntry, LinkOp, MAX_GOSSIP, MAX_ROUTE_ENTRIES, MAX_TRACE_HOPS, Message,
+    Packet, Probe, RouteEntry, RouteUpdate, SeqnoRequest, Trace, TraceHop, WireCoord,
 };
 use hopwise_proto::{Config, Input, Instant, Node, NodeId, Output};
 use proptest::prelude::*;
@@ -90,6 +90,23 @@ fn packet() -> impl Strategy<Value = Packet> {
         node_id().prop_map(|target| DataBody::Lookup { target }),
         (node_id(), proptest::option::of(node_id()))
             .prop_map(|(target, zone)| DataBody::LookupReply { target, zone }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(0u8..=MAX_TRACE_HOPS as u8),
+            prop::collection::vec((node_id(), any::<u32>()), 0..=MAX_TRACE_HOPS),
+        )
+            .prop_map(|(token, sent_us, outbound, hops)| {
+                DataBody::Trace(Trace {
+                    token,
+                    sent_us,
+                    outbound,
+                    path: hops
+                        .into_iter()
+                        .map(|(node, rtt_us)| TraceHop { node, rtt_us })
+                        .collect(),
+                })
+            }),
     ];
     let zones = (
         proptest::option::of(node_id()),

@@ -42,6 +42,16 @@ pub struct Report {
     pub slices: Vec<SliceReport>,
     /// Present when the matrix was expanded from a smaller one.
     pub expanded_from: Option<ExpandedFrom>,
+    /// Present when the nodes ran behind the secure layer (`--secure`).
+    pub secure: Option<SecureReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecureReport {
+    pub handshakes_completed: u64,
+    pub handshakes_failed: u64,
+    /// Datagrams the secure layer dropped (failed handshakes, no session, forged, replayed).
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -160,6 +170,9 @@ pub struct TrafficReport {
     pub datagrams_per_node_per_sec: f64,
     /// `bytes_per_node_per_sec` split by message kind (wire bytes, headers included).
     pub by_kind: ControlTrafficByKind,
+    /// Secure runs: what encryption adds to `bytes_per_node_per_sec` (handshakes, and each
+    /// control datagram's counter and tag); included in it and in no `by_kind` entry.
+    pub secure_overhead: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -319,7 +332,14 @@ pub fn run(
     let total = stats.sent.total();
     let control_datagrams = total.datagrams - stats.sent.data.datagrams;
     let control_bytes = total.bytes - stats.sent.data.bytes;
-    let wire_bytes = control_bytes + control_datagrams * IP_UDP_HEADER_BYTES;
+    let secure = sim.total_secure_stats();
+    let secure_overhead = sim.is_secure().then(|| {
+        secure.handshake_bytes_sent
+            + secure.handshake_datagrams_sent * IP_UDP_HEADER_BYTES
+            + control_datagrams * hopwise_proto::secure::OVERHEAD as u64
+    });
+    let wire_bytes =
+        control_bytes + control_datagrams * IP_UDP_HEADER_BYTES + secure_overhead.unwrap_or(0);
     let wire_rate =
         |v: Volume| (v.bytes + v.datagrams * IP_UDP_HEADER_BYTES) as f64 / per_node_second;
     let failover = failure.map(|f| failover_report(&f, &flows, flow_end));
@@ -364,7 +384,13 @@ pub fn run(
                 seqno_requests: wire_rate(stats.sent.seqno_requests),
                 directory: wire_rate(stats.sent.directory),
             },
+            secure_overhead: secure_overhead.map(|bytes| bytes as f64 / per_node_second),
         },
+        secure: sim.is_secure().then(|| SecureReport {
+            handshakes_completed: secure.handshakes_completed,
+            handshakes_failed: secure.handshakes_failed,
+            dropped: secure.dropped(),
+        }),
         packets: PacketReport {
             probes_sent: stats.probes_sent,
             probes_lost: stats.probes_lost,

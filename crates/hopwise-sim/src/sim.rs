@@ -8,6 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
+use hopwise_proto::secure::{Keys, SecureNode, SecureStats, crypto};
 use hopwise_proto::{
     Algorithm, Config, Coordinate, Duration, Event, Input, Instant, Node, NodeId, NodeStats,
     Output, PayloadTooLarge, ZoneConfig,
@@ -51,6 +52,8 @@ pub struct SimConfig {
     pub scenario: Scenario,
     /// Zoned routing for every node, or flat routing with `None`.
     pub zones: Option<ZoneConfig>,
+    /// Run every node behind the real Noise layer: handshakes, encryption, replay windows.
+    pub secure: bool,
 }
 
 /// Traffic and failures a run injects, and what it measures at the end.
@@ -88,6 +91,7 @@ impl Default for SimConfig {
             later_matrices: Vec::new(),
             scenario: Scenario::default(),
             zones: None,
+            secure: false,
         }
     }
 }
@@ -158,12 +162,54 @@ pub struct Recorded {
     pub event: Event,
 }
 
+/// A simulated member: the protocol node alone, or behind the secure layer.
+// Plain nodes stay inline: they are the common case, and a slot holds one node either way.
+#[allow(clippy::large_enum_variant)]
+enum SimNode {
+    Plain(Node),
+    Secure(Box<SecureNode>),
+}
+
+impl SimNode {
+    fn node(&self) -> &Node {
+        match self {
+            Self::Plain(node) => node,
+            Self::Secure(secure) => secure.node(),
+        }
+    }
+
+    fn node_mut(&mut self) -> &mut Node {
+        match self {
+            Self::Plain(node) => node,
+            Self::Secure(secure) => secure.node_mut(),
+        }
+    }
+
+    fn handle_input(&mut self, input: Input<'_>) {
+        match self {
+            Self::Plain(node) => node.handle_input(input),
+            Self::Secure(secure) => secure.handle_input(input),
+        }
+    }
+
+    fn poll_output(&mut self) -> Output {
+        match self {
+            Self::Plain(node) => node.poll_output(),
+            Self::Secure(secure) => secure.poll_output(),
+        }
+    }
+}
+
 pub struct Simulation {
     configs: Vec<Option<Config>>,
+    /// Each node's keys, in a secure run.
+    keys: Vec<Option<Keys>>,
     ids: Vec<NodeId>,
     index_by_id: HashMap<NodeId, usize>,
     recorded: Vec<Recorded>,
-    nodes: Vec<Option<Node>>,
+    nodes: Vec<Option<SimNode>>,
+    /// Secure-layer counters of nodes that were stopped, so totals cover the whole run.
+    stopped_secure: SecureStats,
     /// The deadline each node last asked for; a popped wake-up that differs is stale.
     wake_at: Vec<Option<Instant>>,
     network: Network,
@@ -183,10 +229,12 @@ impl Simulation {
         let bootstrap = bootstrap_lists(&network, config, &mut rng);
         let mut sim = Self {
             configs: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
             ids: Vec::with_capacity(n),
             index_by_id: HashMap::with_capacity(n),
             recorded: Vec::new(),
             nodes: (0..n).map(|_| None).collect(),
+            stopped_secure: SecureStats::default(),
             wake_at: vec![None; n],
             network,
             queue: BinaryHeap::new(),
@@ -194,8 +242,21 @@ impl Simulation {
             now: Instant::ZERO,
             events: 0,
         };
+        let network_key: [u8; 32] = if config.secure { rng.random() } else { [0; 32] };
         for (index, bootstrap) in bootstrap.into_iter().enumerate() {
-            let id = NodeId::random(&mut rng);
+            let keys = config.secure.then(|| {
+                let (private_key, public_key) = crypto::generate_keypair(&mut rng);
+                Keys {
+                    private_key,
+                    public_key,
+                    network_key,
+                }
+            });
+            let id = match &keys {
+                Some(keys) => NodeId::from_public_key(&keys.public_key),
+                None => NodeId::random(&mut rng),
+            };
+            sim.keys.push(keys);
             sim.ids.push(id);
             sim.index_by_id.insert(id, index);
             let mut node_config = Config::new(id, rng.random());
@@ -242,7 +303,7 @@ impl Simulation {
     }
 
     pub fn node(&self, index: usize) -> Option<&Node> {
-        self.nodes[index].as_ref()
+        self.nodes[index].as_ref().map(SimNode::node)
     }
 
     pub fn id_of(&self, index: usize) -> NodeId {
@@ -266,7 +327,7 @@ impl Simulation {
     pub fn ping(&mut self, from: usize, to: usize, token: u64) {
         let destination = self.ids[to];
         if let Some(node) = self.nodes[from].as_mut() {
-            node.ping(self.now, destination, token);
+            node.node_mut().ping(self.now, destination, token);
             self.drain(from);
         }
     }
@@ -281,7 +342,7 @@ impl Simulation {
     ) -> Result<(), PayloadTooLarge> {
         let destination = self.ids[to];
         if let Some(node) = self.nodes[from].as_mut() {
-            node.send_data(self.now, destination, payload)?;
+            node.node_mut().send_data(self.now, destination, payload)?;
             self.drain(from);
         }
         Ok(())
@@ -292,9 +353,11 @@ impl Simulation {
         self.nodes
             .iter()
             .map(|n| {
-                n.as_ref().map_or((Coordinate::default(), 1.5), |n| {
-                    (n.coordinate(), n.coordinate_error())
-                })
+                n.as_ref()
+                    .map(SimNode::node)
+                    .map_or((Coordinate::default(), 1.5), |n| {
+                        (n.coordinate(), n.coordinate_error())
+                    })
             })
             .collect()
     }
@@ -302,16 +365,33 @@ impl Simulation {
     /// Counters summed over all nodes.
     pub fn total_stats(&self) -> NodeStats {
         let mut total = NodeStats::default();
-        for stats in self.nodes.iter().flatten().map(Node::stats) {
+        for stats in self.nodes.iter().flatten().map(|n| n.node().stats()) {
             total += stats;
         }
         total
     }
 
+    /// Secure-layer counters summed over all nodes (zero in a plain run).
+    pub fn total_secure_stats(&self) -> SecureStats {
+        let mut total = self.stopped_secure;
+        for node in self.nodes.iter().flatten() {
+            if let SimNode::Secure(secure) = node {
+                total += secure.secure_stats();
+            }
+        }
+        total
+    }
+
+    pub fn is_secure(&self) -> bool {
+        self.keys.iter().any(Option::is_some)
+    }
+
     /// Stops node `index` at once, as if its process died: it sends nothing more and whatever
     /// reaches it is lost.
     pub fn stop_node(&mut self, index: usize) {
-        self.nodes[index] = None;
+        if let Some(SimNode::Secure(secure)) = self.nodes[index].take() {
+            self.stopped_secure += secure.secure_stats();
+        }
         self.configs[index] = None;
         self.wake_at[index] = None;
     }
@@ -345,7 +425,10 @@ impl Simulation {
                 let Some(config) = self.configs[node].take() else {
                     return; // stopped before it started
                 };
-                self.nodes[node] = Some(Node::new(config, now));
+                self.nodes[node] = Some(match &self.keys[node] {
+                    Some(keys) => SimNode::Secure(Box::new(SecureNode::new(config, keys, now))),
+                    None => SimNode::Plain(Node::new(config, now)),
+                });
                 self.nodes[node]
                     .as_mut()
                     .expect("just started")

@@ -86,6 +86,10 @@ pub struct SimArgs {
     /// In zoned routing, one node in this many is a zone head.
     #[arg(long, default_value_t = ZoneConfig::default().head_one_in)]
     zone_heads: u64,
+    /// Run every node behind the real secure layer (Noise handshakes, encryption, replay
+    /// windows), as real nodes run; the report adds its cost to the traffic.
+    #[arg(long)]
+    secure: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -215,6 +219,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         zones: zoned.then_some(ZoneConfig {
             head_one_in: args.zone_heads,
         }),
+        secure: args.secure,
         ..SimConfig::default()
     };
 

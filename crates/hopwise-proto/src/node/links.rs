@@ -159,6 +159,16 @@ impl Node {
         self.send(addr, Message::Link(LinkOp::Open));
     }
 
+    /// Tells every routing link's other end that this node is leaving, so they re-route at once
+    /// instead of after missed probes. The node should not be driven afterwards.
+    pub fn leave(&mut self, now: Instant) {
+        self.advance(now);
+        let ids: Vec<NodeId> = self.routing_links().map(|(id, _)| *id).collect();
+        for id in ids {
+            self.close_link(id);
+        }
+    }
+
     fn close_link(&mut self, id: NodeId) {
         if let Some(link) = self.links.swap_remove(&id) {
             if link.is_routing() {

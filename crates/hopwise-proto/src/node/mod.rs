@@ -203,6 +203,16 @@ pub enum Event {
         ping_hops: u8,
         pong_hops: u8,
     },
+    /// The answer to [`Node::trace`]: the round trip and every node that forwarded the trace,
+    /// with its measured RTT to the next hop. The first `outbound_hops` entries are the way
+    /// out, starting with this node; the rest are the way back, starting with the destination.
+    TraceReply {
+        destination: NodeId,
+        token: u64,
+        rtt_ms: f64,
+        outbound_hops: u8,
+        path: Vec<crate::wire::TraceHop>,
+    },
     /// A payload sent with [`Node::send_data`] reached this node.
     Delivered {
         source: NodeId,
@@ -844,6 +854,27 @@ impl Node {
             gossip,
         };
         self.send(addr, Message::ProbeRequest(probe));
+    }
+
+    /// The driver holds a probe request back for up to `hold` (the secure layer does while a
+    /// handshake runs): it must not time out meanwhile. [`Node::retime_probe`] follows when it
+    /// leaves.
+    pub fn hold_probe(&mut self, seq: u32, hold: Duration) {
+        if let Some(pending) = self.pending.get_mut(&seq) {
+            pending.deadline += hold;
+        }
+    }
+
+    /// A probe request the driver held back leaves now: its round trip and its timeout count
+    /// from now. Returns the timestamp the request must carry, or `None` if the probe is no
+    /// longer awaited.
+    pub fn retime_probe(&mut self, now: Instant, seq: u32) -> Option<u64> {
+        self.advance(now);
+        let pending = self.pending.get_mut(&seq)?;
+        let timeout = pending.deadline - pending.sent_at;
+        pending.sent_at = self.now;
+        pending.deadline = self.now + timeout;
+        Some(self.now.as_micros() as u64)
     }
 
     fn expire_probes(&mut self) {

@@ -8,6 +8,7 @@ use super::{Event, Node, Output};
 use crate::routing::{Metric, SeqnoWanted};
 use crate::wire::{
     Data, DataBody, MAX_PAYLOAD, MAX_ROUTE_ENTRIES, Message, RouteEntry, RouteUpdate, SeqnoRequest,
+    Trace,
 };
 use crate::{Duration, Instant, NodeId};
 
@@ -60,6 +61,19 @@ impl Node {
         self.originate(destination, DataBody::Ping { token, sent_us });
     }
 
+    /// Sends a trace: a ping that records every hop; the answer arrives as
+    /// [`Event::TraceReply`].
+    pub fn trace(&mut self, now: Instant, destination: NodeId, token: u64) {
+        self.advance(now);
+        let trace = Trace {
+            token,
+            sent_us: self.now.as_micros() as u64,
+            outbound: None,
+            path: Vec::new(),
+        };
+        self.originate(destination, DataBody::Trace(trace));
+    }
+
     /// Sends `payload` through the overlay; it arrives as [`Event::Delivered`]. A payload must
     /// fit one datagram ([`MAX_PAYLOAD`] bytes).
     pub fn send_data(
@@ -94,6 +108,13 @@ impl Node {
 
     pub fn zoning(&self) -> Option<&crate::routing::ZoneConfig> {
         self.routes.zoning()
+    }
+
+    /// Every destination with a route in the table, and where a packet for it goes now.
+    pub fn routes(&self) -> impl Iterator<Item = (NodeId, RouteInfo)> + '_ {
+        self.routes
+            .routes()
+            .filter_map(|(destination, _)| Some((*destination, self.route(destination)?)))
     }
 
     /// Destinations with a route in the table (on-demand sessions not included).
@@ -156,14 +177,9 @@ impl Node {
                 sent_us,
                 ping_hops,
             } => {
-                // The timestamp is ours only if the pong is genuine: one from the future (or out
-                // of range) cannot be, and must not turn into a negative or absurd round trip.
-                let sent = i64::try_from(sent_us).map(Instant::from_micros);
-                let Some(sent) = sent.ok().filter(|sent| *sent <= self.now) else {
-                    self.stats.dropped_unexpected += 1;
+                let Some(rtt_ms) = self.round_trip_since(sent_us) else {
                     return;
                 };
-                let rtt_ms = (self.now - sent).as_millis_f64();
                 self.outputs.push_back(Output::Event(Event::PingReply {
                     destination: data.source,
                     token,
@@ -179,10 +195,46 @@ impl Node {
                     payload,
                 }));
             }
+            DataBody::Trace(trace) => self.on_trace(data.source, data.hops, trace),
             DataBody::Register { .. } | DataBody::Lookup { .. } | DataBody::LookupReply { .. } => {
                 self.deliver_directory(data);
             }
         }
+    }
+
+    /// A trace reaching its destination goes back with its path so far; one coming back ends
+    /// in an event.
+    fn on_trace(&mut self, source: NodeId, hops: u8, trace: Trace) {
+        let Some(outbound) = trace.outbound else {
+            let back = Trace {
+                outbound: Some(hops),
+                ..trace
+            };
+            self.originate(source, DataBody::Trace(back));
+            return;
+        };
+        let Some(rtt_ms) = self.round_trip_since(trace.sent_us) else {
+            return;
+        };
+        self.outputs.push_back(Output::Event(Event::TraceReply {
+            destination: source,
+            token: trace.token,
+            rtt_ms,
+            outbound_hops: outbound,
+            path: trace.path,
+        }));
+    }
+
+    /// The round trip since an origin timestamp carried by a reply. The timestamp is ours only
+    /// if the reply is genuine: one from the future (or out of range) cannot be, and must not
+    /// turn into a negative or absurd round trip; it is counted and dropped.
+    fn round_trip_since(&mut self, sent_us: u64) -> Option<f64> {
+        let sent = i64::try_from(sent_us).map(Instant::from_micros);
+        let Some(sent) = sent.ok().filter(|sent| *sent <= self.now) else {
+            self.stats.dropped_unexpected += 1;
+            return None;
+        };
+        Some((self.now - sent).as_millis_f64())
     }
 
     /// Where a packet goes next: towards its destination if a route or a measured direct link
@@ -234,6 +286,10 @@ impl Node {
             self.ensure_session(next_hop);
         }
         self.mark_traffic(next_hop);
+        let mut data = data;
+        if let DataBody::Trace(trace) = &mut data.body {
+            trace.record(self.config.id, self.hop_rtt_ms(&next_hop).unwrap_or(0.0));
+        }
         let message = Message::Data(Data {
             hops: data.hops.saturating_add(1),
             ..data
@@ -498,6 +554,14 @@ impl Node {
 
     /// Address of the next hop `via`: a routing link or session, else a coordinate neighbour, else
     /// a routing link closed moments ago (for the routes lost with it).
+    /// The measured round trip to a node this one forwards to.
+    fn hop_rtt_ms(&self, via: &NodeId) -> Option<f64> {
+        self.links
+            .get(via)
+            .and_then(RoutingLink::rtt_ms)
+            .or_else(|| self.neighbours.get(via).map(|n| n.link.recent_rtt_ms()))
+    }
+
     fn hop_addr(&self, via: &NodeId) -> Option<SocketAddr> {
         self.links
             .get(via)

@@ -275,7 +275,10 @@ impl Node {
                 self.originate(data.source, DataBody::LookupReply { target, zone });
             }
             DataBody::LookupReply { target, zone } => self.on_lookup_reply(target, zone),
-            DataBody::Ping { .. } | DataBody::Pong { .. } | DataBody::Payload(_) => {}
+            DataBody::Ping { .. }
+            | DataBody::Pong { .. }
+            | DataBody::Payload(_)
+            | DataBody::Trace(_) => {}
         }
     }
 

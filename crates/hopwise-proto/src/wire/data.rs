@@ -17,7 +17,14 @@
 //! register body: the source's zone head (8 bytes)
 //! lookup body: the NodeId whose zone is wanted (8 bytes)
 //! lookup reply body: that NodeId, its zone head (8 bytes each; zeros: not registered)
+//! trace body: token (64 bits), origin timestamp µs (64 bits), hops on the way out (8 bits;
+//!     0xff while still on the way out), hop count (8 bits), then per hop: the NodeId that
+//!     forwarded it and its measured RTT to the next hop in µs (32 bits)
 //! ```
+//!
+//! A trace is a ping that records its path: every node that forwards it appends itself, so the
+//! origin learns each hop and its latency (`hopwise ping` and `hopwise trace`). A full trace
+//! stops recording but still travels.
 //!
 //! Zones matter in zoned routing only (see `routing::zones`): a node keeps exact routes within
 //! its zone, and reaches any other node through the head of that node's zone.
@@ -41,6 +48,12 @@ const BODY_PAYLOAD: u8 = 3;
 const BODY_REGISTER: u8 = 4;
 const BODY_LOOKUP: u8 = 5;
 const BODY_LOOKUP_REPLY: u8 = 6;
+const BODY_TRACE: u8 = 7;
+/// `Trace::outbound` while the trace has not reached its destination.
+const TRACE_OUTBOUND: u8 = 0xff;
+/// Hops a trace records, both ways together.
+pub const MAX_TRACE_HOPS: usize = 32;
+const TRACE_HOP_LEN: usize = NodeId::LEN + 4;
 /// Set in the body-kind byte when the zones follow.
 const ZONES_PRESENT: u8 = 0x80;
 /// The wire form of "no zone known". No node has the all-zero id (ids are hashes of keys).
@@ -83,6 +96,73 @@ pub enum DataBody {
         target: NodeId,
         zone: Option<NodeId>,
     },
+    Trace(Trace),
+}
+
+/// A ping that records every node that forwarded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    pub token: u64,
+    pub sent_us: u64,
+    /// Hops recorded on the way out, once the destination has answered; `None` on the way out.
+    pub outbound: Option<u8>,
+    pub path: Vec<TraceHop>,
+}
+
+/// One forwarding node of a trace and the round trip it measured to the next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceHop {
+    pub node: NodeId,
+    pub rtt_us: u32,
+}
+
+impl Trace {
+    /// Appends a hop unless the trace is full.
+    pub fn record(&mut self, node: NodeId, rtt_ms: f64) {
+        if self.path.len() < MAX_TRACE_HOPS {
+            let rtt_us = (rtt_ms * 1000.0).clamp(0.0, f64::from(u32::MAX)) as u32;
+            self.path.push(TraceHop { node, rtt_us });
+        }
+    }
+
+    fn parse(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let token = reader.u64()?;
+        let sent_us = reader.u64()?;
+        let outbound = Some(reader.u8()?).filter(|n| *n != TRACE_OUTBOUND);
+        let count = usize::from(reader.u8()?);
+        if count > MAX_TRACE_HOPS {
+            return Err(DecodeError::TooManyEntries(count));
+        }
+        let path = (0..count)
+            .map(|_| {
+                Ok(TraceHop {
+                    node: NodeId::from_bytes(reader.bytes()?),
+                    rtt_us: reader.u32()?,
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        Ok(Self {
+            token,
+            sent_us,
+            outbound,
+            path,
+        })
+    }
+
+    fn buffer_len(&self) -> usize {
+        18 + self.path.len() * TRACE_HOP_LEN
+    }
+
+    fn emit(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.token.to_be_bytes());
+        out.extend_from_slice(&self.sent_us.to_be_bytes());
+        out.push(self.outbound.unwrap_or(TRACE_OUTBOUND));
+        out.push(self.path.len() as u8);
+        for hop in &self.path {
+            out.extend_from_slice(hop.node.as_bytes());
+            out.extend_from_slice(&hop.rtt_us.to_be_bytes());
+        }
+    }
 }
 
 impl DataBody {
@@ -138,6 +218,7 @@ impl Data {
                 target: NodeId::from_bytes(reader.bytes()?),
                 zone: zone_from_wire(NodeId::from_bytes(reader.bytes()?)),
             },
+            BODY_TRACE => DataBody::Trace(Trace::parse(reader)?),
             other => return Err(DecodeError::UnknownOp(other)),
         };
         Ok(Self {
@@ -165,6 +246,7 @@ impl Data {
                 DataBody::Payload(bytes) => 2 + bytes.len(),
                 DataBody::Register { .. } | DataBody::Lookup { .. } => NodeId::LEN,
                 DataBody::LookupReply { .. } => 2 * NodeId::LEN,
+                DataBody::Trace(trace) => trace.buffer_len(),
             }
     }
 
@@ -180,6 +262,7 @@ impl Data {
             DataBody::Register { .. } => BODY_REGISTER,
             DataBody::Lookup { .. } => BODY_LOOKUP,
             DataBody::LookupReply { .. } => BODY_LOOKUP_REPLY,
+            DataBody::Trace(_) => BODY_TRACE,
         };
         if self.has_zones() {
             out.push(kind | ZONES_PRESENT);
@@ -213,6 +296,7 @@ impl Data {
                 out.extend_from_slice(target.as_bytes());
                 out.extend_from_slice(zone.unwrap_or(NO_ZONE).as_bytes());
             }
+            DataBody::Trace(trace) => trace.emit(out),
         }
     }
 }

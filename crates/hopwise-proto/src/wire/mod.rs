@@ -25,7 +25,7 @@ pub mod route;
 use std::fmt;
 
 use crate::NodeId;
-pub use data::{Data, DataBody, INITIAL_TTL, MAX_PAYLOAD};
+pub use data::{Data, DataBody, INITIAL_TTL, MAX_PAYLOAD, MAX_TRACE_HOPS, Trace, TraceHop};
 pub use probe::{GossipEntry, MAX_GOSSIP, Probe, WireCoord};
 pub use route::{LinkOp, MAX_ROUTE_ENTRIES, RouteEntry, RouteUpdate, SeqnoRequest};
 
@@ -36,7 +36,7 @@ pub const HEADER_LEN: usize = 4 + NodeId::LEN;
 /// The largest datagram the core emits or accepts.
 pub const MAX_DATAGRAM: usize = 1200;
 
-const KIND_PROBE_REQUEST: u8 = 1;
+pub const KIND_PROBE_REQUEST: u8 = 1;
 const KIND_PROBE_REPLY: u8 = 2;
 const KIND_ROUTE_UPDATE: u8 = 3;
 const KIND_LINK: u8 = 4;
@@ -108,6 +108,14 @@ pub enum Message {
 /// Cheap first-byte classification: could this datagram be a hopwise packet at all?
 pub fn accepts(datagram: &[u8]) -> bool {
     datagram.first() == Some(&MAGIC)
+}
+
+/// The message kind of a datagram that looks like a hopwise packet, without parsing it.
+pub fn kind_of(datagram: &[u8]) -> Option<u8> {
+    match datagram {
+        [MAGIC, VERSION, kind, ..] => Some(*kind),
+        _ => None,
+    }
 }
 
 impl Packet {

@@ -1,0 +1,64 @@
+//! Noise primitives with injected randomness: the protocol core never reads the operating
+//! system's generator, so a simulation with a seed runs the real cryptography reproducibly.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use snow::params::{CipherChoice, DHChoice, HashChoice};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
+
+use super::NOISE_PARAMS;
+
+/// snow's primitives, with randomness from a generator seeded by the node.
+struct SeededResolver {
+    seed: [u8; 32],
+}
+
+struct SeededRandom(ChaCha20Rng);
+
+impl Random for SeededRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        self.0.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl CryptoResolver for SeededResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        Some(Box::new(SeededRandom(ChaCha20Rng::from_seed(self.seed))))
+    }
+
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+
+    fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
+}
+
+/// A handshake builder whose randomness comes from `rng`.
+pub(super) fn builder<'a>(rng: &mut impl Rng) -> snow::Builder<'a> {
+    let mut seed = [0; 32];
+    rng.fill_bytes(&mut seed);
+    let params = NOISE_PARAMS.parse().expect("the pattern is valid");
+    snow::Builder::with_resolver(params, Box::new(SeededResolver { seed }))
+}
+
+/// A static key pair drawn from `rng` (simulations and tests; real nodes load theirs from a
+/// key file).
+pub fn generate_keypair(rng: &mut impl Rng) -> ([u8; 32], [u8; 32]) {
+    let keypair = builder(rng)
+        .generate_keypair()
+        .expect("key generation with a working generator");
+    let private = keypair
+        .private
+        .try_into()
+        .expect("X25519 keys are 32 bytes");
+    let public = keypair.public.try_into().expect("X25519 keys are 32 bytes");
+    (private, public)
+}

@@ -1,0 +1,174 @@
+//! Encrypted, authenticated links between members of one network.
+//!
+//! [`SecureNode`] wraps a [`Node`] with the same driving contract (`handle_input`,
+//! `poll_output`, `poll_timeout`). Every datagram the node sends is sealed for its
+//! destination's Noise session, and every datagram received must open under a session before
+//! the node sees it. A session's peer is known by its static key, so the node id in each packet
+//! it carries must be that key's id: nobody can speak for another node on a link.
+//!
+//! Randomness comes from the node's seed, so simulations run the real handshakes and ciphers
+//! deterministically.
+
+mod channels;
+pub mod crypto;
+mod limit;
+mod replay;
+
+pub use channels::{HANDSHAKE_TIMEOUT, MAX_SECURE_DATAGRAM, OVERHEAD, SecureStats};
+
+use channels::Sealed;
+pub use replay::ReplayWindow;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::node::{Config, Input, Node, Output};
+use crate::wire::{self, HEADER_LEN, Message, Packet};
+use crate::{Instant, NodeId};
+
+/// The Noise pattern of every link. Both ends prove their static key (XX), and the network key
+/// is mixed in from the first message (psk0), so a hello from a stranger without it fails its
+/// first tag check before any Diffie-Hellman work.
+pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
+
+/// A node's static key pair and the network key all members share.
+#[derive(Clone)]
+pub struct Keys {
+    pub private_key: [u8; 32],
+    pub public_key: [u8; 32],
+    pub network_key: [u8; 32],
+}
+
+pub struct SecureNode {
+    node: Node,
+    channels: channels::Channels,
+    now: Instant,
+}
+
+impl SecureNode {
+    /// The node's id is the id of its public key; `config.id` is replaced by it.
+    pub fn new(mut config: Config, keys: &Keys, now: Instant) -> Self {
+        config.id = NodeId::from_public_key(&keys.public_key);
+        // A generator of its own, so that the node's choices do not depend on handshakes.
+        let rng = ChaCha8Rng::seed_from_u64(config.rng_seed ^ 0x5EC0_5EC0_5EC0_5EC0);
+        let hash_key = crate::keyed::hash_key(config.rng_seed.rotate_left(17));
+        let channels =
+            channels::Channels::new(keys.private_key, keys.network_key, rng, hash_key, now);
+        Self {
+            node: Node::new(config, now),
+            channels,
+            now,
+        }
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// For the node's own API (`ping`, `trace`, `send_data`, `leave`); its output is sealed on
+    /// the way out like any other.
+    pub fn node_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+
+    pub fn secure_stats(&self) -> &SecureStats {
+        self.channels.stats()
+    }
+
+    pub fn handle_input(&mut self, input: Input<'_>) {
+        match input {
+            Input::Datagram { now, from, data } => {
+                self.now = self.now.max(now);
+                let opened = self.channels.open(now, from, data);
+                self.flush_established();
+                let Some(opened) = opened else {
+                    self.node.handle_input(Input::Timeout(now));
+                    return;
+                };
+                if claimed_sender(&opened.packet) != Some(opened.sender) {
+                    self.channels.count_wrong_sender();
+                    self.node.handle_input(Input::Timeout(now));
+                    return;
+                }
+                self.node.handle_input(Input::Datagram {
+                    now,
+                    from,
+                    data: &opened.packet,
+                });
+            }
+            Input::Timeout(now) => {
+                self.now = self.now.max(now);
+                self.channels.on_timeout(now);
+                self.node.handle_input(input);
+            }
+        }
+    }
+
+    /// Packets that waited for a handshake go out now. A probe request is re-timed first: its
+    /// round trip must not include the handshake.
+    fn flush_established(&mut self) {
+        for (peer, queued) in self.channels.take_established() {
+            for packet in queued {
+                if let Some(packet) = self.retimed(packet) {
+                    self.channels.seal(self.now, peer, packet);
+                }
+            }
+        }
+    }
+
+    fn retimed(&mut self, packet: Vec<u8>) -> Option<Vec<u8>> {
+        if wire::kind_of(&packet) != Some(wire::KIND_PROBE_REQUEST) {
+            return Some(packet);
+        }
+        let mut parsed = Packet::parse(&packet).ok()?;
+        let Message::ProbeRequest(probe) = &mut parsed.message else {
+            return None;
+        };
+        probe.timestamp_us = self.node.retime_probe(self.now, probe.seq)?;
+        Some(parsed.to_bytes())
+    }
+
+    pub fn poll_output(&mut self) -> Output {
+        loop {
+            if let Some(transmit) = self.channels.poll_transmit() {
+                return Output::Transmit(transmit);
+            }
+            match self.node.poll_output() {
+                Output::Transmit(transmit) => {
+                    let probe_seq = probe_request_seq(&transmit.contents);
+                    let sealed =
+                        self.channels
+                            .seal(self.now, transmit.destination, transmit.contents);
+                    if let (Sealed::Held, Some(seq)) = (sealed, probe_seq) {
+                        self.node.hold_probe(seq, HANDSHAKE_TIMEOUT);
+                    }
+                }
+                Output::Event(event) => return Output::Event(event),
+                Output::Timeout(at) => {
+                    let secure = self.channels.next_timeout().unwrap_or(Instant::MAX);
+                    return Output::Timeout(at.min(secure));
+                }
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Instant {
+        let secure = self.channels.next_timeout().unwrap_or(Instant::MAX);
+        self.node.poll_timeout().min(secure)
+    }
+}
+
+/// The sequence number of a probe request, read without parsing the rest.
+fn probe_request_seq(packet: &[u8]) -> Option<u32> {
+    if wire::kind_of(packet) != Some(wire::KIND_PROBE_REQUEST) {
+        return None;
+    }
+    let seq = packet.get(HEADER_LEN..HEADER_LEN + 4)?;
+    Some(u32::from_be_bytes(seq.try_into().ok()?))
+}
+
+/// The sender id in a hopwise packet's header, read without parsing the rest.
+fn claimed_sender(packet: &[u8]) -> Option<NodeId> {
+    let id = packet.get(4..HEADER_LEN)?;
+    Some(NodeId::from_bytes(id.try_into().ok()?))
+}

@@ -1,0 +1,63 @@
+//! The control API: newline-delimited JSON over TCP (by default on 127.0.0.1:4001).
+//!
+//! Every request is one JSON object with an `action`; every answer is one JSON object with a
+//! `type`. The four netloc actions (`get_location`, `get_node_info`, `get_recent_nodes`,
+//! `get_full_map`) answer in netloc's shapes, with coordinates in seconds as netloc has them;
+//! hopwise adds `status`, `peers`, `routes`, `ping` and `trace`, which the CLI uses. A request
+//! that cannot be parsed or served gets `{"type": "error", "error": "..."}` and the connection
+//! stays open.
+
+mod server;
+mod views;
+
+pub use server::{ApiContext, serve};
+pub use views::*;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Request {
+    GetLocation,
+    GetNodeInfo {
+        node_addr: String,
+    },
+    GetRecentNodes {
+        #[serde(default)]
+        max_nodes: Option<usize>,
+    },
+    GetFullMap,
+    Status,
+    Peers,
+    Routes,
+    /// A round trip through the overlay to `node` (a full id, or a prefix of a known one).
+    Ping {
+        node: String,
+    },
+    /// Like `ping`, with every hop and its latency.
+    Trace {
+        node: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Location { loc: Location },
+    NodeInfo { info: NodeInfo },
+    RecentNodes { nodes: Vec<MapNode> },
+    FullMap { nodes: Vec<MapNode> },
+    Status(Box<Status>),
+    Peers { peers: Vec<Peer> },
+    Routes { routes: Vec<Route> },
+    Trace(TraceReport),
+    Error { error: String },
+}
+
+impl Response {
+    pub fn error(message: impl Into<String>) -> Self {
+        Self::Error {
+            error: message.into(),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The control API's TCP server: one task per connection, one JSON line per request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hopwise_proto::Node;
+use hopwise_proto::secure::SecureNode;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::debug;
+
+use super::views::{self, Location, MapNode, NodeInfo, Status, TraceReport, WallClock};
+use super::{Request, Response};
+use crate::runner::{Clock, ControlRequest};
+
+/// Longest request line accepted; longer ones are answered with an error and skipped.
+const MAX_LINE: usize = 64 * 1024;
+/// Connections served at once; more wait for a free slot.
+const MAX_CONNECTIONS: usize = 64;
+/// `get_recent_nodes` without `max_nodes`, as in netloc.
+const DEFAULT_RECENT_NODES: usize = 10;
+
+#[derive(Clone)]
+pub struct ApiContext {
+    pub requests: mpsc::Sender<ControlRequest>,
+    pub listen: SocketAddr,
+    pub clock: Clock,
+}
+
+pub async fn serve(listener: TcpListener, context: ApiContext) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let context = context.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = serve_connection(stream, &context).await {
+                        debug!(%peer, %error, "control connection ended");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(error) => debug!(%error, "accept failed"),
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, context: &ApiContext) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let Some(line) = read_line(&mut reader).await? else {
+            return Ok(());
+        };
+        let response = match line {
+            Line::TooLong => Response::error(format!("request longer than {MAX_LINE} bytes")),
+            Line::Text(text) if text.trim_ascii().is_empty() => continue,
+            Line::Text(text) => match serde_json::from_slice::<Request>(&text) {
+                Ok(request) => answer(context, request).await,
+                Err(error) => Response::error(format!("bad request: {error}")),
+            },
+        };
+        let mut out = serde_json::to_vec(&response).expect("responses serialize");
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+}
+
+enum Line {
+    Text(Vec<u8>),
+    TooLong,
+}
+
+/// The next line, without reading more than `MAX_LINE` bytes of it into memory; `None` at the
+/// end of the stream.
+async fn read_line(
+    reader: &mut BufReader<impl AsyncRead + Unpin>,
+) -> std::io::Result<Option<Line>> {
+    let mut line = Vec::new();
+    let read = AsyncReadExt::take(&mut *reader, MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.len() <= MAX_LINE || line.ends_with(b"\n") {
+        return Ok(Some(Line::Text(line)));
+    }
+    // Skip the rest of the oversized line.
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            return Ok(Some(Line::TooLong));
+        }
+        match buffer.iter().position(|b| *b == b'\n') {
+            Some(end) => {
+                reader.consume(end + 1);
+                return Ok(Some(Line::TooLong));
+            }
+            None => {
+                let len = buffer.len();
+                reader.consume(len);
+            }
+        }
+    }
+}
+
+/// Runs `inspect` on the runner's task, where the node lives.
+async fn inspect<T: Send + 'static>(
+    context: &ApiContext,
+    inspect: impl FnOnce(&Node) -> T + Send + 'static,
+) -> Result<T, Response> {
+    inspect_secure(context, |secure| inspect(secure.node())).await
+}
+
+/// Like [`inspect`], with the secure layer's counters in view.
+async fn inspect_secure<T: Send + 'static>(
+    context: &ApiContext,
+    inspect: impl FnOnce(&SecureNode) -> T + Send + 'static,
+) -> Result<T, Response> {
+    let (reply, answer) = oneshot::channel();
+    let request = ControlRequest::Inspect(Box::new(move |node| {
+        let _ = reply.send(inspect(node));
+    }));
+    let stopped = || Response::error("the node is shutting down");
+    context
+        .requests
+        .send(request)
+        .await
+        .map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())
+}
+
+async fn answer(context: &ApiContext, request: Request) -> Response {
+    let wall = WallClock {
+        clock: context.clock,
+    };
+    let listen = context.listen;
+    let clock = context.clock;
+    let result = match request {
+        Request::GetLocation => {
+            inspect(context, |node| Response::Location {
+                loc: Location::of_node(node),
+            })
+            .await
+        }
+        Request::GetNodeInfo { node_addr } => match node_addr.parse::<SocketAddr>() {
+            Ok(addr) => {
+                inspect(context, move |node| {
+                    node.known_nodes()
+                        .iter()
+                        .find(|known| known.addr == addr)
+                        .map_or_else(
+                            || Response::error(format!("no known node at {addr}")),
+                            |known| Response::NodeInfo {
+                                info: NodeInfo::new(known, wall),
+                            },
+                        )
+                })
+                .await
+            }
+            Err(error) => Ok(Response::error(format!(
+                "bad node_addr {node_addr:?}: {error}"
+            ))),
+        },
+        Request::GetRecentNodes { max_nodes } => {
+            let max = max_nodes.unwrap_or(DEFAULT_RECENT_NODES);
+            inspect(context, move |node| {
+                let mut known: Vec<_> = node.known_nodes().iter().collect();
+                known.sort_by_key(|k| std::cmp::Reverse(k.heard_at));
+                let nodes = known.into_iter().take(max).map(|k| MapNode::new(k, wall));
+                Response::RecentNodes {
+                    nodes: nodes.collect(),
+                }
+            })
+            .await
+        }
+        Request::GetFullMap => {
+            inspect(context, move |node| Response::FullMap {
+                nodes: node
+                    .known_nodes()
+                    .iter()
+                    .map(|k| MapNode::new(k, wall))
+                    .collect(),
+            })
+            .await
+        }
+        Request::Status => {
+            inspect_secure(context, move |node| {
+                Response::Status(Box::new(Status::new(node, listen, clock)))
+            })
+            .await
+        }
+        Request::Peers => {
+            inspect(context, |node| Response::Peers {
+                peers: views::peers(node),
+            })
+            .await
+        }
+        Request::Routes => {
+            inspect(context, |node| Response::Routes {
+                routes: views::routes(node),
+            })
+            .await
+        }
+        Request::Ping { node } | Request::Trace { node } => trace(context, node).await,
+    };
+    result.unwrap_or_else(|error| error)
+}
+
+async fn trace(context: &ApiContext, target: String) -> Result<Response, Response> {
+    let resolved = inspect(context, move |node| {
+        views::resolve_node(node, &target).map(|id| (node.id(), id))
+    })
+    .await?;
+    let (origin, destination) = resolved.map_err(Response::error)?;
+    let (reply, answer) = oneshot::channel();
+    let request = ControlRequest::Trace { destination, reply };
+    let stopped = || Response::error("the node is shutting down");
+    context
+        .requests
+        .send(request)
+        .await
+        .map_err(|_| stopped())?;
+    match answer.await.map_err(|_| stopped())? {
+        Some(outcome) => Ok(Response::Trace(TraceReport::new(
+            origin,
+            destination,
+            &outcome,
+        ))),
+        None => Err(Response::error(format!(
+            "no answer from {destination} within 3 s"
+        ))),
+    }
+}

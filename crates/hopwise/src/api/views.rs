@@ -1,0 +1,301 @@
+//! What the control API reports, read from a node's state.
+
+use std::net::SocketAddr;
+
+use hopwise_proto::peers::KnownNode;
+use hopwise_proto::secure::SecureNode;
+use hopwise_proto::{Coordinate, LinkKind, Node, NodeId};
+use serde::{Deserialize, Serialize};
+
+use crate::runner::{Clock, TraceOutcome};
+
+/// A coordinate as netloc reports it: seconds, with the error estimate and update count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    pub x1: f64,
+    pub x2: f64,
+    pub height: f64,
+    pub pos_err: f64,
+    pub iteration: u64,
+}
+
+impl Location {
+    fn new(coord: &Coordinate, error: f64, iteration: u64) -> Self {
+        Self {
+            x1: coord.x1 / 1000.0,
+            x2: coord.x2 / 1000.0,
+            height: coord.height / 1000.0,
+            pos_err: error,
+            iteration,
+        }
+    }
+
+    pub fn of_node(node: &Node) -> Self {
+        Self::new(
+            &node.coordinate(),
+            node.coordinate_error(),
+            node.coordinate_updates(),
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddrFlags {
+    pub is_addr_ipv6: bool,
+}
+
+/// A known node in `get_recent_nodes` and `get_full_map`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapNode {
+    pub flags: AddrFlags,
+    pub ip: String,
+    pub port: u16,
+    /// hopwise names a node by its id.
+    pub name: String,
+    pub location: Location,
+    pub id: String,
+    /// Unix time (seconds) when this node last heard of it.
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub ip: String,
+    pub port: u16,
+    pub name: String,
+    pub location: Location,
+    pub updated_at: u64,
+    pub id: String,
+}
+
+/// Converts protocol time to Unix time, for `updated_at`.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    pub clock: Clock,
+}
+
+impl WallClock {
+    fn unix_seconds(&self, at: hopwise_proto::Instant) -> u64 {
+        let age = self.clock.now().saturating_since(at).as_secs_f64();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        (now - age).max(0.0) as u64
+    }
+}
+
+impl MapNode {
+    pub fn new(known: &KnownNode, wall: WallClock) -> Self {
+        Self {
+            flags: AddrFlags {
+                is_addr_ipv6: known.addr.is_ipv6(),
+            },
+            ip: known.addr.ip().to_string(),
+            port: known.addr.port(),
+            name: known.id.short(),
+            location: Location::new(&known.coord, known.error, 0),
+            id: known.id.to_string(),
+            updated_at: wall.unix_seconds(known.heard_at),
+        }
+    }
+}
+
+impl NodeInfo {
+    pub fn new(known: &KnownNode, wall: WallClock) -> Self {
+        let map = MapNode::new(known, wall);
+        Self {
+            ip: map.ip,
+            port: map.port,
+            name: map.name,
+            location: map.location,
+            updated_at: map.updated_at,
+            id: map.id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub id: String,
+    pub listen: SocketAddr,
+    pub uptime_s: f64,
+    pub location: Location,
+    pub known_nodes: usize,
+    pub neighbours: usize,
+    pub routing_links: usize,
+    pub routes: usize,
+    pub datagrams_received: u64,
+    pub bytes_received: u64,
+    /// Datagrams that failed to decode (garbage, truncated or foreign packets).
+    pub dropped_malformed: u64,
+    /// Well-formed datagrams that made no sense here.
+    pub dropped_unexpected: u64,
+    pub dropped_no_route: u64,
+    pub dropped_ttl_expired: u64,
+    /// Datagrams the secure layer dropped before the node saw them: not from a member,
+    /// forged, replayed, or speaking for another node.
+    pub dropped_insecure: u64,
+    pub handshakes_completed: u64,
+    pub handshakes_failed: u64,
+    pub handshakes_refused: u64,
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    pub data_relayed: u64,
+    pub data_delivered: u64,
+}
+
+impl Status {
+    pub fn new(secure: &SecureNode, listen: SocketAddr, clock: Clock) -> Self {
+        let node = secure.node();
+        let secure = secure.secure_stats();
+        let stats = node.stats();
+        let sent = stats.sent.total();
+        Self {
+            id: node.id().to_string(),
+            listen,
+            uptime_s: clock
+                .now()
+                .saturating_since(hopwise_proto::Instant::ZERO)
+                .as_secs_f64(),
+            location: Location::of_node(node),
+            known_nodes: node.known_nodes().len(),
+            neighbours: node.neighbours().count(),
+            routing_links: node.routing_links().count(),
+            routes: node.route_count(),
+            datagrams_received: stats.datagrams_received,
+            bytes_received: stats.bytes_received,
+            dropped_malformed: stats.dropped_malformed,
+            dropped_unexpected: stats.dropped_unexpected,
+            dropped_no_route: stats.dropped_no_route,
+            dropped_ttl_expired: stats.dropped_ttl_expired,
+            dropped_insecure: secure.dropped(),
+            handshakes_completed: secure.handshakes_completed,
+            handshakes_failed: secure.handshakes_failed,
+            handshakes_refused: secure.handshakes_refused,
+            datagrams_sent: sent.datagrams,
+            bytes_sent: sent.bytes,
+            data_relayed: stats.data_relayed,
+            data_delivered: stats.data_delivered,
+        }
+    }
+}
+
+/// A node this one exchanges packets with regularly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    pub id: String,
+    pub addr: SocketAddr,
+    /// `near`, `relay`, `inbound`, `zone` (routing links), `session` (a direct path carrying
+    /// traffic) or `neighbour` (measured for coordinates only).
+    pub kind: String,
+    pub rtt_ms: Option<f64>,
+}
+
+pub fn peers(node: &Node) -> Vec<Peer> {
+    let links = node.routing_links().map(|(id, link)| Peer {
+        id: id.to_string(),
+        addr: link.addr,
+        kind: match link.kind {
+            LinkKind::Near => "near",
+            LinkKind::Relay => "relay",
+            LinkKind::Inbound => "inbound",
+            LinkKind::Zone => "zone",
+            LinkKind::Session => "session",
+        }
+        .to_string(),
+        rtt_ms: link.rtt_ms(),
+    });
+    let neighbours = node
+        .neighbours()
+        .filter(|(id, _)| node.routing_links().all(|(link, _)| link != *id))
+        .map(|(id, n)| Peer {
+            id: id.to_string(),
+            addr: n.addr,
+            kind: "neighbour".to_string(),
+            rtt_ms: Some(n.link.recent_rtt_ms()),
+        });
+    links.chain(neighbours).collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub destination: String,
+    pub next_hop: String,
+    pub next_hop_addr: SocketAddr,
+    pub metric_ms: f64,
+    pub direct: bool,
+}
+
+pub fn routes(node: &Node) -> Vec<Route> {
+    node.routes()
+        .map(|(destination, route)| Route {
+            destination: destination.to_string(),
+            next_hop: route.next_hop.to_string(),
+            next_hop_addr: route.next_hop_addr,
+            metric_ms: route.metric_ms,
+            direct: route.direct,
+        })
+        .collect()
+}
+
+/// The answer to `ping` and `trace`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceReport {
+    pub destination: String,
+    pub rtt_ms: f64,
+    /// Every node the packet crossed on the way out (this node first, the destination last),
+    /// with the RTT each forwarding node measured to the next.
+    pub outbound: Vec<TraceStep>,
+    /// The same for the way back (the destination first, this node last).
+    pub inbound: Vec<TraceStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceStep {
+    pub node: String,
+    /// The RTT to the next node; `None` for the last node of a direction.
+    pub rtt_ms: Option<f64>,
+}
+
+impl TraceReport {
+    pub fn new(origin: NodeId, destination: NodeId, outcome: &TraceOutcome) -> Self {
+        let split = usize::from(outcome.outbound_hops).min(outcome.path.len());
+        let (out, back) = outcome.path.split_at(split);
+        let direction = |hops: &[hopwise_proto::wire::TraceHop], end: NodeId| {
+            hops.iter()
+                .map(|hop| TraceStep {
+                    node: hop.node.to_string(),
+                    rtt_ms: Some(f64::from(hop.rtt_us) / 1000.0),
+                })
+                .chain(std::iter::once(TraceStep {
+                    node: end.to_string(),
+                    rtt_ms: None,
+                }))
+                .collect()
+        };
+        Self {
+            destination: destination.to_string(),
+            rtt_ms: outcome.rtt_ms,
+            outbound: direction(out, destination),
+            inbound: direction(back, origin),
+        }
+    }
+}
+
+/// Resolves a node named on the command line: a full id, or a unique prefix of a known id.
+pub fn resolve_node(node: &Node, text: &str) -> Result<NodeId, String> {
+    if let Some(id) = NodeId::from_hex(text) {
+        return Ok(id);
+    }
+    let text = text.to_ascii_lowercase();
+    let mut matches = node
+        .known_nodes()
+        .iter()
+        .map(|known| known.id)
+        .filter(|id| id.to_string().starts_with(&text));
+    match (matches.next(), matches.next()) {
+        (Some(id), None) if !text.is_empty() => Ok(id),
+        (Some(_), Some(_)) => Err(format!("{text} matches several nodes")),
+        _ => Err(format!("no known node matches {text}")),
+    }
+}

@@ -1,0 +1,234 @@
+//! Client subcommands (`hopwise status`, `peers`, `routes`, `coords`, `ping`, `trace`): one
+//! request to a local node's control API, printed for people (or as JSON with `--json`).
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::api::{Request, Response, TraceReport};
+
+#[derive(Args)]
+pub struct ClientArgs {
+    /// The node's control API.
+    #[arg(long, default_value = "127.0.0.1:4001")]
+    pub api: SocketAddr,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct TargetArgs {
+    /// Node id (or a unique prefix of a known one).
+    pub node: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// The node's id, address, coordinate, counters and drops.
+    Status(ClientArgs),
+    /// Routing links and measured neighbours.
+    Peers(ClientArgs),
+    /// Every destination's next hop and expected round trip.
+    Routes(ClientArgs),
+    /// This node's coordinate and every known node's.
+    Coords(ClientArgs),
+    /// Round trip to a node through the overlay, with the path taken.
+    Ping(TargetArgs),
+    /// Every hop to a node and back, with its latency.
+    Trace(TargetArgs),
+}
+
+pub fn run(command: ClientCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (request, args) = match &command {
+        ClientCommand::Status(args) => (Request::Status, args),
+        ClientCommand::Peers(args) => (Request::Peers, args),
+        ClientCommand::Routes(args) => (Request::Routes, args),
+        ClientCommand::Coords(args) => (Request::GetFullMap, args),
+        ClientCommand::Ping(target) => (
+            Request::Ping {
+                node: target.node.clone(),
+            },
+            &target.client,
+        ),
+        ClientCommand::Trace(target) => (
+            Request::Trace {
+                node: target.node.clone(),
+            },
+            &target.client,
+        ),
+    };
+    let response = runtime.block_on(call(args.api, &request))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+        return Ok(());
+    }
+    if let ClientCommand::Coords(_) = command {
+        let own = runtime.block_on(call(args.api, &Request::GetLocation))?;
+        print_response(&own, false);
+    }
+    print_response(&response, matches!(command, ClientCommand::Trace(_)));
+    if let Response::Error { .. } = response {
+        bail!("the node refused the request");
+    }
+    Ok(())
+}
+
+/// Sends one request and reads its answer.
+pub async fn call(api: SocketAddr, request: &Request) -> anyhow::Result<Response> {
+    let stream = TcpStream::connect(api)
+        .await
+        .with_context(|| format!("connecting to the node's API at {api} (is the node running?)"))?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(read).read_line(&mut answer).await?;
+    serde_json::from_str(&answer).with_context(|| format!("reading the answer {answer:?}"))
+}
+
+fn print_response(response: &Response, hop_by_hop: bool) {
+    match response {
+        Response::Status(status) => {
+            println!("id          {}", status.id);
+            println!("listen      {}", status.listen);
+            println!("uptime      {:.0} s", status.uptime_s);
+            let loc = &status.location;
+            println!(
+                "coordinate  ({:.1}, {:.1}) ms + height {:.1} ms, error {:.2}",
+                loc.x1 * 1000.0,
+                loc.x2 * 1000.0,
+                loc.height * 1000.0,
+                loc.pos_err
+            );
+            println!(
+                "known {} · neighbours {} · routing links {} · routes {}",
+                status.known_nodes, status.neighbours, status.routing_links, status.routes
+            );
+            println!(
+                "received {} datagrams ({} bytes) · sent {} ({} bytes)",
+                status.datagrams_received,
+                status.bytes_received,
+                status.datagrams_sent,
+                status.bytes_sent
+            );
+            println!(
+                "dropped: insecure {} · malformed {} · unexpected {} · no route {} · ttl expired {}",
+                status.dropped_insecure,
+                status.dropped_malformed,
+                status.dropped_unexpected,
+                status.dropped_no_route,
+                status.dropped_ttl_expired
+            );
+            println!(
+                "handshakes: completed {} · failed {} · refused {}",
+                status.handshakes_completed, status.handshakes_failed, status.handshakes_refused
+            );
+            println!(
+                "data: relayed {} · delivered {}",
+                status.data_relayed, status.data_delivered
+            );
+        }
+        Response::Peers { peers } => {
+            println!(
+                "{:<16}  {:<22}  {:<9}  {:>9}",
+                "id", "address", "kind", "rtt ms"
+            );
+            for peer in peers {
+                let rtt = peer.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1}"));
+                println!(
+                    "{:<16}  {:<22}  {:<9}  {rtt:>9}",
+                    peer.id, peer.addr, peer.kind
+                );
+            }
+        }
+        Response::Routes { routes } => {
+            println!(
+                "{:<16}  {:<16}  {:>9}  direct",
+                "destination", "next hop", "rtt ms"
+            );
+            for route in routes {
+                println!(
+                    "{:<16}  {:<16}  {:>9.1}  {}",
+                    route.destination,
+                    route.next_hop,
+                    route.metric_ms,
+                    if route.direct { "yes" } else { "" }
+                );
+            }
+        }
+        Response::Location { loc } => println!(
+            "this node   ({:.1}, {:.1}) ms + height {:.1} ms, error {:.2}",
+            loc.x1 * 1000.0,
+            loc.x2 * 1000.0,
+            loc.height * 1000.0,
+            loc.pos_err
+        ),
+        Response::FullMap { nodes } | Response::RecentNodes { nodes } => {
+            for node in nodes {
+                let loc = &node.location;
+                println!(
+                    "{}  ({:.1}, {:.1}) ms + height {:.1} ms, error {:.2}  {}:{}",
+                    node.id,
+                    loc.x1 * 1000.0,
+                    loc.x2 * 1000.0,
+                    loc.height * 1000.0,
+                    loc.pos_err,
+                    node.ip,
+                    node.port
+                );
+            }
+        }
+        Response::NodeInfo { info } => println!("{} at {}:{}", info.id, info.ip, info.port),
+        Response::Trace(report) => print_trace(report, hop_by_hop),
+        Response::Error { error } => eprintln!("error: {error}"),
+    }
+}
+
+fn print_trace(report: &TraceReport, hop_by_hop: bool) {
+    let path = |steps: &[crate::api::TraceStep]| {
+        steps
+            .iter()
+            .map(|s| short(&s.node))
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    };
+    println!(
+        "{} ms to {} (out {} hops, back {} hops)",
+        format_args!("{:.1}", report.rtt_ms),
+        report.destination,
+        report.outbound.len().saturating_sub(1),
+        report.inbound.len().saturating_sub(1)
+    );
+    if !hop_by_hop {
+        println!("path out:  {}", path(&report.outbound));
+        println!("path back: {}", path(&report.inbound));
+        return;
+    }
+    for (label, steps) in [("out", &report.outbound), ("back", &report.inbound)] {
+        println!("{label}:");
+        for pair in steps.windows(2) {
+            let rtt = pair[0]
+                .rtt_ms
+                .map_or("-".into(), |ms| format!("{ms:.1} ms"));
+            println!(
+                "  {} -> {}  {rtt}",
+                short(&pair[0].node),
+                short(&pair[1].node)
+            );
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}

@@ -1,0 +1,164 @@
+//! `hopwise node`: run a node on a real UDP socket, with its control API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hopwise_proto::Config;
+use hopwise_proto::secure::{Keys, SecureNode};
+use serde::Deserialize;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::api::{self, ApiContext};
+use crate::keys::{NodeKey, load_network_key};
+use crate::runner::{Clock, Runner, Testbed, load_delays};
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
+const DEFAULT_API: &str = "127.0.0.1:4001";
+
+/// Every option can also be set in the TOML file given with `--config`, under the same name
+/// (`listen = "0.0.0.0:4000"`, `seed = ["192.0.2.1:4000"]`, `network-key-file = "..."`);
+/// the command line wins over the file.
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeArgs {
+    /// TOML file with any of these options.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// UDP address to listen on (IPv4 or IPv6) [default: 0.0.0.0:4000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address of a node to join through; repeat for several.
+    #[arg(long = "seed")]
+    #[serde(default)]
+    seed: Vec<SocketAddr>,
+    /// Node key file (from `hopwise keygen`); without it the node makes up a key for this run.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Network key file (from `hopwise keygen --network`) shared by every member.
+    #[arg(long)]
+    network_key_file: Option<PathBuf>,
+    /// Address of the control API (newline-delimited JSON over TCP) [default: 127.0.0.1:4001].
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// Be a landmark: the fixed zero point of the coordinate space.
+    #[arg(long)]
+    #[serde(default)]
+    landmark: bool,
+    /// TESTBED ONLY: delay every outgoing datagram by a one-way latency per destination, read
+    /// from a JSON file {"ip:port": milliseconds}. Emulates a wide-area network on one machine.
+    #[arg(long)]
+    testbed_delays: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    /// The command line over the config file.
+    fn merged(self) -> anyhow::Result<Self> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let file: NodeArgs =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        Ok(Self {
+            config: self.config,
+            listen: self.listen.or(file.listen),
+            seed: if self.seed.is_empty() {
+                file.seed
+            } else {
+                self.seed
+            },
+            key: self.key.or(file.key),
+            network_key_file: self.network_key_file.or(file.network_key_file),
+            api: self.api.or(file.api),
+            landmark: self.landmark || file.landmark,
+            testbed_delays: self.testbed_delays.or(file.testbed_delays),
+        })
+    }
+}
+
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let args = args.merged()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_node(args))
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let key = match &args.key {
+        Some(path) => NodeKey::load(path)?,
+        None => NodeKey::generate()?,
+    };
+    let Some(network_key_file) = &args.network_key_file else {
+        bail!(
+            "a network key is required (--network-key-file); create one with \
+             `hopwise keygen --network --out network.key` and give it to every member"
+        );
+    };
+    let keys = Keys {
+        private_key: key.private,
+        public_key: key.public,
+        network_key: load_network_key(network_key_file)?,
+    };
+    let listen = args.listen.unwrap_or(DEFAULT_LISTEN.parse()?);
+    let socket =
+        std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
+    socket.set_nonblocking(true)?;
+    let listen = socket.local_addr()?;
+    let api_addr = args.api.unwrap_or(DEFAULT_API.parse()?);
+    let api_listener = TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("binding the control API on {api_addr}"))?;
+    let testbed = match &args.testbed_delays {
+        Some(path) => {
+            let delays = load_delays(path)?;
+            // The clone shares the socket and its non-blocking mode: a datagram that meets a
+            // full send buffer is dropped, as the network would drop it.
+            Some(Testbed::start(socket.try_clone()?, delays))
+        }
+        None => None,
+    };
+
+    let clock = Clock::start();
+    let seed = u64::from_be_bytes(crate::keys::random_bytes()?[..8].try_into()?);
+    let mut config = Config::new(key.id(), seed);
+    config.bootstrap = args.seed.clone();
+    config.landmark = args.landmark;
+    let node = SecureNode::new(config, &keys, clock.now());
+    info!(id = %key.id(), %listen, api = %api_listener.local_addr()?, "hopwise node started");
+    println!("hopwise node {} listening on {listen}", key.id());
+
+    let (requests, inbox) = mpsc::channel(64);
+    let context = ApiContext {
+        requests,
+        listen,
+        clock,
+    };
+    tokio::spawn(api::serve(api_listener, context));
+    Runner::new(node, UdpSocket::from_std(socket)?, clock, testbed, inbox)
+        .run(shutdown_signal())
+        .await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
