@@ -101,7 +101,26 @@ fn assert_loop_free(sim: &Simulation) {
 #[test]
 fn cold_start_converges_to_near_optimal_paths() {
     let report = report_of(&SimConfig::default(), 60);
-    let routing = report.routing.expect("pairs measured");
+    assert_near_optimal_after_cold_start(&report);
+    assert!(report.secure.is_none() && report.traffic.secure_overhead.is_none());
+}
+
+#[test]
+fn secure_nodes_converge_as_well_as_plain_ones() {
+    let config = SimConfig {
+        secure: true,
+        ..SimConfig::default()
+    };
+    let report = report_of(&config, 60);
+    assert_near_optimal_after_cold_start(&report);
+    let secure = report.secure.expect("a secure run");
+    assert!(secure.handshakes_completed >= 50 * 49, "{secure:?}");
+    let overhead = report.traffic.secure_overhead.expect("overhead reported");
+    assert!(overhead > 0.0 && overhead < report.traffic.bytes_per_node_per_sec);
+}
+
+fn assert_near_optimal_after_cold_start(report: &Report) {
+    let routing = report.routing.as_ref().expect("pairs measured");
     assert_eq!(routing.pairs_measured, 50 * 49);
     assert_eq!(routing.reachable_fraction, 1.0);
     assert!(

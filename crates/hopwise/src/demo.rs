@@ -8,16 +8,15 @@ use anyhow::{Context, bail};
 use clap::Args;
 use hopwise_sim::{Matrix, Unit};
 
-use crate::api::{Request, Response, TraceReport};
-use crate::client::call;
+use crate::api::TraceReport;
 use crate::testnet::Testnet;
 
 /// 30 cities of the WonderNetwork ping measurements (see data/README.md).
 const BUNDLED_CITIES: &str = include_str!("../data/cities30.csv");
+/// The demo's nodes listen on 127.1.0.2, 127.1.0.3, ...
+const DEMO_SUBNET: u8 = 1;
 /// Traces per pair; the table shows the fastest, as ping tools report the minimum.
 const TRACES_PER_PAIR: usize = 3;
-/// Interval of the flow that `--kill-relay` watches: 20 packets per second.
-const FLOW_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -72,7 +71,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let started = tokio::time::Instant::now();
     let network_key = crate::keys::random_bytes()?;
-    let mut net = Testnet::start(&binary, &matrix, &dir, &network_key).await?;
+    let mut net = Testnet::start(&binary, &matrix, &dir, &network_key, DEMO_SUBNET)?;
     let result = show(&mut net, &matrix, &best, &args, started).await;
     if result.is_ok() && !args.exit {
         println!("the network keeps running; Ctrl-C stops it");
@@ -217,58 +216,13 @@ async fn kill_relay(
         "\nsending 20 traces/s from {} to {}, then killing {}, a relay on their path ...",
         net.members[from].name, net.members[to].name, net.members[relay].name
     );
-    let (api, destination) = (net.members[from].api, net.members[to].id.to_string());
-    let (results, mut answers) = tokio::sync::mpsc::unbounded_channel();
-    let flow = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(FLOW_INTERVAL);
-        loop {
-            ticks.tick().await;
-            let (results, request) = (
-                results.clone(),
-                Request::Trace {
-                    node: destination.clone(),
-                },
-            );
-            tokio::spawn(async move {
-                let sent = tokio::time::Instant::now();
-                let answer =
-                    tokio::time::timeout(Duration::from_secs(2), call(api, &request)).await;
-                let report = match answer {
-                    Ok(Ok(Response::Trace(report))) => Some(report),
-                    _ => None,
-                };
-                let _ = results.send((sent, report));
-            });
-        }
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    net.kill(relay).await;
-    let killed = tokio::time::Instant::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    flow.abort();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut outcomes = Vec::new();
-    while let Ok(outcome) = answers.try_recv() {
-        outcomes.push(outcome);
-    }
-    outcomes.sort_by_key(|(sent, _)| *sent);
-    let before = outcomes
-        .iter()
-        .filter(|(sent, report)| *sent < killed && report.is_some())
-        .map(|(sent, _)| *sent)
-        .next_back();
-    let after = outcomes
-        .iter()
-        .find(|(sent, report)| *sent >= killed && report.is_some());
-    match (before, after) {
-        (Some(before), Some((sent, Some(report)))) => println!(
-            "delivery gap {:.0} ms; now {:.1} ms via {}",
-            (*sent - before).as_secs_f64() * 1000.0,
-            report.rtt_ms,
-            path_names(net, report)
-        ),
-        _ => bail!("the flow did not recover within 5 s"),
-    }
+    let (gap, report) = net.kill_under_flow(from, to, relay).await?;
+    println!(
+        "delivery gap {:.0} ms; now {:.1} ms via {}",
+        gap.as_secs_f64() * 1000.0,
+        report.rtt_ms,
+        path_names(net, &report)
+    );
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! A local test network: one `hopwise node` process per host of a latency matrix, each on its
-//! own loopback address (127.0.1.1, 127.0.1.2, ...), with the matrix's latencies applied by the
-//! runner's testbed delays. `hopwise demo` and the testbed tests use it.
+//! own loopback address (127.S.0.2, 127.S.0.3, ... for subnet S), with the matrix's latencies
+//! applied by the runner's testbed delays. `hopwise demo` and the testbed tests use it; tests
+//! that run at the same time use different subnets.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,6 +19,8 @@ use crate::client::call;
 use crate::keys::{self, NodeKey};
 
 const UDP_PORT: u16 = 4000;
+/// Interval of the flow [`Testnet::kill_under_flow`] watches: 20 packets per second.
+const FLOW_INTERVAL: Duration = Duration::from_millis(50);
 const API_PORT: u16 = 4001;
 
 /// One node of the test network.
@@ -31,6 +34,8 @@ pub struct Member {
     /// The network key this member starts with; a test may point it elsewhere.
     pub network_key_file: PathBuf,
     log_file: PathBuf,
+    /// The address this member joins through; a test may point it elsewhere.
+    pub seed: Option<SocketAddr>,
     process: Option<Child>,
 }
 
@@ -38,31 +43,54 @@ pub struct Testnet {
     pub members: Vec<Member>,
     binary: PathBuf,
     dir: PathBuf,
-    /// The first node: every other node joins through it.
-    seed: SocketAddr,
 }
 
-/// The loopback address of member `index`.
-fn host(index: usize) -> IpAddr {
+/// The loopback address of member `index` in `subnet`.
+fn host(subnet: u8, index: usize) -> IpAddr {
     let n = index + 1;
-    IpAddr::V4(Ipv4Addr::new(127, 1, (n / 250) as u8, (n % 250) as u8 + 1))
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        subnet,
+        (n / 250) as u8,
+        (n % 250) as u8 + 1,
+    ))
 }
 
 impl Testnet {
-    /// Writes keys and delay files for every host of `matrix` into `dir` and starts the nodes.
-    /// Each node delays a datagram to another by half the matrix's round trip.
-    pub async fn start(
+    /// Writes keys and delay files for every host of `matrix` into `dir` and starts the nodes
+    /// (see [`Testnet::create`]).
+    pub fn start(
         binary: &Path,
         matrix: &Matrix,
         dir: &Path,
         network_key: &[u8; keys::KEY_LEN],
+        subnet: u8,
+    ) -> anyhow::Result<Self> {
+        let mut net = Self::create(binary, matrix, dir, network_key, subnet)?;
+        for i in 0..net.members.len() {
+            net.launch(i)?;
+        }
+        Ok(net)
+    }
+
+    /// Writes keys and delay files for every host of `matrix` into `dir`, without starting
+    /// anything. Each node will delay a datagram to another by half the matrix's round trip;
+    /// every node but the first joins through the first.
+    pub fn create(
+        binary: &Path,
+        matrix: &Matrix,
+        dir: &Path,
+        network_key: &[u8; keys::KEY_LEN],
+        subnet: u8,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let network_key_file = dir.join("network.key");
         let _ = std::fs::remove_file(&network_key_file);
         keys::save_network_key(network_key, &network_key_file)?;
         let n = matrix.len();
-        let listen: Vec<SocketAddr> = (0..n).map(|i| SocketAddr::new(host(i), UDP_PORT)).collect();
+        let listen: Vec<SocketAddr> = (0..n)
+            .map(|i| SocketAddr::new(host(subnet, i), UDP_PORT))
+            .collect();
         let mut members = Vec::with_capacity(n);
         for (i, name) in matrix.names().iter().enumerate() {
             let key = NodeKey::generate()?;
@@ -79,24 +107,20 @@ impl Testnet {
                 name: name.clone(),
                 id: key.id(),
                 listen: listen[i],
-                api: SocketAddr::new(host(i), API_PORT),
+                api: SocketAddr::new(host(subnet, i), API_PORT),
                 key_file,
                 delays_file,
                 network_key_file: network_key_file.clone(),
                 log_file: dir.join(format!("node{i}.log")),
+                seed: (i > 0).then_some(listen[0]),
                 process: None,
             });
         }
-        let mut net = Self {
+        Ok(Self {
             members,
             binary: binary.to_path_buf(),
             dir: dir.to_path_buf(),
-            seed: listen[0],
-        };
-        for i in 0..n {
-            net.launch(i)?;
-        }
-        Ok(net)
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -105,7 +129,6 @@ impl Testnet {
 
     /// Starts (or restarts) member `index` with its key.
     pub fn launch(&mut self, index: usize) -> anyhow::Result<()> {
-        let seed = self.seed;
         let member = &mut self.members[index];
         let mut command = Command::new(&self.binary);
         command
@@ -118,7 +141,7 @@ impl Testnet {
             .arg(&member.delays_file)
             .arg("--network-key-file")
             .arg(&member.network_key_file);
-        if member.listen != seed {
+        if let Some(seed) = member.seed {
             command.args(["--seed", &seed.to_string()]);
         }
         let log = std::fs::OpenOptions::new()
@@ -166,6 +189,11 @@ impl Testnet {
         self.members[index].process.is_some()
     }
 
+    /// The operating system's process id of member `index`, while it runs.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.members[index].process.as_ref()?.id()
+    }
+
     pub async fn status(&self, index: usize) -> anyhow::Result<Status> {
         match call(self.members[index].api, &Request::Status).await? {
             Response::Status(status) => Ok(*status),
@@ -204,6 +232,64 @@ impl Testnet {
             Response::Trace(report) => Ok(report),
             Response::Error { error } => bail!("{error}"),
             other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Kills member `victim` while `from` sends 20 traces per second to `to` (like the
+    /// simulator's failover flows), and returns the flow's delivery gap (between the last
+    /// answered trace sent before the kill and the first sent after it) with a trace answered
+    /// after the kill.
+    pub async fn kill_under_flow(
+        &mut self,
+        from: usize,
+        to: usize,
+        victim: usize,
+    ) -> anyhow::Result<(Duration, TraceReport)> {
+        let (api, destination) = (self.members[from].api, self.members[to].id.to_string());
+        let (results, mut answers) = tokio::sync::mpsc::unbounded_channel();
+        let flow = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(FLOW_INTERVAL);
+            loop {
+                ticks.tick().await;
+                let results = results.clone();
+                let request = Request::Trace {
+                    node: destination.clone(),
+                };
+                tokio::spawn(async move {
+                    let sent = tokio::time::Instant::now();
+                    let answer =
+                        tokio::time::timeout(Duration::from_secs(2), call(api, &request)).await;
+                    let report = match answer {
+                        Ok(Ok(Response::Trace(report))) => Some(report),
+                        _ => None,
+                    };
+                    let _ = results.send((sent, report));
+                });
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.kill(victim).await;
+        let killed = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        flow.abort();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut outcomes = Vec::new();
+        while let Ok(outcome) = answers.try_recv() {
+            outcomes.push(outcome);
+        }
+        outcomes.sort_by_key(|(sent, _)| *sent);
+        let before = outcomes
+            .iter()
+            .filter(|(sent, report)| *sent < killed && report.is_some())
+            .map(|(sent, _)| *sent)
+            .next_back();
+        let after = outcomes
+            .into_iter()
+            .find_map(|(sent, report)| Some((sent, report?)).filter(|(sent, _)| *sent >= killed));
+        match (before, after) {
+            (Some(before), Some((sent, report))) => Ok((sent - before, report)),
+            (None, _) => bail!("the flow was not answered before the kill"),
+            (_, None) => bail!("the flow did not recover within 5 s"),
         }
     }
 

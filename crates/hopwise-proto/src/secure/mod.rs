@@ -172,3 +172,71 @@ fn claimed_sender(packet: &[u8]) -> Option<NodeId> {
     let id = packet.get(4..HEADER_LEN)?;
     Some(NodeId::from_bytes(id.try_into().ok()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Duration;
+
+    fn keys(seed: u64) -> Keys {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (private_key, public_key) = crypto::generate_keypair(&mut rng);
+        Keys {
+            private_key,
+            public_key,
+            network_key: [3; 32],
+        }
+    }
+
+    #[test]
+    fn a_member_cannot_speak_for_another_node() {
+        let honest_addr: std::net::SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let liar_addr: std::net::SocketAddr = "192.0.2.2:4000".parse().unwrap();
+        let mut honest = SecureNode::new(
+            Config::new(NodeId::from_bytes([0; 8]), 1),
+            &keys(1),
+            Instant::ZERO,
+        );
+        // A genuine member whose node claims someone else's id in every packet.
+        let claimed = NodeId::from_bytes([0xcd; 8]);
+        let mut liar = SecureNode::new(
+            Config::new(NodeId::from_bytes([0; 8]), 2),
+            &keys(2),
+            Instant::ZERO,
+        );
+        let mut config = Config::new(claimed, 2);
+        config.bootstrap = vec![honest_addr];
+        liar.node = Node::new(config, Instant::ZERO);
+
+        let mut now = Instant::ZERO;
+        for _ in 0..2_000 {
+            for (from, to, sender) in [(liar_addr, honest_addr, 0), (honest_addr, liar_addr, 1)] {
+                let (source, target) = if sender == 0 {
+                    (&mut liar, &mut honest)
+                } else {
+                    (&mut honest, &mut liar)
+                };
+                source.handle_input(Input::Timeout(now));
+                loop {
+                    match source.poll_output() {
+                        Output::Transmit(t) => {
+                            assert_eq!(t.destination, to);
+                            let data = &t.contents;
+                            target.handle_input(Input::Datagram { now, from, data });
+                        }
+                        Output::Event(_) => {}
+                        Output::Timeout(_) => break,
+                    }
+                }
+            }
+            now += Duration::from_millis(5);
+        }
+        assert!(
+            honest.secure_stats().handshakes_completed >= 1,
+            "the liar is a member"
+        );
+        assert!(honest.secure_stats().dropped_wrong_sender > 0);
+        assert!(honest.node().known_nodes().get(&claimed).is_none());
+        assert_eq!(honest.node().stats().datagrams_received, 0);
+    }
+}

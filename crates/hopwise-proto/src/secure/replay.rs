@@ -1,7 +1,7 @@
 //! The receive side of a session's counters: each counter is accepted once, and counters far
 //! behind the highest seen are refused (a sliding window, as in RFC 6479 without the blocks).
 
-/// Counters this far behind the highest accepted one are still accepted once.
+/// Counters less than this far behind the highest accepted one are still accepted once.
 pub const WINDOW: u64 = 1024;
 const WORDS: usize = (WINDOW / 64) as usize;
 
@@ -70,8 +70,8 @@ mod tests {
         }
         assert!(!window.is_fresh(5), "outside the window");
         assert!(window.is_fresh(1999));
-        assert!(window.is_fresh(2000 - WINDOW));
-        assert!(!window.is_fresh(2000 - WINDOW - 1));
+        assert!(window.is_fresh(2000 - WINDOW + 1));
+        assert!(!window.is_fresh(2000 - WINDOW));
     }
 
     proptest! {

@@ -1,0 +1,399 @@
+//! Testbed tests: real `hopwise node` processes on 127.0.0.0/8, real UDP sockets and real
+//! encryption, with the latencies of the bundled city matrix applied by the testbed delays.
+//! Each test uses its own loopback subnet, so they may run at the same time.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hopwise::api::{Request, Response, TraceReport};
+use hopwise::client::call;
+use hopwise::testnet::Testnet;
+use hopwise_sim::paths::measure_overlay;
+use hopwise_sim::{Matrix, SimConfig, Simulation, Unit};
+use tokio::task::JoinSet;
+
+const CITIES: &str = include_str!("../data/cities30.csv");
+const NETWORK_KEY: [u8; 32] = [7; 32];
+/// Seconds the demo also waits after full routes, for relays to be chosen.
+const SETTLE: Duration = Duration::from_secs(10);
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hopwise"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hopwise-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn cities(n: usize) -> Matrix {
+    Matrix::parse(CITIES, Unit::Milliseconds)
+        .expect("bundled matrix")
+        .truncated(n)
+}
+
+/// The fastest of three traces for every pair, traced concurrently.
+async fn fastest_traces(net: &Testnet, pairs: &[(usize, usize)]) -> Vec<Option<TraceReport>> {
+    let mut fastest: Vec<Option<TraceReport>> = vec![None; pairs.len()];
+    for _ in 0..3 {
+        let mut traces = JoinSet::new();
+        for (index, &(from, to)) in pairs.iter().enumerate() {
+            let api = net.members[from].api;
+            let request = Request::Trace {
+                node: net.members[to].id.to_string(),
+            };
+            traces.spawn(async move { (index, call(api, &request).await) });
+        }
+        while let Some(done) = traces.join_next().await {
+            let (index, answer) = done.expect("trace task");
+            if let Ok(Response::Trace(report)) = answer
+                && fastest[index]
+                    .as_ref()
+                    .is_none_or(|f| report.rtt_ms < f.rtt_ms)
+            {
+                fastest[index] = Some(report);
+            }
+        }
+    }
+    fastest
+}
+
+/// What the simulator predicts for the same matrix: overlay round trips of real protocol
+/// nodes (behind the same secure layer) after the same start-up time.
+fn simulated_round_trips(matrix: &Matrix, pairs: &[(usize, usize)], after: Duration) -> Vec<f64> {
+    let config = SimConfig {
+        secure: true,
+        ..SimConfig::default()
+    };
+    let mut sim = Simulation::new(matrix.clone(), &config);
+    let after = hopwise_proto::Duration::from_millis(after.as_millis() as i64);
+    sim.run_until(hopwise_proto::Instant::ZERO + after);
+    measure_overlay(&mut sim, pairs)
+        .into_iter()
+        .map(|measured| measured.expect("the simulated pair answers").0)
+        .collect()
+}
+
+#[tokio::test]
+async fn ten_nodes_converge_match_the_simulator_fail_over_and_rejoin() {
+    let matrix = cities(10);
+    let dir = scratch("testbed-ten");
+    let mut net = Testnet::start(binary(), &matrix, &dir, &NETWORK_KEY, 2).expect("start");
+
+    let converged = net.wait_for_routes(Duration::from_secs(45)).await;
+    let converged = converged.expect("every node routes to every other");
+    println!("full routes after {converged:?}");
+    tokio::time::sleep(SETTLE).await;
+
+    // Every ordered pair, traced with real packets, against the simulator's prediction.
+    let n = matrix.len();
+    let pairs: Vec<(usize, usize)> = (0..n)
+        .flat_map(|a| (0..n).filter(move |b| *b != a).map(move |b| (a, b)))
+        .collect();
+    let measured = fastest_traces(&net, &pairs).await;
+    let predicted = simulated_round_trips(&matrix, &pairs, converged + SETTLE);
+    let mut worst: f64 = 0.0;
+    for ((&(a, b), real), sim) in pairs.iter().zip(&measured).zip(&predicted) {
+        let real = real
+            .as_ref()
+            .unwrap_or_else(|| panic!("{a} -> {b} unanswered"));
+        let deviation = (real.rtt_ms - sim).abs() / sim;
+        worst = worst.max(deviation);
+        assert!(
+            deviation <= 0.10,
+            "{} -> {}: {:.1} ms on sockets, {sim:.1} ms simulated",
+            matrix.names()[a],
+            matrix.names()[b],
+            real.rtt_ms
+        );
+    }
+    println!(
+        "largest deviation from the simulator: {:.1}%",
+        worst * 100.0
+    );
+
+    // A pair whose path crosses a relay: kill the relay under a 20 packets/s flow.
+    let (from, to, relay) = pairs
+        .iter()
+        .zip(&measured)
+        .find_map(|(&(a, b), report)| {
+            let report = report.as_ref()?;
+            let relay = report
+                .outbound
+                .get(1)
+                .filter(|_| report.outbound.len() > 2)?;
+            Some((a, b, net.index_of(&relay.node)?))
+        })
+        .expect("some path crosses a relay");
+    let (gap, report) = net
+        .kill_under_flow(from, to, relay)
+        .await
+        .expect("the flow recovers");
+    println!("delivery gap {gap:?} after killing the relay");
+    assert!(gap <= Duration::from_secs(1), "delivery gap {gap:?}");
+    let killed = net.members[relay].id.to_string();
+    assert!(report.outbound.iter().all(|step| step.node != killed));
+
+    // The relay restarts with its key and is reachable again under the same id.
+    net.launch(relay).expect("relaunch");
+    let rejoined = async {
+        loop {
+            if net.trace(from, relay).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), rejoined)
+        .await
+        .expect("the restarted node is reachable again");
+    let status = net.status(relay).await.expect("status");
+    assert_eq!(status.id, killed);
+
+    net.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_node_without_the_network_key_cannot_join_or_inject() {
+    let matrix = cities(4);
+    let dir = scratch("testbed-outsider");
+    let mut net = Testnet::create(binary(), &matrix, &dir, &NETWORK_KEY, 3).expect("create");
+    let outsider = 3;
+    let wrong_key = dir.join("wrong-network.key");
+    hopwise::keys::save_network_key(&[8; 32], &wrong_key).expect("key");
+    net.members[outsider].network_key_file = wrong_key;
+    for i in 0..matrix.len() {
+        net.launch(i).expect("launch");
+    }
+    let members: Vec<usize> = (0..outsider).collect();
+    let routed = async {
+        loop {
+            let mut complete = true;
+            for &i in &members {
+                complete &= net.status(i).await.is_ok_and(|s| s.routes >= 2);
+            }
+            if complete {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), routed)
+        .await
+        .expect("the members route to each other");
+
+    // Datagrams a stranger can make: plain hopwise packets claiming an id, and garbage.
+    let forged_id = hopwise_proto::NodeId::from_bytes([0xab; 8]);
+    let probe = hopwise_proto::wire::Packet {
+        sender: forged_id,
+        message: hopwise_proto::wire::Message::Link(hopwise_proto::wire::LinkOp::Open),
+    };
+    let injector = tokio::net::UdpSocket::bind("127.3.9.9:0")
+        .await
+        .expect("bind");
+    let before = net.status(0).await.expect("status").dropped_insecure;
+    for i in 0..50u8 {
+        let datagram = if i % 2 == 0 {
+            probe.to_bytes()
+        } else {
+            vec![i; usize::from(i) * 7]
+        };
+        injector
+            .send_to(&datagram, net.members[0].listen)
+            .await
+            .expect("send");
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let outsider_status = net.status(outsider).await.expect("outsider status");
+    assert_eq!(outsider_status.routes, 0, "the outsider found no route");
+    assert_eq!(outsider_status.handshakes_completed, 0);
+    assert_eq!(outsider_status.known_nodes, 0);
+    let outsider_id = net.members[outsider].id.to_string();
+    let mut failed = 0;
+    for &i in &members {
+        let status = net.status(i).await.expect("member status");
+        failed += status.handshakes_failed;
+        let map = call(net.members[i].api, &Request::GetFullMap)
+            .await
+            .expect("map");
+        let Response::FullMap { nodes } = map else {
+            panic!("unexpected answer {map:?}");
+        };
+        let known: HashSet<String> = nodes.into_iter().map(|node| node.id).collect();
+        assert!(
+            !known.contains(&outsider_id),
+            "member {i} knows the outsider"
+        );
+        assert!(
+            !known.contains(&forged_id.to_string()),
+            "member {i} knows a forged id"
+        );
+    }
+    assert!(failed > 0, "the outsider's hellos failed their check");
+    let after = net.status(0).await.expect("status").dropped_insecure;
+    assert!(
+        after >= before + 50,
+        "{} of 50 injected datagrams counted",
+        after - before
+    );
+
+    net.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Resident memory of a process, in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Datagrams per second of the flood, and for how long.
+const FLOOD_RATE: usize = 20_000;
+const FLOOD_SECONDS: usize = 10;
+
+/// Sends the flood from the calling thread: random datagrams of 0-1500 random bytes from a
+/// stranger's socket, and truncated or replayed copies of real recorded packets from the
+/// address that holds a real session with the target. Returns the datagrams sent.
+fn flood(
+    target: std::net::SocketAddr,
+    stranger: &std::net::UdpSocket,
+    session_peer: &std::net::UdpSocket,
+    recorded: &[Vec<u8>],
+) -> usize {
+    use rand::{Rng, RngExt, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let batch = FLOOD_RATE / 100;
+    let start = std::time::Instant::now();
+    let mut sent = 0;
+    for tick in 0..FLOOD_SECONDS * 100 {
+        for _ in 0..batch {
+            let kind = rng.random_range(0..8);
+            let copy = &recorded[rng.random_range(0..recorded.len())];
+            let result = match kind {
+                0 => session_peer.send_to(copy, target),
+                1 => session_peer.send_to(&copy[..rng.random_range(0..copy.len())], target),
+                _ => {
+                    let mut datagram = vec![0; rng.random_range(0..=1500)];
+                    rng.fill_bytes(&mut datagram);
+                    stranger.send_to(&datagram, target)
+                }
+            };
+            sent += usize::from(result.is_ok());
+        }
+        let due = start + Duration::from_millis(10 * (tick as u64 + 1));
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+    }
+    sent
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_datagrams_is_counted_and_the_network_keeps_working() {
+    let matrix = cities(5);
+    let dir = scratch("testbed-flood");
+    let mut net = Testnet::create(binary(), &matrix, &dir, &NETWORK_KEY, 4).expect("create");
+    let (target, watched) = (0, 4);
+    // The watched node joins through a recording relay in front of the target, so the test
+    // sees real datagrams of a real session.
+    let proxy = std::net::UdpSocket::bind("127.4.1.1:4000").expect("bind proxy");
+    proxy.set_nonblocking(true).expect("nonblocking");
+    let session_peer = proxy.try_clone().expect("clone");
+    let proxy = tokio::net::UdpSocket::from_std(proxy).expect("tokio socket");
+    net.members[watched].seed = Some(proxy.local_addr().expect("addr"));
+    let (target_addr, watched_addr) = (net.members[target].listen, net.members[watched].listen);
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let recorder = recorded.clone();
+    let relay = tokio::spawn(async move {
+        let mut buf = vec![0; 2048];
+        loop {
+            let Ok((len, from)) = proxy.recv_from(&mut buf).await else {
+                continue;
+            };
+            let to = if from == watched_addr {
+                target_addr
+            } else {
+                watched_addr
+            };
+            recorder.lock().expect("recorder").push(buf[..len].to_vec());
+            let _ = proxy.send_to(&buf[..len], to).await;
+        }
+    });
+    for i in 0..matrix.len() {
+        net.launch(i).expect("launch");
+    }
+    net.wait_for_routes(Duration::from_secs(45))
+        .await
+        .expect("every node routes to every other");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The capture: no datagram shows a packet header or any node's id in the clear.
+    let captured = recorded.lock().expect("recorder").clone();
+    assert!(
+        captured.len() >= 10,
+        "{} datagrams recorded",
+        captured.len()
+    );
+    let ids: Vec<[u8; 8]> = net.members.iter().map(|m| *m.id.as_bytes()).collect();
+    for datagram in &captured {
+        assert!(!datagram.starts_with(&[hopwise_proto::wire::MAGIC, hopwise_proto::wire::VERSION]));
+        for id in &ids {
+            assert!(
+                !datagram.windows(8).any(|w| w == id),
+                "a node id in the clear"
+            );
+        }
+    }
+
+    let pid = net.pid(target).expect("running");
+    let idle_kib = resident_kib(pid);
+    let before = net.status(target).await.expect("status");
+    let stranger = std::net::UdpSocket::bind("127.4.9.9:0").expect("bind");
+    let flooding = tokio::task::spawn_blocking(move || {
+        flood(target_addr, &stranger, &session_peer, &captured)
+    });
+    // Meanwhile the other nodes trace each other, and the target's memory is watched.
+    let others = [(1, 2), (2, 3), (3, 1), (1, 3)];
+    let (mut answered, mut asked, mut peak_kib) = (0, 0, idle_kib);
+    while !flooding.is_finished() {
+        for &(from, to) in &others {
+            asked += 1;
+            answered += usize::from(net.trace(from, to).await.is_ok());
+        }
+        peak_kib = peak_kib.max(resident_kib(pid));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sent = flooding.await.expect("flood");
+    relay.abort();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = net.status(target).await.expect("the target still answers");
+    let counted = (status.dropped_insecure - before.dropped_insecure)
+        + (status.dropped_malformed - before.dropped_malformed);
+    println!(
+        "flood: {sent} datagrams sent, {counted} counted as dropped; resident memory idle \
+         {idle_kib} KiB, peak {peak_kib} KiB; {answered} of {asked} traces between other nodes \
+         answered"
+    );
+    assert!(
+        net.is_running(target) && resident_kib(pid) > 0,
+        "the target survived"
+    );
+    assert!(
+        peak_kib < 2 * idle_kib,
+        "memory {idle_kib} -> {peak_kib} KiB"
+    );
+    assert_eq!(
+        answered, asked,
+        "traces between the other nodes kept working"
+    );
+    assert!(counted >= sent as u64 / 2, "{counted} of {sent} counted");
+
+    net.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
