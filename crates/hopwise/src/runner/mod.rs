@@ -59,6 +59,24 @@ pub struct Runner {
     requests: mpsc::Receiver<ControlRequest>,
     traces: HashMap<u64, PendingTrace>,
     next_token: u64,
+    /// The socket is IPv6 and reaches IPv4 peers through v4-mapped addresses.
+    dual_stack: bool,
+}
+
+/// The address the node sees: an IPv4 peer that reached a dual-stack socket as
+/// `::ffff:a.b.c.d` is `a.b.c.d`, the form other (IPv4-only) nodes can use when it is gossiped.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// The address a socket sends to: an IPv6 socket reaches IPv4 peers at their v4-mapped form.
+pub(crate) fn for_socket(addr: SocketAddr, dual_stack: bool) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if dual_stack => {
+            SocketAddr::new(std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        other => other,
+    }
 }
 
 impl Runner {
@@ -69,8 +87,10 @@ impl Runner {
         testbed: Option<Testbed>,
         requests: mpsc::Receiver<ControlRequest>,
     ) -> Self {
+        let dual_stack = socket.local_addr().is_ok_and(|a| a.is_ipv6());
         Self {
             node,
+            dual_stack,
             socket: Arc::new(socket),
             clock,
             testbed,
@@ -96,6 +116,7 @@ impl Runner {
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => {
+                        let from = canonical(from);
                         let now = self.clock.now();
                         self.node.handle_input(Input::Datagram { now, from, data: &buf[..len] });
                     }
@@ -150,7 +171,8 @@ impl Runner {
     /// A UDP send never blocks for long; a full socket buffer drops the datagram, like the
     /// network would.
     fn send_now(&self, destination: SocketAddr, contents: &[u8]) {
-        if let Err(error) = self.socket.try_send_to(contents, destination) {
+        let to = for_socket(destination, self.dual_stack);
+        if let Err(error) = self.socket.try_send_to(contents, to) {
             debug!(%destination, %error, "send failed");
         }
     }

@@ -44,11 +44,12 @@ impl Testbed {
             .map(|(addr, ms)| (addr, Duration::from_secs_f64(ms / 1000.0)))
             .collect();
         let (queue, incoming) = mpsc::sync_channel(MAX_QUEUED);
+        let dual_stack = socket.local_addr().is_ok_and(|a| a.is_ipv6());
         std::thread::Builder::new()
             .name("testbed-delays".into())
             .spawn(move || {
                 DelayLine::new(one_way).run(&incoming, |to, bytes| {
-                    let _ = socket.send_to(bytes, to);
+                    let _ = socket.send_to(bytes, super::for_socket(to, dual_stack));
                 })
             })
             .expect("spawning the testbed thread");
