@@ -13,6 +13,7 @@ pub mod node;
 pub mod peers;
 pub mod routing;
 pub mod secure;
+pub mod tags;
 mod time;
 pub mod wire;
 

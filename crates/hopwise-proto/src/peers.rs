@@ -6,6 +6,7 @@ use rand::{Rng, RngExt};
 
 use crate::coords::Coordinate;
 use crate::keyed::{HashKey, Map};
+use crate::tags::TagFilter;
 use crate::{Instant, NodeId};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +18,8 @@ pub struct KnownNode {
     pub heard_at: Instant,
     /// When the node itself last sent us a packet (as opposed to being gossiped about).
     pub direct_at: Option<Instant>,
+    /// Its tags, as far as known.
+    pub tags: TagFilter,
 }
 
 /// Insertion-ordered (so iteration is deterministic) and capped: when full, a random entry makes
@@ -39,7 +42,17 @@ impl PeerTable {
     pub fn learn(&mut self, node: KnownNode, rng: &mut impl Rng) {
         if let Some(existing) = self.nodes.get_mut(&node.id) {
             let direct_at = node.direct_at.or(existing.direct_at);
-            *existing = KnownNode { direct_at, ..node };
+            // The node's own word on its tags stands; gossip without them takes nothing away.
+            let tags = if node.tags.is_empty() && node.direct_at != Some(node.heard_at) {
+                existing.tags
+            } else {
+                node.tags
+            };
+            *existing = KnownNode {
+                direct_at,
+                tags,
+                ..node
+            };
             return;
         }
         if self.nodes.len() >= self.capacity {
@@ -94,6 +107,7 @@ mod tests {
             error: 1.0,
             heard_at: Instant::ZERO,
             direct_at: None,
+            tags: TagFilter::NONE,
         }
     }
 

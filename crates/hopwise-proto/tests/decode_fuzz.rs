@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use hopwise_proto::routing::{Metric, Seqno};
+use hopwise_proto::tags::TagFilter;
 use hopwise_proto::wire::{
     Data, DataBody, GossipEntry, LinkOp, MAX_GOSSIP, MAX_ROUTE_ENTRIES, MAX_TRACE_HOPS, Message,
     Packet, Probe, RouteEntry, RouteUpdate, SeqnoRequest, Trace, TraceHop, WireCoord,
@@ -30,25 +31,33 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
 }
 
 fn packet() -> impl Strategy<Value = Packet> {
-    let entry =
-        (any::<[u8; NodeId::LEN]>(), socket_addr(), wire_coord()).prop_map(|(id, addr, coord)| {
-            GossipEntry {
-                id: NodeId::from_bytes(id),
-                addr,
-                coord,
-            }
+    // Untagged nodes (no filter on the wire) as well as tagged ones.
+    let tags = || prop_oneof![Just(TagFilter::NONE), (1u64..).prop_map(TagFilter)];
+    let entry = (
+        any::<[u8; NodeId::LEN]>(),
+        socket_addr(),
+        wire_coord(),
+        tags(),
+    )
+        .prop_map(|(id, addr, coord, tags)| GossipEntry {
+            id: NodeId::from_bytes(id),
+            addr,
+            coord,
+            tags,
         });
     let probe = (
         any::<u32>(),
         any::<u64>(),
         wire_coord(),
         prop::collection::vec(entry, 0..=MAX_GOSSIP),
+        tags(),
     )
-        .prop_map(|(seq, timestamp_us, coord, gossip)| Probe {
+        .prop_map(|(seq, timestamp_us, coord, gossip, tags)| Probe {
             seq,
             timestamp_us,
             coord,
             gossip,
+            tags,
         });
     let node_id = || any::<[u8; NodeId::LEN]>().prop_map(NodeId::from_bytes);
     let route_entry = (node_id(), any::<u16>(), any::<u16>(), node_id()).prop_map(
@@ -246,6 +255,7 @@ fn unsolicited_replies_are_dropped_and_counted() {
                 error: 0.1,
             },
             gossip: Vec::new(),
+            tags: TagFilter::NONE,
         }),
     };
     let data = reply.to_bytes();

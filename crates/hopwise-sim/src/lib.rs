@@ -13,4 +13,4 @@ pub use matrix::{Expansion, Matrix, MatrixError, Unit};
 pub use network::NetworkConfig;
 pub use paths::pairs_csv;
 pub use report::{Outcome, Report, coords_csv, run};
-pub use sim::{Scenario, SimConfig, Simulation};
+pub use sim::{NodeTags, Scenario, SimConfig, Simulation};

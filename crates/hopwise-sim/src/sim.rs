@@ -54,6 +54,15 @@ pub struct SimConfig {
     pub zones: Option<ZoneConfig>,
     /// Run every node behind the real Noise layer: handshakes, encryption, replay windows.
     pub secure: bool,
+    /// Tags and connect-tags of particular nodes (all others have none).
+    pub tags: Vec<NodeTags>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeTags {
+    pub node: usize,
+    pub tags: Vec<String>,
+    pub connect_tags: Vec<String>,
 }
 
 /// Traffic and failures a run injects, and what it measures at the end.
@@ -92,6 +101,7 @@ impl Default for SimConfig {
             scenario: Scenario::default(),
             zones: None,
             secure: false,
+            tags: Vec::new(),
         }
     }
 }
@@ -264,6 +274,10 @@ impl Simulation {
             node_config.landmark = config.landmark && index == 0;
             node_config.bootstrap = bootstrap;
             node_config.routing.zones = config.zones;
+            if let Some(tagged) = config.tags.iter().find(|t| t.node == index) {
+                node_config.tags = tagged.tags.clone();
+                node_config.connect_tags = tagged.connect_tags.clone();
+            }
             sim.configs.push(Some(node_config));
             let start = Instant::ZERO + config.start_spread.mul_f64(rng.random::<f64>());
             sim.schedule(start, Happening::Start { node: index });

@@ -2,9 +2,10 @@
 
 mod common;
 
+use hopwise_proto::LinkKind;
 use hopwise_proto::{Duration, Instant};
 use hopwise_sim::metrics::coordinate_accuracy;
-use hopwise_sim::{Matrix, NetworkConfig, Scenario, SimConfig, Simulation, run};
+use hopwise_sim::{Matrix, NetworkConfig, NodeTags, Scenario, SimConfig, Simulation, run};
 
 fn at(secs: i64) -> Instant {
     Instant::ZERO + Duration::from_secs(secs)
@@ -253,5 +254,46 @@ fn nodes_link_to_their_nearest_nodes_within_a_minute() {
     assert!(
         mean >= 3.4,
         "{mean} of the 4 nearest nodes linked on average"
+    );
+}
+
+#[test]
+fn nodes_with_connect_tags_link_to_every_node_carrying_them() {
+    let tagged = [10, 20, 30];
+    let mut tags: Vec<NodeTags> = tagged
+        .iter()
+        .map(|&node| NodeTags {
+            node,
+            tags: vec!["db".into(), format!("rack-{node}")],
+            ..NodeTags::default()
+        })
+        .collect();
+    let connecting = 45;
+    tags.push(NodeTags {
+        node: connecting,
+        connect_tags: vec!["db".into()],
+        ..NodeTags::default()
+    });
+    let config = SimConfig {
+        tags,
+        ..SimConfig::default()
+    };
+    let mut sim = Simulation::new(common::bundled_planetlab(), &config);
+    sim.run_until(at(30));
+    let tagged_links = |index: usize| -> Vec<usize> {
+        let mut linked: Vec<usize> = sim
+            .node(index)
+            .unwrap()
+            .routing_links()
+            .filter(|(_, link)| link.kind == LinkKind::Tagged)
+            .filter_map(|(id, _)| sim.index_of_id(id))
+            .collect();
+        linked.sort_unstable();
+        linked
+    };
+    assert_eq!(tagged_links(connecting), tagged);
+    assert!(
+        tagged_links(44).is_empty(),
+        "a node without connect-tags opens none"
     );
 }

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use hopwise_proto::Config;
 use hopwise_proto::secure::{Keys, SecureNode};
+use hopwise_proto::tags::{MAX_TAG_LEN, MAX_TAGS};
 use serde::Deserialize;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
@@ -36,6 +37,14 @@ pub struct NodeArgs {
     #[arg(long = "seed")]
     #[serde(default)]
     seed: Vec<SocketAddr>,
+    /// This node's tags, comma-separated (at most 8, each at most 64 bytes).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    tags: Vec<String>,
+    /// Keep a routing link to every node whose tags include one of these.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    connect_tags: Vec<String>,
     /// Node key file (from `hopwise keygen`); without it the node makes up a key for this run.
     #[arg(long)]
     key: Option<PathBuf>,
@@ -68,17 +77,24 @@ impl NodeArgs {
         Ok(Self {
             config: self.config,
             listen: self.listen.or(file.listen),
-            seed: if self.seed.is_empty() {
-                file.seed
-            } else {
-                self.seed
-            },
+            seed: command_line_or(self.seed, file.seed),
+            tags: command_line_or(self.tags, file.tags),
+            connect_tags: command_line_or(self.connect_tags, file.connect_tags),
             key: self.key.or(file.key),
             network_key_file: self.network_key_file.or(file.network_key_file),
             api: self.api.or(file.api),
             landmark: self.landmark || file.landmark,
             testbed_delays: self.testbed_delays.or(file.testbed_delays),
         })
+    }
+}
+
+/// A list given on the command line replaces the file's.
+fn command_line_or<T>(command_line: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if command_line.is_empty() {
+        file
+    } else {
+        command_line
     }
 }
 
@@ -130,6 +146,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let mut config = Config::new(key.id(), seed);
     config.bootstrap = args.seed.clone();
     config.landmark = args.landmark;
+    config.tags = checked_tags(&args.tags)?;
+    config.connect_tags = checked_tags(&args.connect_tags)?;
     let node = SecureNode::new(config, &keys, clock.now());
     info!(id = %key.id(), %listen, api = %api_listener.local_addr()?, "hopwise node started");
     println!("hopwise node {} listening on {listen}", key.id());
@@ -145,6 +163,16 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .run(shutdown_signal())
         .await;
     Ok(())
+}
+
+fn checked_tags(tags: &[String]) -> anyhow::Result<Vec<String>> {
+    if tags.len() > MAX_TAGS {
+        bail!("at most {MAX_TAGS} tags");
+    }
+    if let Some(tag) = tags.iter().find(|t| t.is_empty() || t.len() > MAX_TAG_LEN) {
+        bail!("tag {tag:?}: a tag has 1 to {MAX_TAG_LEN} bytes");
+    }
+    Ok(tags.to_vec())
 }
 
 async fn shutdown_signal() {

@@ -58,6 +58,8 @@ pub enum LinkKind {
     /// Zoned routing: opened by a member none of whose other links is in its own zone, to a
     /// node of that zone, so that it hears the routes of its zone.
     Zone,
+    /// Opened by this node to a node carrying one of its `connect_tags`; kept while it lives.
+    Tagged,
     /// Direct path to a destination this node sends traffic to; carries no routes.
     Session,
 }
@@ -421,6 +423,7 @@ impl Node {
     pub(super) fn review_links(&mut self) {
         let now = self.now;
         let candidates = self.measured_candidates();
+        self.review_tagged();
         self.review_near(&candidates);
         self.review_zone_link(&candidates);
         let relays: Vec<NodeId> = self
@@ -455,6 +458,37 @@ impl Node {
                 self.open_link(id, addr, LinkKind::Relay);
                 self.last_relay_swap = now;
             }
+        }
+    }
+
+    /// Opens a link to every known node that carries one of this node's `connect_tags`, up to
+    /// `max_tagged_links`.
+    fn review_tagged(&mut self) {
+        if self.connect_filters.is_empty() {
+            return;
+        }
+        let tagged = self
+            .links
+            .values()
+            .filter(|l| l.kind == LinkKind::Tagged)
+            .count();
+        let room = self.config.max_tagged_links.saturating_sub(tagged);
+        let wanted: Vec<(NodeId, SocketAddr)> = self
+            .known
+            .iter()
+            .filter(|k| self.connect_filters.iter().any(|f| k.tags.covers(*f)))
+            .filter(|k| {
+                !self
+                    .links
+                    .get(&k.id)
+                    .is_some_and(|l| l.kind == LinkKind::Tagged)
+            })
+            .filter(|k| !self.shunned.contains_key(&k.id))
+            .take(room)
+            .map(|k| (k.id, k.addr))
+            .collect();
+        for (id, addr) in wanted {
+            self.open_link(id, addr, LinkKind::Tagged);
         }
     }
 

@@ -33,6 +33,7 @@ use crate::keyed::{self, HashKey, Map};
 use crate::link::{Link, LossVerdict};
 use crate::peers::{KnownNode, PeerTable};
 use crate::routing::{RouteTable, ZoneConfig};
+use crate::tags::TagFilter;
 use crate::wire::{GossipEntry, MAX_GOSSIP, Message, Packet, Probe, WireCoord};
 use crate::{Duration, Instant, NodeId};
 
@@ -67,6 +68,12 @@ pub struct Config {
     pub gossip_per_probe: usize,
     /// Bound on the table of known nodes.
     pub max_known_nodes: usize,
+    /// This node's tags (at most [`crate::tags::MAX_TAGS`]), for others' `connect_tags`.
+    pub tags: Vec<String>,
+    /// Tags of nodes this node keeps a routing link to, wherever they are: every known node
+    /// carrying one of them gets a link (a [`LinkKind::Tagged`]), up to `max_tagged_links`.
+    pub connect_tags: Vec<String>,
+    pub max_tagged_links: usize,
     pub vivaldi: VivaldiConfig,
     pub routing: RoutingConfig,
 }
@@ -145,6 +152,9 @@ impl Config {
             startup_exploration: Duration::from_secs(120),
             gossip_per_probe: 3,
             max_known_nodes: 4_096,
+            tags: Vec::new(),
+            connect_tags: Vec::new(),
+            max_tagged_links: 16,
             vivaldi: VivaldiConfig::default(),
             routing: RoutingConfig::default(),
         }
@@ -401,6 +411,9 @@ pub struct Node {
     bootstrap_retry_at: Instant,
     bootstrap_backoff: Duration,
     zones: zones::ZoneState,
+    /// This node's tags, and one filter per tag it connects to.
+    own_tags: TagFilter,
+    connect_filters: Vec<TagFilter>,
     outputs: VecDeque<Output>,
     stats: NodeStats,
     /// Reused for every coordinate update.
@@ -426,6 +439,12 @@ impl Node {
             hash_key,
         );
         let nearest = nearest::NearestMeasured::new(config.routing.near_links);
+        let own_tags = TagFilter::of(&config.tags);
+        let connect_filters = config
+            .connect_tags
+            .iter()
+            .map(|tag| TagFilter::of(&[tag]))
+            .collect();
         let next_review_at = now + config.routing.review_interval;
         let next_refresh_at = now + config.routing.refresh_interval;
         Self {
@@ -457,6 +476,8 @@ impl Node {
             bootstrap_retry_at: now,
             bootstrap_backoff: BOOTSTRAP_FIRST_RETRY,
             zones: zones::ZoneState::new(hash_key),
+            own_tags,
+            connect_filters,
             outputs: VecDeque::new(),
             stats: NodeStats::default(),
             observations: Vec::new(),
@@ -574,6 +595,7 @@ impl Node {
             timestamp_us: probe.timestamp_us,
             coord: self.wire_coord(),
             gossip,
+            tags: self.own_tags,
         };
         self.send(from, Message::ProbeReply(reply));
     }
@@ -630,6 +652,7 @@ impl Node {
             error,
             heard_at: self.now,
             direct_at: Some(self.now),
+            tags: probe.tags,
         };
         self.known.learn(heard, &mut self.rng);
         for entry in &probe.gossip {
@@ -643,6 +666,7 @@ impl Node {
                 error: f64::from(entry.coord.error),
                 heard_at: self.now,
                 direct_at: None,
+                tags: entry.tags,
             };
             self.known.learn(gossiped, &mut self.rng);
         }
@@ -852,6 +876,7 @@ impl Node {
             timestamp_us: self.now.as_micros() as u64,
             coord: self.wire_coord(),
             gossip,
+            tags: self.own_tags,
         };
         self.send(addr, Message::ProbeRequest(probe));
     }
@@ -937,10 +962,12 @@ impl Node {
             if Some(id) == exclude || entries.iter().any(|e| e.id == id) {
                 continue;
             }
+            let tags = self.known.get(&id).map_or(TagFilter::NONE, |k| k.tags);
             entries.push(GossipEntry {
                 id,
                 addr,
                 coord: to_wire(coord, error),
+                tags,
             });
         }
         entries

@@ -59,9 +59,10 @@ impl<'a> Reader<'a> {
         Ok(f32::from_be_bytes(self.bytes()?))
     }
 
-    /// Address layout: family (4 or 6), the address bytes, then the port.
-    pub(crate) fn socket_addr(&mut self) -> Result<SocketAddr, DecodeError> {
-        let ip = match self.u8()? {
+    /// Address layout: family (4 or 6), the address bytes, then the port. Callers read the
+    /// family byte themselves (it may carry flags), and this reads the rest.
+    pub(crate) fn socket_addr_of_family(&mut self, family: u8) -> Result<SocketAddr, DecodeError> {
+        let ip = match family {
             4 => IpAddr::V4(Ipv4Addr::from(self.bytes::<4>()?)),
             6 => IpAddr::V6(Ipv6Addr::from(self.bytes::<16>()?)),
             other => return Err(DecodeError::BadAddressFamily(other)),

@@ -59,6 +59,7 @@ pub enum DecodeError {
     TooManyEntries(usize),
     UnknownOp(u8),
     InvalidCoordinate,
+    EmptyTags,
     TrailingBytes(usize),
 }
 
@@ -76,6 +77,7 @@ impl fmt::Display for DecodeError {
             Self::TooManyEntries(n) => write!(f, "{n} route entries exceed the limit"),
             Self::UnknownOp(op) => write!(f, "unknown operation {op}"),
             Self::InvalidCoordinate => write!(f, "coordinate out of range"),
+            Self::EmptyTags => write!(f, "an empty tag filter"),
             Self::TrailingBytes(n) => write!(f, "{n} trailing bytes"),
         }
     }

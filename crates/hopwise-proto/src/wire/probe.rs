@@ -16,16 +16,22 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! | gossip count  |  gossip entries (count x entry) ...           |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |       [sender's tag filter (64 bits), only if it has tags]    |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //!
 //! gossip entry:
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |                      NodeId (8 bytes)                         |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! | family 4 or 6 | IPv4 (4) or IPv6 (16) address | port (16)     |
+//! |T| family 4/6  | IPv4 (4) or IPv6 (16) address | port (16)     |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |             coordinate: x1, x2, height, error (4 x f32)       |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |       [tag filter (64 bits), present when T is set]           |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! ```
+//!
+//! Tag filters (see `tags`) cost nothing for untagged nodes.
 //!
 //! Coordinates are milliseconds. Non-finite or out-of-range values are rejected at decode time so
 //! a bad peer cannot poison anyone's coordinate with NaN.
@@ -35,6 +41,7 @@ use std::net::SocketAddr;
 use super::DecodeError;
 use super::codec::{Reader, put_socket_addr, socket_addr_len};
 use crate::NodeId;
+use crate::tags::TagFilter;
 
 /// At most this many gossip entries ride on one probe; decoding rejects more.
 pub const MAX_GOSSIP: usize = 8;
@@ -46,6 +53,9 @@ const MAX_COMPONENT_MS: f32 = 100_000.0;
 const MAX_ERROR: f32 = 100.0;
 
 const COORD_LEN: usize = 16;
+const TAGS_LEN: usize = 8;
+/// Set in a gossip entry's family byte when a tag filter follows the entry.
+const TAGGED: u8 = 0x80;
 
 /// A coordinate as carried on the wire, with the sender's error estimate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -91,12 +101,54 @@ pub struct GossipEntry {
     pub id: NodeId,
     pub addr: SocketAddr,
     pub coord: WireCoord,
+    pub tags: TagFilter,
 }
 
 impl GossipEntry {
     fn buffer_len(&self) -> usize {
-        NodeId::LEN + socket_addr_len(&self.addr) + COORD_LEN
+        NodeId::LEN + socket_addr_len(&self.addr) + COORD_LEN + tags_len(self.tags)
     }
+
+    fn parse(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let id = NodeId::from_bytes(reader.bytes()?);
+        let family = reader.u8()?;
+        let addr = reader.socket_addr_of_family(family & !TAGGED)?;
+        let coord = WireCoord::parse(reader)?;
+        let tags = if family & TAGGED != 0 {
+            read_tags(reader)?
+        } else {
+            TagFilter::NONE
+        };
+        Ok(Self {
+            id,
+            addr,
+            coord,
+            tags,
+        })
+    }
+
+    fn emit(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.id.as_bytes());
+        let start = out.len();
+        put_socket_addr(out, &self.addr);
+        self.coord.emit(out);
+        if !self.tags.is_empty() {
+            out[start] |= TAGGED;
+            out.extend_from_slice(&self.tags.0.to_be_bytes());
+        }
+    }
+}
+
+/// A present filter is never empty: one encoding per probe.
+fn read_tags(reader: &mut Reader<'_>) -> Result<TagFilter, DecodeError> {
+    match reader.u64()? {
+        0 => Err(DecodeError::EmptyTags),
+        bits => Ok(TagFilter(bits)),
+    }
+}
+
+fn tags_len(tags: TagFilter) -> usize {
+    if tags.is_empty() { 0 } else { TAGS_LEN }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +157,8 @@ pub struct Probe {
     pub timestamp_us: u64,
     pub coord: WireCoord,
     pub gossip: Vec<GossipEntry>,
+    /// The sender's own tags.
+    pub tags: TagFilter,
 }
 
 impl Probe {
@@ -123,17 +177,20 @@ impl Probe {
         }
         let mut gossip = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
-            gossip.push(GossipEntry {
-                id: NodeId::from_bytes(reader.bytes()?),
-                addr: reader.socket_addr()?,
-                coord: WireCoord::parse(reader)?,
-            });
+            gossip.push(GossipEntry::parse(reader)?);
         }
+        // What remains is the sender's tag filter, or trailing bytes the packet rejects.
+        let tags = if reader.remaining() == TAGS_LEN {
+            read_tags(reader)?
+        } else {
+            TagFilter::NONE
+        };
         Ok(Self {
             seq,
             timestamp_us,
             coord,
             gossip,
+            tags,
         })
     }
 
@@ -146,6 +203,7 @@ impl Probe {
                 .iter()
                 .map(GossipEntry::buffer_len)
                 .sum::<usize>()
+            + tags_len(self.tags)
     }
 
     /// Emits at most [`MAX_GOSSIP`] entries; callers never build more.
@@ -157,9 +215,10 @@ impl Probe {
         let entries = &self.gossip[..self.gossip.len().min(MAX_GOSSIP)];
         out.push(entries.len() as u8);
         for entry in entries {
-            out.extend_from_slice(entry.id.as_bytes());
-            put_socket_addr(out, &entry.addr);
-            entry.coord.emit(out);
+            entry.emit(out);
+        }
+        if !self.tags.is_empty() {
+            out.extend_from_slice(&self.tags.0.to_be_bytes());
         }
     }
 }
@@ -190,7 +249,9 @@ mod tests {
                         height: 2.0,
                         error: 1.0,
                     },
+                    tags: TagFilter::NONE,
                 }],
+                tags: TagFilter::NONE,
             }),
         }
     }
@@ -235,6 +296,21 @@ mod tests {
         probe.gossip[0].addr = "[2001:db8::1]:443".parse().unwrap();
         let bytes = packet.to_bytes();
         assert_eq!(bytes.len(), SAMPLE_BYTES.len() + 12);
+        assert_eq!(Packet::parse(&bytes), Ok(packet));
+    }
+
+    #[test]
+    fn tag_filters_ride_only_when_present() {
+        let mut packet = sample();
+        let Message::ProbeReply(probe) = &mut packet.message else {
+            unreachable!()
+        };
+        probe.tags = TagFilter(0x0102_0304_0506_0708);
+        probe.gossip[0].tags = TagFilter(0xff00_0000_0000_0001);
+        let bytes = packet.to_bytes();
+        assert_eq!(bytes.len(), SAMPLE_BYTES.len() + 16);
+        assert_eq!(bytes[49], 0x84, "the tagged bit on the entry's family");
+        assert_eq!(&bytes[bytes.len() - 8..], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(Packet::parse(&bytes), Ok(packet));
     }
 

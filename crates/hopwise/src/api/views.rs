@@ -185,7 +185,7 @@ impl Status {
 pub struct Peer {
     pub id: String,
     pub addr: SocketAddr,
-    /// `near`, `relay`, `inbound`, `zone` (routing links), `session` (a direct path carrying
+    /// `near`, `relay`, `inbound`, `zone`, `tagged` (routing links), `session` (a direct path carrying
     /// traffic) or `neighbour` (measured for coordinates only).
     pub kind: String,
     pub rtt_ms: Option<f64>,
@@ -200,6 +200,7 @@ pub fn peers(node: &Node) -> Vec<Peer> {
             LinkKind::Relay => "relay",
             LinkKind::Inbound => "inbound",
             LinkKind::Zone => "zone",
+            LinkKind::Tagged => "tagged",
             LinkKind::Session => "session",
         }
         .to_string(),
