@@ -4,9 +4,11 @@
 //! runs the loop: a received datagram, an expired deadline, a control request or a shutdown
 //! signal goes into the node, and then everything the node wants sent or reported comes out.
 
+mod batch;
 mod clock;
 mod testbed;
 
+use batch::BatchReceiver;
 pub use clock::Clock;
 pub use testbed::{Testbed, load_delays};
 
@@ -14,7 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hopwise_proto::secure::{MAX_SECURE_DATAGRAM, SecureNode};
+use hopwise_proto::secure::SecureNode;
 use hopwise_proto::wire::TraceHop;
 use hopwise_proto::{Event, Input, NodeId, Output, Transmit};
 use tokio::net::UdpSocket;
@@ -32,6 +34,8 @@ pub enum ControlRequest {
     },
 }
 
+/// Receive batches handled before the node's output is sent.
+const BATCHES_PER_WAKE: usize = 16;
 /// A trace unanswered for this long is reported as lost.
 const TRACE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Bound on traces waiting for an answer: each costs a pending entry.
@@ -103,7 +107,13 @@ impl Runner {
     /// Runs until `shutdown` resolves, then tells the routing neighbours that this node leaves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut buf = vec![0u8; MAX_SECURE_DATAGRAM + 1];
+        let mut receiver = match BatchReceiver::new(&self.socket) {
+            Ok(receiver) => receiver,
+            Err(error) => {
+                warn!(%error, "cannot set up the socket for batched receiving");
+                return;
+            }
+        };
         loop {
             self.drain_outputs();
             let node_deadline = self.clock.to_tokio(self.node.poll_timeout());
@@ -114,14 +124,9 @@ impl Runner {
                 .min()
                 .map_or(node_deadline, |trace| trace.min(node_deadline));
             tokio::select! {
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => {
-                        let from = canonical(from);
-                        let now = self.clock.now();
-                        self.node.handle_input(Input::Datagram { now, from, data: &buf[..len] });
-                    }
-                    // ICMP errors surface here on some platforms; the node sees the loss anyway.
-                    Err(error) => debug!(%error, "receive failed"),
+                readable = self.socket.readable() => match readable {
+                    Ok(()) => self.receive_all(&mut receiver),
+                    Err(error) => debug!(%error, "socket not readable"),
                 },
                 () = tokio::time::sleep_until(deadline) => self.on_deadline(),
                 Some(request) = self.requests.recv() => self.on_request(request),
@@ -133,6 +138,27 @@ impl Runner {
         self.testbed = None;
         self.node.node_mut().leave(self.clock.now());
         self.drain_outputs();
+    }
+
+    /// Feeds the node what the socket holds, a batch per system call, up to
+    /// `BATCHES_PER_WAKE` batches: then the node's answers go out before more is read.
+    fn receive_all(&mut self, receiver: &mut BatchReceiver) {
+        let (socket, node, clock) = (&self.socket, &mut self.node, &self.clock);
+        for _ in 0..BATCHES_PER_WAKE {
+            let received = receiver.receive(socket, |from, data| {
+                let (from, now) = (canonical(from), clock.now());
+                node.handle_input(Input::Datagram { now, from, data });
+            });
+            match received {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                // ICMP errors surface here on some platforms; the node sees the loss anyway.
+                Err(error) => {
+                    debug!(%error, "receive failed");
+                    return;
+                }
+            }
+        }
     }
 
     fn on_deadline(&mut self) {
