@@ -397,3 +397,82 @@ async fn a_flood_of_bad_datagrams_is_counted_and_the_network_keeps_working() {
     net.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_control_api_speaks_netloc_and_survives_bad_requests() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let matrix = cities(3);
+    let dir = scratch("testbed-api");
+    let mut net = Testnet::start(binary(), &matrix, &dir, &NETWORK_KEY, 5).expect("start");
+    net.wait_for_routes(Duration::from_secs(30))
+        .await
+        .expect("every node routes to every other");
+
+    // One connection, many requests: good, malformed and unknown ones in turn.
+    let stream = tokio::net::TcpStream::connect(net.members[0].api)
+        .await
+        .expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let other = net.members[1].listen;
+    let requests = [
+        r#"{"action": "get_location"}"#.to_string(),
+        "this is not json".to_string(),
+        format!(r#"{{"action": "get_node_info", "node_addr": "{other}"}}"#),
+        r#"{"action": "launch_missiles"}"#.to_string(),
+        r#"{"action": "get_recent_nodes", "max_nodes": 1}"#.to_string(),
+        r#"{"action": "get_node_info", "node_addr": "not an address"}"#.to_string(),
+        r#"{"action": "get_full_map"}"#.to_string(),
+        "x".repeat(100_000),
+        r#"{"action": "status"}"#.to_string(),
+    ];
+    let mut answers = Vec::new();
+    for request in &requests {
+        write
+            .write_all(format!("{request}\n").as_bytes())
+            .await
+            .expect("write");
+        let line = lines.next_line().await.expect("read").expect("an answer");
+        answers.push(serde_json::from_str::<serde_json::Value>(&line).expect("JSON"));
+    }
+    let types: Vec<&str> = answers
+        .iter()
+        .map(|a| a["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "location",
+            "error",
+            "node_info",
+            "error",
+            "recent_nodes",
+            "error",
+            "full_map",
+            "error",
+            "status"
+        ]
+    );
+    // netloc's shapes: a location, a node's info by address, the most recent nodes, the map.
+    let loc = &answers[0]["loc"];
+    for field in ["x1", "x2", "height", "pos_err", "iteration"] {
+        assert!(loc[field].is_number(), "loc.{field}");
+    }
+    let info = &answers[2]["info"];
+    assert_eq!(info["ip"], other.ip().to_string());
+    assert_eq!(info["port"], other.port());
+    assert_eq!(info["id"], net.members[1].id.to_string());
+    assert!(info["location"]["x1"].is_number() && info["updated_at"].is_number());
+    assert_eq!(answers[4]["nodes"].as_array().unwrap().len(), 1);
+    let map = answers[6]["nodes"].as_array().unwrap();
+    assert_eq!(map.len(), 2, "the map holds the other two nodes");
+    for node in map {
+        assert_eq!(node["flags"]["is_addr_ipv6"], false);
+        assert!(node["ip"].is_string() && node["port"].is_number() && node["name"].is_string());
+    }
+    assert_eq!(answers[8]["id"], net.members[0].id.to_string());
+
+    net.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
