@@ -440,7 +440,11 @@ impl Node {
             }
             return;
         }
-        if now - self.last_relay_swap < self.config.routing.relay_swap_interval {
+        let swap_interval = match self.routes.zoning() {
+            Some(_) => self.config.routing.zoned_relay_swap_interval,
+            None => self.config.routing.relay_swap_interval,
+        };
+        if now - self.last_relay_swap < swap_interval {
             return;
         }
         let utilities = self.link_utilities();
