@@ -14,9 +14,9 @@
 //! +                           16 bytes                            +
 //! |                              ...                              |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! | gossip count  |  gossip entries (count x entry) ...           |
+//! |T|gossip count |  gossip entries (count x entry) ...           |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |       [sender's tag filter (64 bits), only if it has tags]    |
+//! |      [sender's tag filter (64 bits), present when T is set]   |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //!
 //! gossip entry:
@@ -54,7 +54,8 @@ const MAX_ERROR: f32 = 100.0;
 
 const COORD_LEN: usize = 16;
 const TAGS_LEN: usize = 8;
-/// Set in a gossip entry's family byte when a tag filter follows the entry.
+/// Set in a gossip entry's family byte when a tag filter follows the entry, and in the gossip
+/// count when the sender's own filter follows the entries.
 const TAGGED: u8 = 0x80;
 
 /// A coordinate as carried on the wire, with the sender's error estimate.
@@ -166,7 +167,8 @@ impl Probe {
         let seq = reader.u32()?;
         let timestamp_us = reader.u64()?;
         let coord = WireCoord::parse(reader)?;
-        let count = reader.u8()?;
+        let count_byte = reader.u8()?;
+        let count = count_byte & !TAGGED;
         if usize::from(count) > MAX_GOSSIP {
             return Err(DecodeError::TooManyGossipEntries(count));
         }
@@ -179,8 +181,7 @@ impl Probe {
         for _ in 0..count {
             gossip.push(GossipEntry::parse(reader)?);
         }
-        // What remains is the sender's tag filter, or trailing bytes the packet rejects.
-        let tags = if reader.remaining() == TAGS_LEN {
+        let tags = if count_byte & TAGGED != 0 {
             read_tags(reader)?
         } else {
             TagFilter::NONE
@@ -213,7 +214,8 @@ impl Probe {
         out.extend_from_slice(&self.timestamp_us.to_be_bytes());
         self.coord.emit(out);
         let entries = &self.gossip[..self.gossip.len().min(MAX_GOSSIP)];
-        out.push(entries.len() as u8);
+        let tagged = if self.tags.is_empty() { 0 } else { TAGGED };
+        out.push(entries.len() as u8 | tagged);
         for entry in entries {
             entry.emit(out);
         }
@@ -309,6 +311,7 @@ mod tests {
         probe.gossip[0].tags = TagFilter(0xff00_0000_0000_0001);
         let bytes = packet.to_bytes();
         assert_eq!(bytes.len(), SAMPLE_BYTES.len() + 16);
+        assert_eq!(bytes[40], 0x81, "the tagged bit on the gossip count");
         assert_eq!(bytes[49], 0x84, "the tagged bit on the entry's family");
         assert_eq!(&bytes[bytes.len() - 8..], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(Packet::parse(&bytes), Ok(packet));
