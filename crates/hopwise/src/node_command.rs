@@ -26,7 +26,8 @@ const DEFAULT_API: &str = "127.0.0.1:4001";
 #[derive(Args, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeArgs {
-    /// TOML file with any of these options.
+    /// TOML file with any of these options under the same names, e.g. `listen = "[::]:4000"`,
+    /// `seed = ["192.0.2.1:4000"]`, `network-key-file = "network.key"`; the command line wins.
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
