@@ -13,6 +13,8 @@ use crate::testnet::Testnet;
 
 /// 30 cities of the WonderNetwork ping measurements (see data/README.md).
 const BUNDLED_CITIES: &str = include_str!("../data/cities30.csv");
+/// After full routes, the time given to relay choice before the table is measured.
+const SETTLE: Duration = Duration::from_secs(10);
 /// The demo's nodes listen on 127.1.0.2, 127.1.0.3, ...
 const DEMO_SUBNET: u8 = 1;
 /// Traces per pair; the table shows the fastest, as ping tools report the minimum.
@@ -92,13 +94,15 @@ async fn show(
     started: tokio::time::Instant,
 ) -> anyhow::Result<()> {
     net.wait_for_routes(Duration::from_secs(45)).await?;
+    println!(
+        "every node routes to every other after {:.1} s; {} s more for the relays to settle",
+        started.elapsed().as_secs_f64(),
+        SETTLE.as_secs()
+    );
     // Routes exist once every node is known; relays are chosen from measurements gossiped
     // over the following seconds.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    println!(
-        "every node routes to every other after {:.0} s\n",
-        started.elapsed().as_secs_f64()
-    );
+    tokio::time::sleep(SETTLE).await;
+    println!("table after {:.1} s\n", started.elapsed().as_secs_f64());
     let pairs = choose_pairs(matrix, best, args.pairs);
     println!(
         "{:<18} {:<18} {:>9} {:>9} {:>9} {:>6}  path through the overlay",
