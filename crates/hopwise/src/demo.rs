@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use hopwise_sim::{Matrix, Unit};
+use hopwise_sim::network::Network;
+use hopwise_sim::paths::optimal_round_trips;
+use hopwise_sim::{Matrix, NetworkConfig, Unit};
 
 use crate::api::TraceReport;
 use crate::testnet::Testnet;
@@ -230,7 +232,7 @@ async fn kill_relay(
     Ok(())
 }
 
-/// All-pairs shortest round trips of a small matrix (Floyd–Warshall).
+/// The best round trip of every pair, as the simulator computes its optimum.
 struct ShortestPaths {
     n: usize,
     rtt: Vec<f64>,
@@ -239,26 +241,12 @@ struct ShortestPaths {
 impl ShortestPaths {
     fn new(matrix: &Matrix) -> Self {
         let n = matrix.len();
-        let mut rtt: Vec<f64> = (0..n * n)
-            .map(|k| {
-                let (a, b) = (k / n, k % n);
-                if a == b {
-                    0.0
-                } else {
-                    matrix.rtt_ms(a, b).unwrap_or(f64::INFINITY)
-                }
-            })
+        let network = Network::new(vec![matrix.clone()], NetworkConfig::default(), 0);
+        let pairs: Vec<(usize, usize)> = (0..n).flat_map(|a| (0..n).map(move |b| (a, b))).collect();
+        let rtt = optimal_round_trips(&network, matrix, &pairs)
+            .into_iter()
+            .map(|best| best.unwrap_or(f64::INFINITY))
             .collect();
-        for via in 0..n {
-            for a in 0..n {
-                for b in 0..n {
-                    let through = rtt[a * n + via] + rtt[via * n + b];
-                    if through < rtt[a * n + b] {
-                        rtt[a * n + b] = through;
-                    }
-                }
-            }
-        }
         Self { n, rtt }
     }
 

@@ -203,21 +203,30 @@ impl Testnet {
 
     /// Waits until every running node has a route to every other running node.
     pub async fn wait_for_routes(&self, timeout: Duration) -> anyhow::Result<Duration> {
-        let started = tokio::time::Instant::now();
         let running: Vec<usize> = (0..self.members.len())
             .filter(|i| self.is_running(*i))
             .collect();
+        self.wait_for_routes_among(&running, timeout).await
+    }
+
+    /// Waits until each of `members` has a route to at least every other one of them.
+    pub async fn wait_for_routes_among(
+        &self,
+        members: &[usize],
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = tokio::time::Instant::now();
         loop {
             let mut complete = true;
-            for &i in &running {
+            for &i in members {
                 let routed = self.status(i).await.map_or(0, |s| s.routes);
-                complete &= routed + 1 >= running.len();
+                complete &= routed + 1 >= members.len();
             }
             if complete {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > timeout {
-                bail!("not every node had a route to every other within {timeout:?}");
+                bail!("not every member had a route to every other within {timeout:?}");
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

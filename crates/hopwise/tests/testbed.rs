@@ -169,19 +169,7 @@ async fn a_node_without_the_network_key_cannot_join_or_inject() {
         net.launch(i).expect("launch");
     }
     let members: Vec<usize> = (0..outsider).collect();
-    let routed = async {
-        loop {
-            let mut complete = true;
-            for &i in &members {
-                complete &= net.status(i).await.is_ok_and(|s| s.routes >= 2);
-            }
-            if complete {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), routed)
+    net.wait_for_routes_among(&members, Duration::from_secs(30))
         .await
         .expect("the members route to each other");
 

@@ -438,17 +438,31 @@ impl Channels {
         );
     }
 
-    fn on_reply(&mut self, now: Instant, from: SocketAddr, message: &[u8]) {
-        let Some(handshake) = self.handshakes.get_mut(&from).filter(|h| h.hello.is_some()) else {
+    /// Reads the next handshake message from `from` into its handshake, if one awaits it in
+    /// that role (`initiator`: we said hello and wait for the reply); counts a failure.
+    fn read_handshake(&mut self, from: SocketAddr, initiator: bool, message: &[u8]) -> bool {
+        let Some(handshake) = self
+            .handshakes
+            .get_mut(&from)
+            .filter(|h| h.hello.is_some() == initiator)
+        else {
             self.stats.handshakes_failed += 1;
-            return;
+            return false;
         };
         if handshake.state.read_message(message, &mut []).is_err() {
             // A failed read leaves the state unusable: start over with the next packet.
             self.handshakes.swap_remove(&from);
             self.stats.handshakes_failed += 1;
+            return false;
+        }
+        true
+    }
+
+    fn on_reply(&mut self, now: Instant, from: SocketAddr, message: &[u8]) {
+        if !self.read_handshake(from, true, message) {
             return;
         }
+        let handshake = self.handshakes.get_mut(&from).expect("just read");
         let mut confirm = vec![TYPE_CONFIRM; 1 + KEY_LEN + 2 * TAG_LEN];
         if handshake
             .state
@@ -463,16 +477,9 @@ impl Channels {
     }
 
     fn on_confirm(&mut self, now: Instant, from: SocketAddr, message: &[u8]) {
-        let Some(handshake) = self.handshakes.get_mut(&from).filter(|h| h.hello.is_none()) else {
-            self.stats.handshakes_failed += 1;
-            return;
-        };
-        if handshake.state.read_message(message, &mut []).is_err() {
-            self.handshakes.swap_remove(&from);
-            self.stats.handshakes_failed += 1;
-            return;
+        if self.read_handshake(from, false, message) {
+            self.establish(now, from);
         }
-        self.establish(now, from);
     }
 
     /// A finished handshake becomes the session with `peer`, replacing any older one.

@@ -23,7 +23,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::node::{Config, Input, Node, Output};
-use crate::wire::{self, HEADER_LEN, Message, Packet};
+use crate::wire::{self, HEADER_LEN};
 use crate::{Instant, NodeId};
 
 /// The Noise pattern of every link. Both ends prove their static key (XX), and the network key
@@ -116,16 +116,12 @@ impl SecureNode {
         }
     }
 
-    fn retimed(&mut self, packet: Vec<u8>) -> Option<Vec<u8>> {
-        if wire::kind_of(&packet) != Some(wire::KIND_PROBE_REQUEST) {
-            return Some(packet);
+    fn retimed(&mut self, mut packet: Vec<u8>) -> Option<Vec<u8>> {
+        if let Some(seq) = wire::probe_request_seq(&packet) {
+            let timestamp_us = self.node.retime_probe(self.now, seq)?;
+            wire::set_probe_request_timestamp(&mut packet, timestamp_us);
         }
-        let mut parsed = Packet::parse(&packet).ok()?;
-        let Message::ProbeRequest(probe) = &mut parsed.message else {
-            return None;
-        };
-        probe.timestamp_us = self.node.retime_probe(self.now, probe.seq)?;
-        Some(parsed.to_bytes())
+        Some(packet)
     }
 
     pub fn poll_output(&mut self) -> Output {
@@ -135,7 +131,7 @@ impl SecureNode {
             }
             match self.node.poll_output() {
                 Output::Transmit(transmit) => {
-                    let probe_seq = probe_request_seq(&transmit.contents);
+                    let probe_seq = wire::probe_request_seq(&transmit.contents);
                     let sealed =
                         self.channels
                             .seal(self.now, transmit.destination, transmit.contents);
@@ -156,15 +152,6 @@ impl SecureNode {
         let secure = self.channels.next_timeout().unwrap_or(Instant::MAX);
         self.node.poll_timeout().min(secure)
     }
-}
-
-/// The sequence number of a probe request, read without parsing the rest.
-fn probe_request_seq(packet: &[u8]) -> Option<u32> {
-    if wire::kind_of(packet) != Some(wire::KIND_PROBE_REQUEST) {
-        return None;
-    }
-    let seq = packet.get(HEADER_LEN..HEADER_LEN + 4)?;
-    Some(u32::from_be_bytes(seq.try_into().ok()?))
 }
 
 /// The sender id in a hopwise packet's header, read without parsing the rest.

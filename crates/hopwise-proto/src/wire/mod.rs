@@ -36,7 +36,7 @@ pub const HEADER_LEN: usize = 4 + NodeId::LEN;
 /// The largest datagram the core emits or accepts.
 pub const MAX_DATAGRAM: usize = 1200;
 
-pub const KIND_PROBE_REQUEST: u8 = 1;
+const KIND_PROBE_REQUEST: u8 = 1;
 const KIND_PROBE_REPLY: u8 = 2;
 const KIND_ROUTE_UPDATE: u8 = 3;
 const KIND_LINK: u8 = 4;
@@ -112,11 +112,32 @@ pub fn accepts(datagram: &[u8]) -> bool {
     datagram.first() == Some(&MAGIC)
 }
 
-/// The message kind of a datagram that looks like a hopwise packet, without parsing it.
-pub fn kind_of(datagram: &[u8]) -> Option<u8> {
+/// Where a probe request's sequence number and timestamp sit in its datagram.
+const PROBE_SEQ_AT: usize = HEADER_LEN;
+const PROBE_TIMESTAMP_AT: usize = HEADER_LEN + 4;
+
+/// The sequence number of a probe request, read without parsing the rest; `None` for any other
+/// datagram.
+pub fn probe_request_seq(datagram: &[u8]) -> Option<u32> {
     match datagram {
-        [MAGIC, VERSION, kind, ..] => Some(*kind),
+        [MAGIC, VERSION, KIND_PROBE_REQUEST, ..] => {
+            let seq = datagram.get(PROBE_SEQ_AT..PROBE_TIMESTAMP_AT)?;
+            Some(u32::from_be_bytes(seq.try_into().ok()?))
+        }
         _ => None,
+    }
+}
+
+/// Rewrites the timestamp of a probe request in place (a driver that held the request back
+/// sends it with the time it really leaves); false if `datagram` is no probe request.
+pub fn set_probe_request_timestamp(datagram: &mut [u8], timestamp_us: u64) -> bool {
+    let is_request = probe_request_seq(datagram).is_some();
+    match datagram.get_mut(PROBE_TIMESTAMP_AT..PROBE_TIMESTAMP_AT + 8) {
+        Some(field) if is_request => {
+            field.copy_from_slice(&timestamp_us.to_be_bytes());
+            true
+        }
+        _ => false,
     }
 }
 
@@ -195,6 +216,47 @@ impl Packet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_request_is_read_and_retimed_in_place() {
+        let request = Packet {
+            sender: NodeId::from_bytes([3; NodeId::LEN]),
+            message: Message::ProbeRequest(Probe {
+                seq: 77,
+                timestamp_us: 5,
+                coord: WireCoord {
+                    x1: 1.0,
+                    x2: 2.0,
+                    height: 3.0,
+                    error: 0.5,
+                },
+                gossip: Vec::new(),
+                tags: crate::tags::TagFilter::NONE,
+            }),
+        };
+        let mut bytes = request.to_bytes();
+        assert_eq!(probe_request_seq(&bytes), Some(77));
+        assert!(set_probe_request_timestamp(&mut bytes, 9_000));
+        let Ok(Packet {
+            message: Message::ProbeRequest(retimed),
+            ..
+        }) = Packet::parse(&bytes)
+        else {
+            panic!("still a probe request");
+        };
+        assert_eq!((retimed.seq, retimed.timestamp_us), (77, 9_000));
+        let Message::ProbeRequest(probe) = request.message else {
+            unreachable!()
+        };
+        let mut reply = Packet {
+            sender: request.sender,
+            message: Message::ProbeReply(probe),
+        }
+        .to_bytes();
+        assert_eq!(probe_request_seq(&reply), None);
+        assert!(!set_probe_request_timestamp(&mut reply, 1));
+        assert!(!set_probe_request_timestamp(&mut bytes[..15], 1));
+    }
 
     #[test]
     fn header_rejections() {

@@ -122,14 +122,24 @@ async fn inspect_secure<T: Send + 'static>(
     context: &ApiContext,
     inspect: impl FnOnce(&SecureNode) -> T + Send + 'static,
 ) -> Result<T, Response> {
+    ask(context, |reply| {
+        ControlRequest::Inspect(Box::new(move |node| {
+            let _ = reply.send(inspect(node));
+        }))
+    })
+    .await
+}
+
+/// Sends the runner a request carrying a reply channel, and waits for the reply.
+async fn ask<T>(
+    context: &ApiContext,
+    request: impl FnOnce(oneshot::Sender<T>) -> ControlRequest,
+) -> Result<T, Response> {
     let (reply, answer) = oneshot::channel();
-    let request = ControlRequest::Inspect(Box::new(move |node| {
-        let _ = reply.send(inspect(node));
-    }));
     let stopped = || Response::error("the node is shutting down");
     context
         .requests
-        .send(request)
+        .send(request(reply))
         .await
         .map_err(|_| stopped())?;
     answer.await.map_err(|_| stopped())
@@ -218,15 +228,12 @@ async fn trace(context: &ApiContext, target: String) -> Result<Response, Respons
     })
     .await?;
     let (origin, destination) = resolved.map_err(Response::error)?;
-    let (reply, answer) = oneshot::channel();
-    let request = ControlRequest::Trace { destination, reply };
-    let stopped = || Response::error("the node is shutting down");
-    context
-        .requests
-        .send(request)
-        .await
-        .map_err(|_| stopped())?;
-    match answer.await.map_err(|_| stopped())? {
+    let traced = ask(context, |reply| ControlRequest::Trace {
+        destination,
+        reply,
+    })
+    .await?;
+    match traced {
         Some(outcome) => Ok(Response::Trace(TraceReport::new(
             origin,
             destination,
