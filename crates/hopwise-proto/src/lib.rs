@@ -6,13 +6,16 @@
 //! `docs/ARCHITECTURE.md` for how the crates fit together.
 
 pub mod coords;
+pub mod e2e;
 mod id;
 pub mod keyed;
+mod limit;
 pub mod link;
 pub mod node;
 pub mod peers;
 pub mod routing;
 pub mod secure;
+pub mod service;
 pub mod tags;
 mod time;
 pub mod wire;

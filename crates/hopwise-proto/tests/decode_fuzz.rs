@@ -95,6 +95,7 @@ fn packet() -> impl Strategy<Value = Packet> {
             }
         }),
         prop::collection::vec(any::<u8>(), 0..1_000).prop_map(DataBody::Payload),
+        prop::collection::vec(any::<u8>(), 0..1_000).prop_map(DataBody::Sealed),
         node_id().prop_map(|zone| DataBody::Register { zone }),
         node_id().prop_map(|target| DataBody::Lookup { target }),
         (node_id(), proptest::option::of(node_id()))

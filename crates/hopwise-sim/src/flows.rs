@@ -60,9 +60,13 @@ impl Flows {
     /// Takes note of the deliveries among `recorded`.
     pub fn record(&mut self, recorded: &[Recorded]) {
         for r in recorded {
+            // A flow's packet is 8 bytes: its flow and sequence numbers.
             let Event::Delivered { payload, .. } = &r.event else {
                 continue;
             };
+            if payload.len() != 8 {
+                continue;
+            }
             let Some(flow) = payload
                 .get(..4)
                 .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)

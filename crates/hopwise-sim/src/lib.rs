@@ -1,6 +1,7 @@
 //! The hopwise simulator: many real protocol nodes in one process, over real latency matrices,
 //! deterministic for a given seed.
 
+pub mod datagrams;
 pub mod flows;
 pub mod matrix;
 pub mod metrics;

@@ -9,6 +9,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::datagrams::{DatagramWorkload, E2eReport};
 use crate::flows::{FLOW_INTERVAL, Flows};
 use crate::matrix::Matrix;
 use crate::metrics::{Accuracy, coordinate_accuracy, percentile};
@@ -44,6 +45,8 @@ pub struct Report {
     pub expanded_from: Option<ExpandedFrom>,
     /// Present when the nodes ran behind the secure layer (`--secure`).
     pub secure: Option<SecureReport>,
+    /// Present when the run carried end-to-end datagrams (`--e2e-peers`).
+    pub e2e: Option<E2eReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -219,6 +222,8 @@ const FLOWS_BEFORE_FAILURE: Duration = Duration::from_secs(20);
 const FLOWS_AFTER_FAILURE: Duration = Duration::from_secs(20);
 /// Without a failure, flows run during the last stretch of the run.
 const FLOWS_WITHOUT_FAILURE: Duration = Duration::from_secs(30);
+/// End-to-end datagrams stop this long before the end of the run, so that all have arrived.
+const DATAGRAMS_DRAIN: Duration = Duration::from_secs(2);
 /// Path quality after a matrix switch: direct sessions warm up, then pairs are measured.
 const SLICE_MEASURE_AFTER: Duration = Duration::from_secs(6);
 /// Pairs sampled per slice measurement.
@@ -257,6 +262,11 @@ pub fn run(
         None => (end - FLOWS_WITHOUT_FAILURE, end),
     };
     let mut flows = Flows::new(sim.len(), scenario.flows, config.seed);
+    let mut datagrams = scenario.datagrams.clone().map(|workload| {
+        // The last datagrams leave early enough to arrive before the run ends.
+        let stop = end - DATAGRAMS_DRAIN;
+        DatagramWorkload::new(sim.len(), workload, config.seed, stop)
+    });
     let mut failure: Option<Failure> = None;
     let mut converged_at = None;
     let mut slices = Vec::new();
@@ -266,12 +276,25 @@ pub fn run(
     while second < end {
         let next_second = (second + Duration::from_secs(1)).min(end);
         let mut at = second;
+        let mut flow_at = second;
         while at < next_second {
-            at = if flows.pairs().is_empty() || at + FLOW_INTERVAL <= flow_start || at >= flow_end {
+            let flow_next = if flows.pairs().is_empty()
+                || flow_at + FLOW_INTERVAL <= flow_start
+                || flow_at >= flow_end
+            {
                 next_second
             } else {
-                (at + FLOW_INTERVAL).min(next_second)
+                (flow_at + FLOW_INTERVAL).min(next_second)
             };
+            let workload_due = datagrams
+                .as_ref()
+                .and_then(DatagramWorkload::next_due)
+                .filter(|&due| due < flow_next);
+            at = workload_due.unwrap_or(flow_next).max(at);
+            let flow_step = workload_due.is_none();
+            if flow_step {
+                flow_at = at;
+            }
             if let Some(fail) = fail_at.filter(|&f| f <= at && failure.is_none()) {
                 sim.run_until(fail);
                 failure = Some(fail_nodes(
@@ -283,11 +306,17 @@ pub fn run(
                 ));
             }
             sim.run_until(at);
-            if !flows.pairs().is_empty() && at >= flow_start && at < flow_end {
+            if flow_step && !flows.pairs().is_empty() && at >= flow_start && at < flow_end {
                 flows.send(&mut sim);
+            }
+            if let Some(workload) = &mut datagrams {
+                workload.send_due(&mut sim, at);
             }
             let recorded = sim.take_recorded();
             flows.record(&recorded);
+            if let Some(workload) = &mut datagrams {
+                workload.record(&recorded);
+            }
         }
         second = next_second;
         progress(sim.now() - Instant::ZERO);
@@ -343,6 +372,7 @@ pub fn run(
     let wire_rate =
         |v: Volume| (v.bytes + v.datagrams * IP_UDP_HEADER_BYTES) as f64 / per_node_second;
     let failover = failure.map(|f| failover_report(&f, &flows, flow_end));
+    let e2e = datagrams.as_ref().map(|workload| workload.report(&sim));
     let routing = scenario.measure_pairs.then(|| {
         let ttl_before = sim.total_stats().dropped_ttl_expired;
         let pairs = choose_pairs(&sim, config.seed);
@@ -413,6 +443,7 @@ pub fn run(
         failover,
         slices,
         expanded_from,
+        e2e,
     };
     Outcome {
         report,

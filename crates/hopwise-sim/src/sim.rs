@@ -8,7 +8,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
+use hopwise_proto::e2e::{E2eStats, Port};
 use hopwise_proto::secure::{Keys, SecureNode, SecureStats, crypto};
+use hopwise_proto::service::{Host, OverlayNode, RegisterError, Service, ServiceHandle};
 use hopwise_proto::{
     Algorithm, Config, Coordinate, Duration, Event, Input, Instant, Node, NodeId, NodeStats,
     Output, PayloadTooLarge, ZoneConfig,
@@ -16,6 +18,7 @@ use hopwise_proto::{
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::datagrams::DatagramConfig;
 use crate::matrix::Matrix;
 use crate::network::{Network, NetworkConfig};
 
@@ -52,7 +55,8 @@ pub struct SimConfig {
     pub scenario: Scenario,
     /// Zoned routing for every node, or flat routing with `None`.
     pub zones: Option<ZoneConfig>,
-    /// Run every node behind the real Noise layer: handshakes, encryption, replay windows.
+    /// Run every node behind the real hop-by-hop Noise layer: handshakes, encryption, replay
+    /// windows. End-to-end sessions run either way.
     pub secure: bool,
     /// Tags and connect-tags of particular nodes (all others have none).
     pub tags: Vec<NodeTags>,
@@ -75,6 +79,8 @@ pub struct Scenario {
     /// Fraction of nodes killed at `fail_at`.
     pub fail_nodes: f64,
     pub fail_at: Option<Duration>,
+    /// End-to-end datagrams between random pairs, with plain twins (see `datagrams`).
+    pub datagrams: Option<DatagramConfig>,
 }
 
 impl Default for Scenario {
@@ -84,6 +90,7 @@ impl Default for Scenario {
             flows: 0,
             fail_nodes: 0.0,
             fail_at: None,
+            datagrams: None,
         }
     }
 }
@@ -172,54 +179,90 @@ pub struct Recorded {
     pub event: Event,
 }
 
-/// A simulated member: the protocol node alone, or behind the secure layer.
+/// A simulated member: a host over the protocol node alone, or over the secure layer. Either
+/// way it runs the real end-to-end layer and whatever services a scenario registers.
 // Plain nodes stay inline: they are the common case, and a slot holds one node either way.
 #[allow(clippy::large_enum_variant)]
 enum SimNode {
-    Plain(Node),
-    Secure(Box<SecureNode>),
+    Plain(Host<Node>),
+    Secure(Box<Host<SecureNode>>),
+}
+
+/// Runs the same expression on whichever host a member has.
+macro_rules! on_host {
+    ($node:expr, $host:ident => $body:expr) => {
+        match $node {
+            SimNode::Plain($host) => $body,
+            SimNode::Secure($host) => $body,
+        }
+    };
 }
 
 impl SimNode {
     fn node(&self) -> &Node {
-        match self {
-            Self::Plain(node) => node,
-            Self::Secure(secure) => secure.node(),
-        }
+        on_host!(self, host => host.node())
     }
 
     fn node_mut(&mut self) -> &mut Node {
-        match self {
-            Self::Plain(node) => node,
-            Self::Secure(secure) => secure.node_mut(),
-        }
+        on_host!(self, host => host.overlay_mut().node_mut())
     }
 
     fn handle_input(&mut self, input: Input<'_>) {
-        match self {
-            Self::Plain(node) => node.handle_input(input),
-            Self::Secure(secure) => secure.handle_input(input),
-        }
+        on_host!(self, host => host.handle_input(input))
     }
 
     fn poll_output(&mut self) -> Output {
-        match self {
-            Self::Plain(node) => node.poll_output(),
-            Self::Secure(secure) => secure.poll_output(),
-        }
+        on_host!(self, host => host.poll_output())
+    }
+
+    fn e2e_stats(&self) -> &E2eStats {
+        on_host!(self, host => host.e2e_stats())
+    }
+
+    fn handshakes_in_progress(&self) -> usize {
+        on_host!(self, host => host.handshakes_in_progress())
+    }
+
+    fn register<S: Service>(
+        &mut self,
+        port: Port,
+        service: S,
+    ) -> Result<ServiceHandle<S>, RegisterError> {
+        on_host!(self, host => host.register(port, service))
+    }
+
+    fn service_mut<S: Service>(&mut self, handle: ServiceHandle<S>) -> &mut S {
+        on_host!(self, host => host.service_mut(handle))
+    }
+
+    fn service<S: Service>(&self, handle: ServiceHandle<S>) -> &S {
+        on_host!(self, host => host.service(handle))
     }
 }
 
+/// Rewrites what a node sends: given each datagram it emits, returns the datagrams that go out
+/// in its place (none to drop it, several to add some). Tests use it to make a member relay
+/// misbehave.
+pub type Tamper = Box<dyn FnMut(Instant, Vec<u8>) -> Vec<Vec<u8>>>;
+
 pub struct Simulation {
+    /// Each node's configuration until it starts.
     configs: Vec<Option<Config>>,
-    /// Each node's keys, in a secure run.
-    keys: Vec<Option<Keys>>,
+    /// The configurations nodes were created with, for restarts.
+    first_configs: Vec<Config>,
+    restarts: u64,
+    /// Each node's static keys; its id is their public key's.
+    keys: Vec<Keys>,
+    secure: bool,
     ids: Vec<NodeId>,
     index_by_id: HashMap<NodeId, usize>,
     recorded: Vec<Recorded>,
     nodes: Vec<Option<SimNode>>,
-    /// Secure-layer counters of nodes that were stopped, so totals cover the whole run.
+    /// Secure-layer and end-to-end counters of nodes that were stopped, so totals cover the
+    /// whole run.
     stopped_secure: SecureStats,
+    stopped_e2e: E2eStats,
+    tampers: HashMap<usize, Tamper>,
     /// The deadline each node last asked for; a popped wake-up that differs is stale.
     wake_at: Vec<Option<Instant>>,
     network: Network,
@@ -239,12 +282,17 @@ impl Simulation {
         let bootstrap = bootstrap_lists(&network, config, &mut rng);
         let mut sim = Self {
             configs: Vec::with_capacity(n),
+            first_configs: Vec::with_capacity(n),
+            restarts: 0,
             keys: Vec::with_capacity(n),
             ids: Vec::with_capacity(n),
             index_by_id: HashMap::with_capacity(n),
             recorded: Vec::new(),
             nodes: (0..n).map(|_| None).collect(),
+            secure: config.secure,
             stopped_secure: SecureStats::default(),
+            stopped_e2e: E2eStats::default(),
+            tampers: HashMap::new(),
             wake_at: vec![None; n],
             network,
             queue: BinaryHeap::new(),
@@ -252,20 +300,16 @@ impl Simulation {
             now: Instant::ZERO,
             events: 0,
         };
-        let network_key: [u8; 32] = if config.secure { rng.random() } else { [0; 32] };
+        // Plain and secure runs draw the same keys, so they simulate the same node ids.
+        let network_key: [u8; 32] = rng.random();
         for (index, bootstrap) in bootstrap.into_iter().enumerate() {
-            let keys = config.secure.then(|| {
-                let (private_key, public_key) = crypto::generate_keypair(&mut rng);
-                Keys {
-                    private_key,
-                    public_key,
-                    network_key,
-                }
-            });
-            let id = match &keys {
-                Some(keys) => NodeId::from_public_key(&keys.public_key),
-                None => NodeId::random(&mut rng),
+            let (private_key, public_key) = crypto::generate_keypair(&mut rng);
+            let keys = Keys {
+                private_key,
+                public_key,
+                network_key,
             };
+            let id = NodeId::from_public_key(&keys.public_key);
             sim.keys.push(keys);
             sim.ids.push(id);
             sim.index_by_id.insert(id, index);
@@ -278,6 +322,7 @@ impl Simulation {
                 node_config.tags = tagged.tags.clone();
                 node_config.connect_tags = tagged.connect_tags.clone();
             }
+            sim.first_configs.push(node_config.clone());
             sim.configs.push(Some(node_config));
             let start = Instant::ZERO + config.start_spread.mul_f64(rng.random::<f64>());
             sim.schedule(start, Happening::Start { node: index });
@@ -389,25 +434,116 @@ impl Simulation {
     pub fn total_secure_stats(&self) -> SecureStats {
         let mut total = self.stopped_secure;
         for node in self.nodes.iter().flatten() {
-            if let SimNode::Secure(secure) = node {
-                total += secure.secure_stats();
+            if let SimNode::Secure(host) = node {
+                total += host.overlay().secure_stats();
             }
         }
         total
     }
 
+    /// End-to-end counters summed over all nodes.
+    pub fn total_e2e_stats(&self) -> E2eStats {
+        let mut total = self.stopped_e2e;
+        for node in self.nodes.iter().flatten() {
+            total += node.e2e_stats();
+        }
+        total
+    }
+
+    /// End-to-end counters of node `index` (zero if it is not running).
+    pub fn e2e_stats(&self, index: usize) -> E2eStats {
+        self.nodes[index]
+            .as_ref()
+            .map_or_else(E2eStats::default, |n| *n.e2e_stats())
+    }
+
+    /// End-to-end handshakes node `index` has in progress (0 if it is not running).
+    pub fn handshakes_in_progress(&self, index: usize) -> usize {
+        self.nodes[index]
+            .as_ref()
+            .map_or(0, SimNode::handshakes_in_progress)
+    }
+
     pub fn is_secure(&self) -> bool {
-        self.keys.iter().any(Option::is_some)
+        self.secure
+    }
+
+    /// The static keys of node `index`.
+    pub fn keys(&self, index: usize) -> &Keys {
+        &self.keys[index]
     }
 
     /// Stops node `index` at once, as if its process died: it sends nothing more and whatever
     /// reaches it is lost.
     pub fn stop_node(&mut self, index: usize) {
-        if let Some(SimNode::Secure(secure)) = self.nodes[index].take() {
-            self.stopped_secure += secure.secure_stats();
+        if let Some(node) = self.nodes[index].take() {
+            self.stopped_e2e += node.e2e_stats();
+            if let SimNode::Secure(host) = node {
+                self.stopped_secure += host.overlay().secure_stats();
+            }
         }
         self.configs[index] = None;
         self.wake_at[index] = None;
+    }
+
+    /// Stops node `index` and starts it again now, with the same keys and bootstrap addresses,
+    /// a new random seed and none of its old state: a restarted process.
+    pub fn restart_node(&mut self, index: usize) {
+        self.stop_node(index);
+        let mut config = self.first_configs[index].clone();
+        self.restarts += 1;
+        config.rng_seed = config.rng_seed.wrapping_add(self.restarts);
+        self.configs[index] = Some(config);
+        self.schedule(self.now, Happening::Start { node: index });
+    }
+
+    /// Registers `service` on `port` of node `index`; `None` if the node is not running.
+    pub fn register<S: Service>(
+        &mut self,
+        index: usize,
+        port: Port,
+        service: S,
+    ) -> Option<Result<ServiceHandle<S>, RegisterError>> {
+        Some(self.nodes[index].as_mut()?.register(port, service))
+    }
+
+    /// Runs a user call on a service of node `index` now, and sends what it queued; `None` if
+    /// the node is not running.
+    pub fn with_service<S: Service, R>(
+        &mut self,
+        index: usize,
+        handle: ServiceHandle<S>,
+        call: impl FnOnce(&mut S) -> R,
+    ) -> Option<R> {
+        let now = self.now;
+        let node = self.nodes[index].as_mut()?;
+        node.handle_input(Input::Timeout(now));
+        let result = call(node.service_mut(handle));
+        self.drain(index);
+        Some(result)
+    }
+
+    /// A service of node `index`; `None` if the node is not running.
+    pub fn service<S: Service>(&self, index: usize, handle: ServiceHandle<S>) -> Option<&S> {
+        Some(self.nodes[index].as_ref()?.service(handle))
+    }
+
+    /// Makes node `index` send, in place of every datagram it emits, what `tamper` returns.
+    pub fn tamper(&mut self, index: usize, tamper: Tamper) {
+        self.tampers.insert(index, tamper);
+    }
+
+    /// Delivers `datagram` to node `to` as if node `from` had sent it now (after the network's
+    /// delay, if the network carries it).
+    pub fn inject(&mut self, from: usize, to: usize, datagram: Vec<u8>) {
+        if let Some(delay) = self.network.transit(from, to, self.now) {
+            let happening = Happening::Deliver {
+                from,
+                to,
+                data: datagram,
+            };
+            self.schedule(self.now + delay, happening);
+        }
     }
 
     /// Processes every event up to and including `until`, then sets the clock to `until`.
@@ -439,9 +575,14 @@ impl Simulation {
                 let Some(config) = self.configs[node].take() else {
                     return; // stopped before it started
                 };
-                self.nodes[node] = Some(match &self.keys[node] {
-                    Some(keys) => SimNode::Secure(Box::new(SecureNode::new(config, keys, now))),
-                    None => SimNode::Plain(Node::new(config, now)),
+                let keys = &self.keys[node];
+                // The end-to-end layer draws from a stream of its own.
+                let e2e_seed = config.rng_seed ^ 0xE2E0_0000_0000_E2E0;
+                self.nodes[node] = Some(if self.secure {
+                    let overlay = SecureNode::new(config, keys, now);
+                    SimNode::Secure(Box::new(Host::new(overlay, keys, e2e_seed, now)))
+                } else {
+                    SimNode::Plain(Host::new(Node::new(config, now), keys, e2e_seed, now))
                 });
                 self.nodes[node]
                     .as_mut()
@@ -488,13 +629,12 @@ impl Simulation {
                     let Some(to) = index_of(transmit.destination, n) else {
                         continue;
                     };
-                    if let Some(delay) = self.network.transit(index, to, self.now) {
-                        let happening = Happening::Deliver {
-                            from: index,
-                            to,
-                            data: transmit.contents,
-                        };
-                        self.schedule(self.now + delay, happening);
+                    let datagrams = match self.tampers.get_mut(&index) {
+                        Some(tamper) => tamper(self.now, transmit.contents),
+                        None => vec![transmit.contents],
+                    };
+                    for datagram in datagrams {
+                        self.inject(index, to, datagram);
                     }
                 }
                 Output::Event(event @ (Event::PingReply { .. } | Event::Delivered { .. })) => {

@@ -3,6 +3,7 @@
 mod common;
 
 use hopwise_proto::Duration;
+use hopwise_sim::datagrams::DatagramConfig;
 use hopwise_sim::{NetworkConfig, Scenario, SimConfig, coords_csv, pairs_csv, run};
 
 fn run_once(seed: u64) -> (String, serde_json::Value) {
@@ -22,6 +23,12 @@ fn run_once(seed: u64) -> (String, serde_json::Value) {
             flows: 20,
             fail_nodes: 0.1,
             fail_at: Some(Duration::from_secs(25)),
+            // End-to-end sessions draw randomness too: they must repeat as well.
+            datagrams: Some(DatagramConfig {
+                peers_per_node: 3,
+                start: Duration::from_secs(10),
+                ..DatagramConfig::default()
+            }),
         },
         ..SimConfig::default()
     };

@@ -179,6 +179,7 @@ fn dead_relays_are_routed_around_within_a_second() {
             flows: 300,
             fail_nodes: 0.1,
             fail_at: Some(Duration::from_secs(40)),
+            datagrams: None,
         },
         ..SimConfig::default()
     };
@@ -300,22 +301,36 @@ fn routes_follow_a_latency_change() {
         })
         .collect();
     let second = Matrix::from_rows(rows).unwrap();
-    let config = SimConfig {
-        later_matrices: vec![second],
-        network: NetworkConfig {
-            matrix_interval: Duration::from_secs(60),
-            ..NetworkConfig::default()
-        },
-        ..SimConfig::default()
-    };
-    let report = report_of(&config, 90);
-    let slice = report
-        .slices
-        .first()
-        .expect("the switch at 60 s was measured");
-    assert_eq!(slice.switched_at_s, 60.0);
-    assert_eq!(slice.reachable_fraction, 1.0);
-    assert!(slice.stretch_median <= 1.02, "{slice:?}");
+    // Ten seconds after the switch, on 50 nodes, the median stretch depends on the seed (on
+    // the code before end-to-end sessions, seeds 1 to 8 gave 1.005 to 1.038): judge a few.
+    let medians: Vec<f64> = (1..=4)
+        .map(|seed| {
+            let config = SimConfig {
+                seed,
+                later_matrices: vec![second.clone()],
+                network: NetworkConfig {
+                    matrix_interval: Duration::from_secs(60),
+                    ..NetworkConfig::default()
+                },
+                ..SimConfig::default()
+            };
+            let report = report_of(&config, 90);
+            let slice = report
+                .slices
+                .first()
+                .expect("the switch at 60 s was measured")
+                .clone();
+            assert_eq!(slice.switched_at_s, 60.0);
+            assert_eq!(slice.reachable_fraction, 1.0, "seed {seed}");
+            assert!(slice.stretch_median <= 1.05, "seed {seed}: {slice:?}");
+            slice.stretch_median
+        })
+        .collect();
+    let mean = medians.iter().sum::<f64>() / medians.len() as f64;
+    assert!(
+        mean <= 1.035,
+        "median stretch after the switch by seed: {medians:?}"
+    );
 }
 
 #[test]

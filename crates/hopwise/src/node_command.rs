@@ -7,15 +7,17 @@ use anyhow::{Context, bail};
 use clap::Args;
 use hopwise_proto::Config;
 use hopwise_proto::secure::{Keys, SecureNode};
+use hopwise_proto::service::Host;
 use hopwise_proto::tags::{MAX_TAG_LEN, MAX_TAGS};
 use serde::Deserialize;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
 use crate::api::{self, ApiContext};
+use crate::embed::RunningNode;
 use crate::keys::{NodeKey, load_network_key};
-use crate::runner::{Clock, Runner, Testbed, load_delays};
+use crate::runner::{Capture, Clock, Runner, Testbed, load_delays};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
 const DEFAULT_API: &str = "127.0.0.1:4001";
@@ -23,46 +25,51 @@ const DEFAULT_API: &str = "127.0.0.1:4001";
 /// Every option can also be set in the TOML file given with `--config`, under the same name
 /// (`listen = "0.0.0.0:4000"`, `seed = ["192.0.2.1:4000"]`, `network-key-file = "..."`);
 /// the command line wins over the file.
-#[derive(Args, Debug, Default, Deserialize)]
+#[derive(Args, Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeArgs {
     /// TOML file with any of these options under the same names, e.g. `listen = "[::]:4000"`,
     /// `seed = ["192.0.2.1:4000"]`, `network-key-file = "network.key"`; the command line wins.
     #[arg(long)]
     #[serde(skip)]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// UDP address to listen on (IPv4 or IPv6) [default: 0.0.0.0:4000].
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    pub listen: Option<SocketAddr>,
     /// Address of a node to join through; repeat for several.
     #[arg(long = "seed")]
     #[serde(default)]
-    seed: Vec<SocketAddr>,
+    pub seed: Vec<SocketAddr>,
     /// This node's tags, comma-separated (at most 8, each at most 64 bytes).
     #[arg(long, value_delimiter = ',')]
     #[serde(default)]
-    tags: Vec<String>,
+    pub tags: Vec<String>,
     /// Keep a routing link to every node whose tags include one of these.
     #[arg(long, value_delimiter = ',')]
     #[serde(default)]
-    connect_tags: Vec<String>,
+    pub connect_tags: Vec<String>,
     /// Node key file (from `hopwise keygen`); without it the node makes up a key for this run.
     #[arg(long)]
-    key: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// Network key file (from `hopwise keygen --network`) shared by every member.
     #[arg(long)]
-    network_key_file: Option<PathBuf>,
+    pub network_key_file: Option<PathBuf>,
     /// Address of the control API (newline-delimited JSON over TCP) [default: 127.0.0.1:4001].
     #[arg(long)]
-    api: Option<SocketAddr>,
+    pub api: Option<SocketAddr>,
     /// Be a landmark: the fixed zero point of the coordinate space.
     #[arg(long)]
     #[serde(default)]
-    landmark: bool,
-    /// TESTBED ONLY: delay every outgoing datagram by a one-way latency per destination, read
-    /// from a JSON file {"ip:port": milliseconds}. Emulates a wide-area network on one machine.
+    pub landmark: bool,
+    /// Write every packet this node sends and receives, as it is after hop-by-hop decryption
+    /// (what a relay sees), to this pcap file; for debugging.
     #[arg(long)]
-    testbed_delays: Option<PathBuf>,
+    pub capture: Option<PathBuf>,
+    /// TESTBED ONLY: delay every outgoing datagram by a one-way latency per destination, read
+    /// from a JSON file {"ip:port": milliseconds}; a negative delay drops every datagram to
+    /// that destination. Emulates a wide-area network on one machine.
+    #[arg(long)]
+    pub testbed_delays: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -85,6 +92,7 @@ impl NodeArgs {
             network_key_file: self.network_key_file.or(file.network_key_file),
             api: self.api.or(file.api),
             landmark: self.landmark || file.landmark,
+            capture: self.capture.or(file.capture),
             testbed_delays: self.testbed_delays.or(file.testbed_delays),
         })
     }
@@ -104,10 +112,23 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_node(args))
+    runtime.block_on(async {
+        let node = start(args).await?;
+        println!(
+            "hopwise node {} listening on {}",
+            node.id(),
+            node.listen_addr()
+        );
+        shutdown_signal().await;
+        node.shutdown().await;
+        Ok(())
+    })
 }
 
-async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+/// Starts a node on the current tokio runtime: its socket, its control API and the task that
+/// runs it. The config file named in `args` is read first.
+pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
+    let args = args.merged()?;
     let key = match &args.key {
         Some(path) => NodeKey::load(path)?,
         None => NodeKey::generate()?,
@@ -132,6 +153,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let api_listener = TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("binding the control API on {api_addr}"))?;
+    let api_addr = api_listener.local_addr()?;
     let testbed = match &args.testbed_delays {
         Some(path) => {
             let delays = load_delays(path)?;
@@ -150,20 +172,34 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     config.tags = checked_tags(&args.tags)?;
     config.connect_tags = checked_tags(&args.connect_tags)?;
     let node = SecureNode::new(config, &keys, clock.now());
-    info!(id = %key.id(), %listen, api = %api_listener.local_addr()?, "hopwise node started");
-    println!("hopwise node {} listening on {listen}", key.id());
+    let host = Host::new(node, &keys, seed.rotate_left(29), clock.now());
+    info!(id = %key.id(), %listen, api = %api_addr, "hopwise node started");
 
     let (requests, inbox) = mpsc::channel(64);
     let context = ApiContext {
-        requests,
+        requests: requests.clone(),
         listen,
         clock,
     };
-    tokio::spawn(api::serve(api_listener, context));
-    Runner::new(node, UdpSocket::from_std(socket)?, clock, testbed, inbox)
-        .run(shutdown_signal())
-        .await;
-    Ok(())
+    let api = tokio::spawn(api::serve(api_listener, context));
+    let mut runner = Runner::new(host, UdpSocket::from_std(socket)?, clock, testbed, inbox);
+    if let Some(path) = &args.capture {
+        runner = runner.with_capture(Capture::create(path, listen)?);
+    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async {
+        // A dropped handle stops the node too.
+        let _ = stopped.await;
+    }));
+    Ok(RunningNode::new(
+        key.id(),
+        listen,
+        api_addr,
+        requests,
+        stop,
+        task,
+        api,
+    ))
 }
 
 fn checked_tags(tags: &[String]) -> anyhow::Result<Vec<String>> {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use hopwise_proto::{Algorithm, Duration, ZoneConfig};
+use hopwise_sim::datagrams::DatagramConfig;
 use hopwise_sim::{Matrix, NetworkConfig, Scenario, SimConfig, Unit, coords_csv, pairs_csv};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -90,6 +91,18 @@ pub struct SimArgs {
     /// windows), as real nodes run; the report adds its cost to the traffic.
     #[arg(long)]
     secure: bool,
+    /// End-to-end datagrams: every node sends one to each of this many random peers every
+    /// --e2e-interval from --e2e-start on, each with a plain overlay twin to compare delivery
+    /// times with (report field `e2e`). 0: none.
+    #[arg(long, default_value_t = 0)]
+    e2e_peers: usize,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    e2e_interval: std::time::Duration,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    e2e_start: std::time::Duration,
+    /// Bytes per end-to-end datagram (at least 9).
+    #[arg(long, default_value_t = 64)]
+    e2e_bytes: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -136,6 +149,25 @@ enum UnitArg {
 enum AlgorithmArg {
     Fit,
     Classic,
+}
+
+fn datagram_workload(args: &SimArgs) -> anyhow::Result<Option<DatagramConfig>> {
+    if args.e2e_peers == 0 {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        args.e2e_bytes <= hopwise_proto::e2e::MAX_DATA,
+        "--e2e-bytes must be at most {}",
+        hopwise_proto::e2e::MAX_DATA
+    );
+    let interval = to_duration(args.e2e_interval, "--e2e-interval")?;
+    anyhow::ensure!(interval > Duration::ZERO, "--e2e-interval must be positive");
+    Ok(Some(DatagramConfig {
+        peers_per_node: args.e2e_peers,
+        interval,
+        start: to_duration(args.e2e_start, "--e2e-start")?,
+        payload_bytes: args.e2e_bytes,
+    }))
 }
 
 /// Without a terminal, progress goes to stderr once per this many simulated seconds.
@@ -215,6 +247,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 .fail_at
                 .map(|at| to_duration(at, "--fail-at"))
                 .transpose()?,
+            datagrams: datagram_workload(&args)?,
         },
         zones: zoned.then_some(ZoneConfig {
             head_one_in: args.zone_heads,
@@ -305,6 +338,24 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             failover.reroute_ms.p95,
             failover.reroute_ms.max,
             failover.unrecovered_flows,
+        );
+    }
+    if let Some(e2e) = &report.e2e {
+        println!(
+            "end-to-end: {} of {} datagrams delivered ({} twins); first payload {:.1} ms median, {:.1} ms p99 ({:+.1} / {:+.1} ms against the plain twin, {:.2} / {:.2} overlay RTTs, max {:.2}); later payloads {:.4} / {:.4} of the twin's time (median / p99); {} bytes added per payload",
+            e2e.delivered,
+            e2e.sent,
+            e2e.twins_delivered,
+            e2e.first_payload_ms.median,
+            e2e.first_payload_ms.p99,
+            e2e.first_payload_extra_ms.median,
+            e2e.first_payload_extra_ms.p99,
+            e2e.first_payload_extra_rtts.median,
+            e2e.first_payload_extra_rtts.p99,
+            e2e.first_payload_extra_max_rtts,
+            e2e.later_payload_ratio.median,
+            e2e.later_payload_ratio.p99,
+            e2e.bytes_added_per_payload,
         );
     }
     for slice in &report.slices {

@@ -36,6 +36,11 @@ pub struct Member {
     log_file: PathBuf,
     /// The address this member joins through; a test may point it elsewhere.
     pub seed: Option<SocketAddr>,
+    /// Another program than `hopwise node` (one that embeds a node and takes its options),
+    /// with its arguments before the node options.
+    pub program: Option<(PathBuf, Vec<String>)>,
+    /// More node options, after the usual ones.
+    pub options: Vec<String>,
     process: Option<Child>,
 }
 
@@ -74,8 +79,9 @@ impl Testnet {
     }
 
     /// Writes keys and delay files for every host of `matrix` into `dir`, without starting
-    /// anything. Each node will delay a datagram to another by half the matrix's round trip;
-    /// every node but the first joins through the first.
+    /// anything. Each node will delay a datagram to another by half the matrix's round trip,
+    /// and drop it where the matrix has no direct path; every node but the first joins through
+    /// the first.
     pub fn create(
         binary: &Path,
         matrix: &Matrix,
@@ -97,9 +103,13 @@ impl Testnet {
             let key_file = dir.join(format!("node{i}.key"));
             let _ = std::fs::remove_file(&key_file);
             key.save(&key_file)?;
+            // Pairs without a direct path in the matrix cannot talk directly here either.
             let delays: HashMap<String, f64> = (0..n)
                 .filter(|j| *j != i)
-                .filter_map(|j| Some((listen[j].to_string(), matrix.rtt_ms(i, j)? / 2.0)))
+                .map(|j| {
+                    let one_way = matrix.rtt_ms(i, j).map_or(-1.0, |rtt| rtt / 2.0);
+                    (listen[j].to_string(), one_way)
+                })
                 .collect();
             let delays_file = dir.join(format!("node{i}.delays.json"));
             std::fs::write(&delays_file, serde_json::to_string(&delays)?)?;
@@ -113,6 +123,8 @@ impl Testnet {
                 network_key_file: network_key_file.clone(),
                 log_file: dir.join(format!("node{i}.log")),
                 seed: (i > 0).then_some(listen[0]),
+                program: None,
+                options: Vec::new(),
                 process: None,
             });
         }
@@ -130,9 +142,19 @@ impl Testnet {
     /// Starts (or restarts) member `index` with its key.
     pub fn launch(&mut self, index: usize) -> anyhow::Result<()> {
         let member = &mut self.members[index];
-        let mut command = Command::new(&self.binary);
+        let mut command = match &member.program {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args);
+                command
+            }
+            None => {
+                let mut command = Command::new(&self.binary);
+                command.arg("node");
+                command
+            }
+        };
         command
-            .arg("node")
             .args(["--listen", &member.listen.to_string()])
             .args(["--api", &member.api.to_string()])
             .arg("--key")
@@ -144,6 +166,7 @@ impl Testnet {
         if let Some(seed) = member.seed {
             command.args(["--seed", &seed.to_string()]);
         }
+        command.args(&member.options);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -183,6 +206,26 @@ impl Testnet {
                 }
             }
         }
+    }
+
+    /// Waits up to `timeout` for member `index` to exit by itself; its exit status.
+    pub async fn wait(
+        &mut self,
+        index: usize,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let child = self.members[index].process.as_mut()?;
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .ok()?
+            .ok()?;
+        self.members[index].process = None;
+        Some(status)
+    }
+
+    /// What member `index` printed (standard output and error, every run so far).
+    pub fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(&self.members[index].log_file).unwrap_or_default()
     }
 
     pub fn is_running(&self, index: usize) -> bool {

@@ -228,11 +228,22 @@ pub enum Event {
         outbound_hops: u8,
         path: Vec<crate::wire::TraceHop>,
     },
-    /// A payload sent with [`Node::send_data`] reached this node.
+    /// A payload sent with [`Node::send_data`] reached this node. `source` is what the packet
+    /// claims: a member relay could have changed it, or the payload.
     Delivered {
         source: NodeId,
         hops: u8,
         payload: Vec<u8>,
+    },
+    /// An end-to-end sealed datagram ([`Node::send_sealed`]) reached this node, for the
+    /// end-to-end layer to authenticate: `source` is only what the packet claims. `via` is the
+    /// member that handed it over (the last hop, authenticated hop by hop on real links; this
+    /// node itself for its own datagrams), so that work done for unauthenticated datagrams can
+    /// be limited per neighbour.
+    Sealed {
+        source: NodeId,
+        via: NodeId,
+        datagram: Vec<u8>,
     },
 }
 
@@ -580,7 +591,7 @@ impl Node {
             Message::RouteUpdate(update) => self.on_route_update(packet.sender, update),
             Message::Link(op) => self.on_link_op(from, packet.sender, op),
             Message::SeqnoRequest(request) => self.on_seqno_request(packet.sender, request),
-            Message::Data(data) => self.on_data(data),
+            Message::Data(data) => self.on_data(packet.sender, data),
         }
     }
 

@@ -90,6 +90,22 @@ impl Node {
         Ok(())
     }
 
+    /// Sends an end-to-end sealed datagram through the overlay; it arrives as
+    /// [`Event::Sealed`]. It must fit one datagram ([`MAX_PAYLOAD`] bytes).
+    pub fn send_sealed(
+        &mut self,
+        now: Instant,
+        destination: NodeId,
+        datagram: Vec<u8>,
+    ) -> Result<(), PayloadTooLarge> {
+        if datagram.len() > MAX_PAYLOAD {
+            return Err(PayloadTooLarge(datagram.len()));
+        }
+        self.advance(now);
+        self.originate(destination, DataBody::Sealed(datagram));
+        Ok(())
+    }
+
     /// Where a packet for `destination` would go now.
     pub fn route(&self, destination: &NodeId) -> Option<RouteInfo> {
         let (next_hop, metric) = self.next_hop_to(destination)?;
@@ -129,7 +145,7 @@ impl Node {
     pub(super) fn originate(&mut self, destination: NodeId, body: DataBody) {
         let data = self.new_packet(destination, body);
         if destination == self.config.id {
-            self.deliver(data);
+            self.deliver(self.config.id, data);
             return;
         }
         // Directory messages are few and small: no direct path is worth measuring for them.
@@ -146,10 +162,11 @@ impl Node {
         self.forward(data);
     }
 
-    pub(super) fn on_data(&mut self, data: Data) {
+    /// Overlay data that `via` handed to this node.
+    pub(super) fn on_data(&mut self, via: NodeId, data: Data) {
         self.learn_source_zone(&data);
         if data.destination == self.config.id {
-            self.deliver(data);
+            self.deliver(via, data);
         } else if data.ttl <= 1 {
             self.stats.dropped_ttl_expired += 1;
         } else {
@@ -161,7 +178,7 @@ impl Node {
         }
     }
 
-    fn deliver(&mut self, data: Data) {
+    fn deliver(&mut self, via: NodeId, data: Data) {
         self.stats.data_delivered += 1;
         match data.body {
             DataBody::Ping { token, sent_us } => {
@@ -193,6 +210,13 @@ impl Node {
                     source: data.source,
                     hops: data.hops,
                     payload,
+                }));
+            }
+            DataBody::Sealed(datagram) => {
+                self.outputs.push_back(Output::Event(Event::Sealed {
+                    source: data.source,
+                    via,
+                    datagram,
                 }));
             }
             DataBody::Trace(trace) => self.on_trace(data.source, data.hops, trace),

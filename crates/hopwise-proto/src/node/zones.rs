@@ -278,6 +278,7 @@ impl Node {
             DataBody::Ping { .. }
             | DataBody::Pong { .. }
             | DataBody::Payload(_)
+            | DataBody::Sealed(_)
             | DataBody::Trace(_) => {}
         }
     }

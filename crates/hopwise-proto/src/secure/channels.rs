@@ -20,9 +20,9 @@ use rand_chacha::ChaCha8Rng;
 use snow::{HandshakeState, StatelessTransportState};
 
 use super::crypto;
-use super::limit::HandshakeLimiter;
 use super::replay::ReplayWindow;
 use crate::keyed::{HashKey, Map};
+use crate::limit::{HandshakeLimiter, Rate};
 use crate::node::Transmit;
 use crate::wire::MAX_DATAGRAM;
 use crate::{Duration, Instant, NodeId};
@@ -55,6 +55,16 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const SESSION_STALE: Duration = Duration::from_secs(5);
 /// A session silent both ways for this long is forgotten.
 const SESSION_IDLE: Duration = Duration::from_secs(180);
+/// Hellos a source IP may start per second, and in a burst ...
+const HELLO_SOURCE_RATE: Rate = Rate {
+    per_second: 10.0,
+    burst: 20.0,
+};
+/// ... and all sources together.
+const HELLO_OVERALL_RATE: Rate = Rate {
+    per_second: 200.0,
+    burst: 400.0,
+};
 
 /// Counters of what the secure layer dropped and did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -176,7 +186,7 @@ impl Channels {
             rng,
             sessions: Map::with_hasher(hash_key),
             handshakes: Map::with_hasher(hash_key),
-            limiter: HandshakeLimiter::new(hash_key, now),
+            limiter: HandshakeLimiter::new(HELLO_SOURCE_RATE, HELLO_OVERALL_RATE, hash_key, now),
             outputs: VecDeque::new(),
             stats: SecureStats::default(),
             established: Vec::new(),
@@ -275,7 +285,7 @@ impl Channels {
     }
 
     fn new_state(&mut self, initiator: bool) -> Option<HandshakeState> {
-        let builder = crypto::builder(&mut self.rng)
+        let builder = crypto::builder(&mut self.rng, super::NOISE_PARAMS)
             .local_private_key(&self.private_key)
             .ok()?
             .psk(0, &self.network_key)

@@ -7,8 +7,6 @@ use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 
-use super::NOISE_PARAMS;
-
 /// snow's primitives, with randomness from a generator seeded by the node.
 struct SeededResolver {
     seed: [u8; 32],
@@ -41,18 +39,19 @@ impl CryptoResolver for SeededResolver {
     }
 }
 
-/// A handshake builder whose randomness comes from `rng`.
-pub(super) fn builder<'a>(rng: &mut impl Rng) -> snow::Builder<'a> {
+/// A builder for handshakes of the Noise protocol `name` (one of the crate's own, which parse),
+/// whose randomness comes from `rng`.
+pub(crate) fn builder<'a>(rng: &mut impl Rng, name: &str) -> snow::Builder<'a> {
     let mut seed = [0; 32];
     rng.fill_bytes(&mut seed);
-    let params = NOISE_PARAMS.parse().expect("the pattern is valid");
+    let params = name.parse().expect("the crate's Noise protocols parse");
     snow::Builder::with_resolver(params, Box::new(SeededResolver { seed }))
 }
 
 /// A static key pair drawn from `rng` (simulations and tests; real nodes load theirs from a
 /// key file).
 pub fn generate_keypair(rng: &mut impl Rng) -> ([u8; 32], [u8; 32]) {
-    let keypair = builder(rng)
+    let keypair = builder(rng, super::NOISE_PARAMS)
         .generate_keypair()
         .expect("key generation with a working generator");
     let private = keypair

@@ -11,13 +11,15 @@
 
 mod channels;
 pub mod crypto;
-mod limit;
 mod replay;
 
 pub use channels::{HANDSHAKE_TIMEOUT, MAX_SECURE_DATAGRAM, OVERHEAD, SecureStats};
 
 use channels::Sealed;
 pub use replay::ReplayWindow;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -43,7 +45,24 @@ pub struct SecureNode {
     node: Node,
     channels: channels::Channels,
     now: Instant,
+    /// Copies of the decrypted packets, while an operator captures them.
+    capture: Option<VecDeque<Captured>>,
 }
+
+/// A packet as the node sees it, after decryption or before encryption (see
+/// [`SecureNode::capture`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    pub at: Instant,
+    /// The other end of the link.
+    pub peer: SocketAddr,
+    /// Sent by this node (rather than received).
+    pub outgoing: bool,
+    pub packet: Vec<u8>,
+}
+
+/// Captured packets kept for a driver that does not take them; the oldest go first.
+const MAX_CAPTURED: usize = 4_096;
 
 impl SecureNode {
     /// The node's id is the id of its public key; `config.id` is replaced by it.
@@ -58,6 +77,32 @@ impl SecureNode {
             node: Node::new(config, now),
             channels,
             now,
+            capture: None,
+        }
+    }
+
+    /// Starts or stops keeping a copy of every packet the node receives (once decrypted) and
+    /// sends (before encryption), for an operator's packet capture: what a member relay sees.
+    pub fn capture(&mut self, on: bool) {
+        self.capture = on.then(VecDeque::new);
+    }
+
+    /// The next captured packet.
+    pub fn poll_captured(&mut self) -> Option<Captured> {
+        self.capture.as_mut()?.pop_front()
+    }
+
+    fn keep(&mut self, peer: SocketAddr, outgoing: bool, packet: &[u8]) {
+        if let Some(captured) = &mut self.capture {
+            if captured.len() >= MAX_CAPTURED {
+                captured.pop_front();
+            }
+            captured.push_back(Captured {
+                at: self.now,
+                peer,
+                outgoing,
+                packet: packet.to_vec(),
+            });
         }
     }
 
@@ -90,6 +135,7 @@ impl SecureNode {
                     self.node.handle_input(Input::Timeout(now));
                     return;
                 }
+                self.keep(from, false, &opened.packet);
                 self.node.handle_input(Input::Datagram {
                     now,
                     from,
@@ -131,6 +177,7 @@ impl SecureNode {
             }
             match self.node.poll_output() {
                 Output::Transmit(transmit) => {
+                    self.keep(transmit.destination, true, &transmit.contents);
                     let probe_seq = wire::probe_request_seq(&transmit.contents);
                     let sealed =
                         self.channels

@@ -14,6 +14,7 @@
 //! ping body: token (64 bits), origin timestamp µs (64 bits)
 //! pong body: token (64 bits), origin timestamp µs (64 bits), hops the ping took (8 bits)
 //! payload body: length (16 bits), then that many application bytes
+//! sealed body: the same, carrying an end-to-end sealed datagram (see `e2e`)
 //! register body: the source's zone head (8 bytes)
 //! lookup body: the NodeId whose zone is wanted (8 bytes)
 //! lookup reply body: that NodeId, its zone head (8 bytes each; zeros: not registered)
@@ -49,6 +50,7 @@ const BODY_REGISTER: u8 = 4;
 const BODY_LOOKUP: u8 = 5;
 const BODY_LOOKUP_REPLY: u8 = 6;
 const BODY_TRACE: u8 = 7;
+const BODY_SEALED: u8 = 8;
 /// `Trace::outbound` while the trace has not reached its destination.
 const TRACE_OUTBOUND: u8 = 0xff;
 /// Hops a trace records, both ways together.
@@ -83,7 +85,12 @@ pub enum DataBody {
         sent_us: u64,
         ping_hops: u8,
     },
+    /// Application bytes as the source handed them over: not authenticated end to end, so a
+    /// member relay could alter them or the source id (the simulator's flows use them).
     Payload(Vec<u8>),
+    /// An end-to-end sealed datagram (`e2e`): opaque to the overlay, authenticated by the
+    /// receiving end.
+    Sealed(Vec<u8>),
     /// "My zone is headed by this node": sent to the directory node for the source.
     Register {
         zone: NodeId,
@@ -175,6 +182,14 @@ impl DataBody {
     }
 }
 
+/// A length-prefixed byte string. The length makes a truncated datagram fail instead of
+/// delivering shorter bytes; it is bounded by the datagram, which the header check capped at
+/// `MAX_DATAGRAM`.
+fn read_bytes(reader: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let len = usize::from(reader.u16()?);
+    Ok(reader.slice(len)?.to_vec())
+}
+
 fn zone_from_wire(id: NodeId) -> Option<NodeId> {
     (id != NO_ZONE).then_some(id)
 }
@@ -202,12 +217,8 @@ impl Data {
                 sent_us: reader.u64()?,
                 ping_hops: reader.u8()?,
             },
-            // The length makes a truncated datagram fail instead of delivering a shorter payload;
-            // it is bounded by the datagram, which the header check capped at MAX_DATAGRAM.
-            BODY_PAYLOAD => {
-                let len = usize::from(reader.u16()?);
-                DataBody::Payload(reader.slice(len)?.to_vec())
-            }
+            BODY_PAYLOAD => DataBody::Payload(read_bytes(reader)?),
+            BODY_SEALED => DataBody::Sealed(read_bytes(reader)?),
             BODY_REGISTER => DataBody::Register {
                 zone: NodeId::from_bytes(reader.bytes()?),
             },
@@ -243,7 +254,7 @@ impl Data {
             + match &self.body {
                 DataBody::Ping { .. } => 16,
                 DataBody::Pong { .. } => 17,
-                DataBody::Payload(bytes) => 2 + bytes.len(),
+                DataBody::Payload(bytes) | DataBody::Sealed(bytes) => 2 + bytes.len(),
                 DataBody::Register { .. } | DataBody::Lookup { .. } => NodeId::LEN,
                 DataBody::LookupReply { .. } => 2 * NodeId::LEN,
                 DataBody::Trace(trace) => trace.buffer_len(),
@@ -259,6 +270,7 @@ impl Data {
             DataBody::Ping { .. } => BODY_PING,
             DataBody::Pong { .. } => BODY_PONG,
             DataBody::Payload(_) => BODY_PAYLOAD,
+            DataBody::Sealed(_) => BODY_SEALED,
             DataBody::Register { .. } => BODY_REGISTER,
             DataBody::Lookup { .. } => BODY_LOOKUP,
             DataBody::LookupReply { .. } => BODY_LOOKUP_REPLY,
@@ -285,7 +297,7 @@ impl Data {
                 out.extend_from_slice(&sent_us.to_be_bytes());
                 out.push(*ping_hops);
             }
-            DataBody::Payload(bytes) => {
+            DataBody::Payload(bytes) | DataBody::Sealed(bytes) => {
                 debug_assert!(bytes.len() <= MAX_PAYLOAD);
                 out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
                 out.extend_from_slice(bytes);
@@ -299,4 +311,41 @@ impl Data {
             DataBody::Trace(trace) => trace.emit(out),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Message, Packet};
+    use super::*;
+
+    #[test]
+    fn a_sealed_body_on_the_wire() {
+        let packet = Packet {
+            sender: NodeId::from_bytes([1; 8]),
+            message: Message::Data(Data {
+                source: NodeId::from_bytes([2; 8]),
+                destination: NodeId::from_bytes([3; 8]),
+                ttl: 32,
+                hops: 1,
+                source_zone: None,
+                destination_zone: None,
+                body: DataBody::Sealed(vec![0xaa, 0xbb]),
+            }),
+        };
+        let bytes = packet.to_bytes();
+        let mut expected = vec![0x68, 1, 6, 0];
+        expected.extend([1; 8]);
+        expected.extend([2; 8]);
+        expected.extend([3; 8]);
+        expected.extend([32, 1, BODY_SEALED, 0, 2, 0xaa, 0xbb]);
+        assert_eq!(bytes, expected);
+        assert_eq!(Packet::parse(&bytes), Ok(packet));
+        // A length beyond the datagram is truncation, never a shorter body.
+        let mut short = expected.clone();
+        short[HEADER_BODY_LEN_AT] = 3;
+        assert!(Packet::parse(&short).is_err());
+    }
+
+    /// The low byte of the sealed body's length in the datagram above.
+    const HEADER_BODY_LEN_AT: usize = super::super::HEADER_LEN + 2 * NodeId::LEN + 4;
 }

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hopwise_proto::Node;
-use hopwise_proto::secure::SecureNode;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -12,7 +11,7 @@ use tracing::debug;
 
 use super::views::{self, Location, MapNode, NodeInfo, Status, TraceReport, WallClock};
 use super::{Request, Response};
-use crate::runner::{Clock, ControlRequest};
+use crate::runner::{Clock, ControlRequest, NodeHost};
 
 /// Longest request line accepted; longer ones are answered with an error and skipped.
 const MAX_LINE: usize = 64 * 1024;
@@ -114,13 +113,13 @@ async fn inspect<T: Send + 'static>(
     context: &ApiContext,
     inspect: impl FnOnce(&Node) -> T + Send + 'static,
 ) -> Result<T, Response> {
-    inspect_secure(context, |secure| inspect(secure.node())).await
+    inspect_host(context, |host| inspect(host.node())).await
 }
 
-/// Like [`inspect`], with the secure layer's counters in view.
-async fn inspect_secure<T: Send + 'static>(
+/// Like [`inspect`], with the secure layer, the end-to-end layer and the services in view.
+async fn inspect_host<T: Send + 'static>(
     context: &ApiContext,
-    inspect: impl FnOnce(&SecureNode) -> T + Send + 'static,
+    inspect: impl FnOnce(&NodeHost) -> T + Send + 'static,
 ) -> Result<T, Response> {
     ask(context, |reply| {
         ControlRequest::Inspect(Box::new(move |node| {
@@ -200,8 +199,8 @@ async fn answer(context: &ApiContext, request: Request) -> Response {
             .await
         }
         Request::Status => {
-            inspect_secure(context, move |node| {
-                Response::Status(Box::new(Status::new(node, listen, clock)))
+            inspect_host(context, move |host| {
+                Response::Status(Box::new(Status::new(host, listen, clock)))
             })
             .await
         }

@@ -2,12 +2,12 @@
 
 use std::net::SocketAddr;
 
+use hopwise_proto::e2e::E2eStats;
 use hopwise_proto::peers::KnownNode;
-use hopwise_proto::secure::SecureNode;
 use hopwise_proto::{Coordinate, LinkKind, Node, NodeId};
 use serde::{Deserialize, Serialize};
 
-use crate::runner::{Clock, TraceOutcome};
+use crate::runner::{Clock, NodeHost, TraceOutcome};
 
 /// A coordinate as netloc reports it: seconds, with the error estimate and update count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,12 +142,60 @@ pub struct Status {
     pub bytes_sent: u64,
     pub data_relayed: u64,
     pub data_delivered: u64,
+    pub end_to_end: EndToEnd,
+}
+
+/// End-to-end sessions and what their layer dropped, by cause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndToEnd {
+    pub sessions: usize,
+    pub handshakes_in_progress: usize,
+    pub handshakes_completed: u64,
+    pub rekeys: u64,
+    pub handshakes_failed: u64,
+    pub handshakes_refused: u64,
+    pub handshakes_timed_out: u64,
+    pub payloads_sent: u64,
+    pub payloads_received: u64,
+    /// Altered, truncated or forged data.
+    pub dropped_bad_tag: u64,
+    pub dropped_replayed: u64,
+    pub dropped_unknown_port: u64,
+    pub dropped_no_session: u64,
+    pub dropped_malformed: u64,
+    pub dropped_unexpected: u64,
+    /// Payloads given up before they left: no room to wait for a handshake, or it failed.
+    pub dropped_unsent: u64,
+}
+
+impl EndToEnd {
+    fn new(host: &NodeHost) -> Self {
+        let stats: &E2eStats = host.e2e_stats();
+        Self {
+            sessions: host.sessions().count(),
+            handshakes_in_progress: host.handshakes_in_progress(),
+            handshakes_completed: stats.handshakes_completed,
+            rekeys: stats.rekeys,
+            handshakes_failed: stats.handshakes_failed,
+            handshakes_refused: stats.handshakes_refused,
+            handshakes_timed_out: stats.handshakes_timed_out,
+            payloads_sent: stats.payloads_sent,
+            payloads_received: stats.payloads_received,
+            dropped_bad_tag: stats.dropped_bad_tag,
+            dropped_replayed: stats.dropped_replayed,
+            dropped_unknown_port: stats.dropped_unknown_port,
+            dropped_no_session: stats.dropped_no_session,
+            dropped_malformed: stats.dropped_malformed,
+            dropped_unexpected: stats.dropped_unexpected,
+            dropped_unsent: stats.dropped_unsent,
+        }
+    }
 }
 
 impl Status {
-    pub fn new(secure: &SecureNode, listen: SocketAddr, clock: Clock) -> Self {
-        let node = secure.node();
-        let secure = secure.secure_stats();
+    pub fn new(host: &NodeHost, listen: SocketAddr, clock: Clock) -> Self {
+        let node = host.node();
+        let secure = host.overlay().secure_stats();
         let stats = node.stats();
         let sent = stats.sent.total();
         Self {
@@ -176,6 +224,7 @@ impl Status {
             bytes_sent: sent.bytes,
             data_relayed: stats.data_relayed,
             data_delivered: stats.data_delivered,
+            end_to_end: EndToEnd::new(host),
         }
     }
 }

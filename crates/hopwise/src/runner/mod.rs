@@ -1,14 +1,18 @@
-//! Drives one protocol [`Node`] over a real UDP socket.
+//! Drives one protocol [`Host`] (the node, its end-to-end layer and its services) over a real
+//! UDP socket.
 //!
-//! The runner owns the socket, the clock and the timers; the node owns every decision. One task
+//! The runner owns the socket, the clock and the timers; the host owns every decision. One task
 //! runs the loop: a received datagram, an expired deadline, a control request or a shutdown
-//! signal goes into the node, and then everything the node wants sent or reported comes out.
+//! signal goes into the host, and then everything it wants sent or reported comes out, and the
+//! datagrams of bound sockets go to their async users.
 
 mod batch;
+mod capture;
 mod clock;
 mod testbed;
 
 use batch::BatchReceiver;
+pub use capture::Capture;
 pub use clock::Clock;
 pub use testbed::{Testbed, load_delays};
 
@@ -16,22 +20,75 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use hopwise_proto::e2e::{Port, SendError};
 use hopwise_proto::secure::SecureNode;
+use hopwise_proto::service::{DatagramSocket, Host, ServiceHandle, SocketDatagram};
 use hopwise_proto::wire::TraceHop;
 use hopwise_proto::{Event, Input, NodeId, Output, Transmit};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-/// A request from the control API, answered on the runner's task where the node lives.
+/// What the runner drives: the secure node with its end-to-end layer and services.
+pub type NodeHost = Host<SecureNode>;
+
+/// A request from the control API or an embedding program, answered on the runner's task
+/// where the host lives.
 pub enum ControlRequest {
-    /// Reads the node's state; the closure sends its answer itself.
-    Inspect(Box<dyn FnOnce(&SecureNode) + Send>),
+    /// Reads the host's state; the closure sends its answer itself.
+    Inspect(Box<dyn FnOnce(&NodeHost) + Send>),
     /// Sends a trace through the overlay and answers with what came back (`None`: lost).
     Trace {
         destination: NodeId,
         reply: oneshot::Sender<Option<TraceOutcome>>,
     },
+    /// Binds a datagram socket to `port`; its datagrams arrive on the receiver.
+    Bind {
+        port: Port,
+        reply: oneshot::Sender<Result<mpsc::Receiver<SocketDatagram>, String>>,
+    },
+    /// Sends a datagram from the socket bound to `from`.
+    SendTo {
+        from: Port,
+        to: NodeId,
+        port: Port,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), SocketError>>,
+    },
+    Unbind {
+        port: Port,
+    },
+}
+
+/// Why a datagram could not be sent from a bound socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SocketError {
+    Send(SendError),
+    NotBound(Port),
+    /// The node has stopped.
+    Stopped,
+}
+
+impl std::fmt::Display for SocketError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Send(error) => write!(f, "{error}"),
+            Self::NotBound(port) => write!(f, "no socket is bound to port {port}"),
+            Self::Stopped => write!(f, "the node has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for SocketError {}
+
+/// Datagrams a bound socket holds for its user, each way, before it drops more.
+const SOCKET_CAPACITY: usize = 1_024;
+
+/// A socket bound through [`ControlRequest::Bind`].
+struct BoundSocket {
+    handle: ServiceHandle<DatagramSocket>,
+    deliver: mpsc::Sender<SocketDatagram>,
 }
 
 /// Receive batches handled before the node's output is sent.
@@ -56,7 +113,8 @@ struct PendingTrace {
 }
 
 pub struct Runner {
-    node: SecureNode,
+    host: NodeHost,
+    sockets: HashMap<Port, BoundSocket>,
     socket: Arc<UdpSocket>,
     clock: Clock,
     testbed: Option<Testbed>,
@@ -65,6 +123,7 @@ pub struct Runner {
     next_token: u64,
     /// The socket is IPv6 and reaches IPv4 peers through v4-mapped addresses.
     dual_stack: bool,
+    capture: Option<Capture>,
 }
 
 /// The address the node sees: an IPv4 peer that reached a dual-stack socket as
@@ -85,7 +144,7 @@ pub(crate) fn for_socket(addr: SocketAddr, dual_stack: bool) -> SocketAddr {
 
 impl Runner {
     pub fn new(
-        node: SecureNode,
+        host: NodeHost,
         socket: UdpSocket,
         clock: Clock,
         testbed: Option<Testbed>,
@@ -93,7 +152,8 @@ impl Runner {
     ) -> Self {
         let dual_stack = socket.local_addr().is_ok_and(|a| a.is_ipv6());
         Self {
-            node,
+            host,
+            sockets: HashMap::new(),
             dual_stack,
             socket: Arc::new(socket),
             clock,
@@ -101,7 +161,15 @@ impl Runner {
             requests,
             traces: HashMap::new(),
             next_token: 1,
+            capture: None,
         }
+    }
+
+    /// Writes every packet the node handles, decrypted, to `capture` (`--capture`).
+    pub fn with_capture(mut self, capture: Capture) -> Self {
+        self.host.overlay_mut().capture(true);
+        self.capture = Some(capture);
+        self
     }
 
     /// Runs until `shutdown` resolves, then tells the routing neighbours that this node leaves.
@@ -116,7 +184,7 @@ impl Runner {
         };
         loop {
             self.drain_outputs();
-            let node_deadline = self.clock.to_tokio(self.node.poll_timeout());
+            let node_deadline = self.clock.to_tokio(self.host.poll_timeout());
             let deadline = self
                 .traces
                 .values()
@@ -136,18 +204,23 @@ impl Runner {
         info!("leaving: closing routing links");
         // Goodbyes go out at once, without the testbed's delay: nobody waits for them.
         self.testbed = None;
-        self.node.node_mut().leave(self.clock.now());
+        self.host.overlay_mut().node_mut().leave(self.clock.now());
         self.drain_outputs();
+        if let Some(capture) = &mut self.capture
+            && let Err(error) = capture.flush()
+        {
+            warn!(%error, "cannot write the capture");
+        }
     }
 
     /// Feeds the node what the socket holds, a batch per system call, up to
     /// `BATCHES_PER_WAKE` batches: then the node's answers go out before more is read.
     fn receive_all(&mut self, receiver: &mut BatchReceiver) {
-        let (socket, node, clock) = (&self.socket, &mut self.node, &self.clock);
+        let (socket, host, clock) = (&self.socket, &mut self.host, &self.clock);
         for _ in 0..BATCHES_PER_WAKE {
             let received = receiver.receive(socket, |from, data| {
                 let (from, now) = (canonical(from), clock.now());
-                node.handle_input(Input::Datagram { now, from, data });
+                host.handle_input(Input::Datagram { now, from, data });
             });
             match received {
                 Ok(()) => {}
@@ -174,16 +247,61 @@ impl Runner {
                 let _ = trace.reply.send(None);
             }
         }
-        self.node.handle_input(Input::Timeout(self.clock.now()));
+        self.host.handle_input(Input::Timeout(self.clock.now()));
     }
 
     fn drain_outputs(&mut self) {
         loop {
-            match self.node.poll_output() {
+            match self.host.poll_output() {
                 Output::Transmit(transmit) => self.transmit(transmit),
                 Output::Event(event) => self.on_event(event),
                 Output::Timeout(_) => break,
             }
+        }
+        self.deliver_to_sockets();
+        self.write_capture();
+    }
+
+    fn write_capture(&mut self) {
+        let Some(capture) = &mut self.capture else {
+            return;
+        };
+        while let Some(captured) = self.host.overlay_mut().poll_captured() {
+            if let Err(error) = capture.write(&captured) {
+                warn!(%error, "cannot write the capture; capturing stops");
+                self.host.overlay_mut().capture(false);
+                self.capture = None;
+                return;
+            }
+        }
+    }
+
+    /// Hands what bound sockets received to their users; a user that stopped listening
+    /// unbinds its socket, and one that does not keep up loses datagrams (counted by the
+    /// socket).
+    fn deliver_to_sockets(&mut self) {
+        let mut closed = Vec::new();
+        for (port, bound) in &self.sockets {
+            let socket = self.host.service_mut(bound.handle);
+            while let Some(datagram) = socket.recv_from() {
+                match bound.deliver.try_send(datagram) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => socket.count_dropped(),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        closed.push(*port);
+                        break;
+                    }
+                }
+            }
+        }
+        for port in closed {
+            self.unbind(port);
+        }
+    }
+
+    fn unbind(&mut self, port: Port) {
+        if let Some(bound) = self.sockets.remove(&port) {
+            self.host.unregister(bound.handle);
         }
     }
 
@@ -232,13 +350,36 @@ impl Runner {
                     None => {}
                 }
             }
-            Event::PingReply { .. } | Event::Delivered { .. } => {}
+            Event::PingReply { .. } | Event::Delivered { .. } | Event::Sealed { .. } => {}
         }
     }
 
     fn on_request(&mut self, request: ControlRequest) {
+        // User calls take effect at the current time, like every input.
+        self.host.handle_input(Input::Timeout(self.clock.now()));
         match request {
-            ControlRequest::Inspect(inspect) => inspect(&self.node),
+            ControlRequest::Inspect(inspect) => inspect(&self.host),
+            ControlRequest::Bind { port, reply } => {
+                let _ = reply.send(self.bind(port));
+            }
+            ControlRequest::SendTo {
+                from,
+                to,
+                port,
+                data,
+                reply,
+            } => {
+                let sent = match self.sockets.get(&from) {
+                    Some(bound) => self
+                        .host
+                        .service_mut(bound.handle)
+                        .send_to(to, port, &data)
+                        .map_err(SocketError::Send),
+                    None => Err(SocketError::NotBound(from)),
+                };
+                let _ = reply.send(sent);
+            }
+            ControlRequest::Unbind { port } => self.unbind(port),
             ControlRequest::Trace { destination, reply } => {
                 if self.traces.len() >= MAX_PENDING_TRACES {
                     let _ = reply.send(None);
@@ -254,10 +395,22 @@ impl Runner {
                         reply,
                     },
                 );
-                self.node
+                self.host
+                    .overlay_mut()
                     .node_mut()
                     .trace(self.clock.now(), destination, token);
             }
         }
+    }
+
+    fn bind(&mut self, port: Port) -> Result<mpsc::Receiver<SocketDatagram>, String> {
+        let socket = DatagramSocket::new(SOCKET_CAPACITY);
+        let handle = self
+            .host
+            .register(port, socket)
+            .map_err(|error| error.to_string())?;
+        let (deliver, receiver) = mpsc::channel(SOCKET_CAPACITY);
+        self.sockets.insert(port, BoundSocket { handle, deliver });
+        Ok(receiver)
     }
 }

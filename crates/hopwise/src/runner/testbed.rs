@@ -22,7 +22,8 @@ use anyhow::Context;
 const MAX_QUEUED: usize = 65_536;
 
 /// One-way delays by destination: `{"127.0.0.1:7001": 12.5, ...}` in milliseconds.
-/// Destinations not listed get no delay.
+/// Destinations not listed get no delay; a negative delay means there is no direct path
+/// (every datagram to that destination is dropped, as a firewall or a NAT would).
 pub fn load_delays(path: &Path) -> anyhow::Result<HashMap<SocketAddr, f64>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading testbed delays {}", path.display()))?;
@@ -40,8 +41,13 @@ impl Testbed {
     pub fn start(socket: UdpSocket, delays_ms: HashMap<SocketAddr, f64>) -> Self {
         let one_way = delays_ms
             .into_iter()
-            .filter(|(_, ms)| ms.is_finite() && *ms > 0.0)
-            .map(|(addr, ms)| (addr, Duration::from_secs_f64(ms / 1000.0)))
+            .filter(|(_, ms)| ms.is_finite() && *ms != 0.0)
+            .map(|(addr, ms)| {
+                (
+                    addr,
+                    (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1000.0)),
+                )
+            })
             .collect();
         let (queue, incoming) = mpsc::sync_channel(MAX_QUEUED);
         let dual_stack = socket.local_addr().is_ok_and(|a| a.is_ipv6());
@@ -64,7 +70,8 @@ impl Testbed {
 
 /// Datagrams ordered by the time they are due, then by the order they were sent.
 struct DelayLine {
-    one_way: HashMap<SocketAddr, Duration>,
+    /// `None`: no path to that destination.
+    one_way: HashMap<SocketAddr, Option<Duration>>,
     queue: BinaryHeap<Reverse<Delayed>>,
     sequence: u64,
 }
@@ -78,7 +85,7 @@ struct Delayed {
 }
 
 impl DelayLine {
-    fn new(one_way: HashMap<SocketAddr, Duration>) -> Self {
+    fn new(one_way: HashMap<SocketAddr, Option<Duration>>) -> Self {
         Self {
             one_way,
             queue: BinaryHeap::new(),
@@ -90,7 +97,11 @@ impl DelayLine {
         if self.queue.len() >= MAX_QUEUED {
             return;
         }
-        let delay = self.one_way.get(&destination).copied().unwrap_or_default();
+        let delay = match self.one_way.get(&destination) {
+            Some(Some(delay)) => *delay,
+            Some(None) => return,
+            None => Duration::ZERO,
+        };
         self.sequence += 1;
         self.queue.push(Reverse(Delayed {
             due: now + delay,
@@ -138,8 +149,14 @@ mod tests {
         let near: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let far: SocketAddr = "127.0.0.1:7002".parse().unwrap();
         let unlisted: SocketAddr = "127.0.0.1:7003".parse().unwrap();
+        let blocked: SocketAddr = "127.0.0.1:7004".parse().unwrap();
         let ms = Duration::from_millis;
-        let mut line = DelayLine::new(HashMap::from([(near, ms(5)), (far, ms(40))]));
+        let mut line = DelayLine::new(HashMap::from([
+            (near, Some(ms(5))),
+            (far, Some(ms(40))),
+            (blocked, None),
+        ]));
+        line.push(Instant::now(), blocked, vec![0]);
         let start = Instant::now();
         line.push(start, far, vec![1]);
         line.push(start, near, vec![2]);

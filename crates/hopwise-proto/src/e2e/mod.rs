@@ -1,0 +1,1234 @@
+//! End-to-end sessions: authenticated, encrypted datagrams between any two nodes, through any
+//! relays, addressed to service ports.
+//!
+//! Hop-by-hop encryption (`secure`) keeps outsiders out, but every member relay on a path sees
+//! and could change what it forwards, including the source id. [`EndToEnd`] runs a Noise
+//! session (`Noise_XX_25519_ChaChaPoly_BLAKE2s`) with each node it talks to, over the overlay's
+//! sealed datagrams and keyed to the nodes' static keys: the receiver opens a datagram only
+//! under the session with the node it claims to come from, and that session exists only if the
+//! peer proved the static key whose hash is its id. A relay can drop datagrams, but not read,
+//! alter, replay or forge them.
+//!
+//! # Cost
+//! The first payload to a new peer rides in the third handshake message, so it arrives one
+//! overlay round trip later than it would unprotected; later payloads add 29 bytes and no
+//! waiting ([`OVERHEAD`]). A session is re-keyed by a new handshake after [`REKEY_AFTER`] (or
+//! 2^48 datagrams) while payloads keep flowing on the old keys, long before a counter could
+//! repeat. A packet from a peer we hold no session with (it restarted, or forgot us) makes us
+//! start a handshake, so a restarted peer is re-keyed rather than black-holed.
+//!
+//! # Bounds
+//! Peers, handshakes in progress (per role), payloads waiting for a handshake (per peer and in
+//! total) are all bounded; handshakes answered are rate-limited per last hop (the member that
+//! handed the datagram over) and overall, so a member flooding handshakes under forged ids
+//! costs a bounded amount of work and does not crowd out others.
+//!
+//! # Driving
+//! Like every component of the crate: [`EndToEnd::handle_datagram`] for every sealed datagram
+//! the overlay delivers, [`EndToEnd::handle_timeout`] once [`EndToEnd::poll_timeout`] has
+//! passed, [`EndToEnd::send`] for outgoing payloads; then drain [`EndToEnd::poll_transmit`]
+//! (datagrams for the overlay) and [`EndToEnd::poll_received`] (authenticated payloads).
+
+mod session;
+pub mod wire;
+
+pub use wire::{MAX_DATA, OVERHEAD, Port};
+
+use std::collections::VecDeque;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use snow::HandshakeState;
+use tracing::trace;
+
+use crate::keyed::{self, Map};
+use crate::limit::{HandshakeLimiter, Rate};
+use crate::secure::crypto;
+use crate::{Duration, Instant, NodeId};
+use session::{OpenError, Session};
+use wire::{Datagram, Plain};
+
+/// The Noise protocol of every end-to-end session. No pre-shared key: only members reach each
+/// other through the overlay at all, and the static keys are what is authenticated here.
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+/// Binds every handshake to this layer and to the two ids the overlay headers name.
+const PROLOGUE: &[u8] = b"hopwise end-to-end 1";
+
+/// A session is re-keyed after this long ...
+pub const REKEY_AFTER: Duration = Duration::from_secs(120);
+/// ... or after this many datagrams, whichever comes first;
+const REKEY_AFTER_DATAGRAMS: u64 = 1 << 48;
+/// and never sends beyond this many (a nonce must never repeat).
+const REJECT_AFTER_DATAGRAMS: u64 = 1 << 60;
+/// An unanswered init is sent again after this long ...
+const INIT_RETRY: Duration = Duration::from_secs(1);
+/// ... a handshake gives up after this long, and a finish is repeated until then.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A session silent both ways for this long is forgotten.
+const SESSION_IDLE: Duration = Duration::from_secs(180);
+/// Keys replaced by newer ones still open packets for this long: some were in flight.
+const RETIRED_KEYS_LIFETIME: Duration = Duration::from_secs(30);
+/// Retired sessions kept per peer.
+const MAX_RETIRED: usize = 2;
+/// At most one handshake to recover a lost session, per peer and interval.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(2);
+/// How often idle sessions and retired keys are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Peers with a session or a handshake; the least recently used session makes room.
+const MAX_PEERS: usize = 4_096;
+/// Handshakes this node started and waits on.
+const MAX_INITIATIONS: usize = 1_024;
+/// Handshakes this node answered and waits on, in all and per last hop.
+const MAX_RESPONDING: usize = 1_024;
+const MAX_RESPONDING_PER_HOP: usize = 64;
+/// Answered handshakes of one claimed peer kept at once (a peer retrying with a new one).
+const MAX_RESPONDING_PER_PEER: usize = 2;
+/// Payloads waiting for a handshake, per peer and in all.
+const MAX_QUEUED_PER_PEER: usize = 16;
+const MAX_QUEUED: usize = 1_024;
+/// Inits answered per last hop, and by all together.
+const INIT_PER_HOP: Rate = Rate {
+    per_second: 50.0,
+    burst: 100.0,
+};
+const INIT_OVERALL: Rate = Rate {
+    per_second: 1_000.0,
+    burst: 2_000.0,
+};
+
+/// Why [`EndToEnd::send`] refused a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// More bytes than one datagram carries ([`MAX_DATA`]).
+    TooLarge { len: usize, max: usize },
+    /// No session yet, and no room to hold the payload (or to start a handshake) until there is.
+    QueueFull,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooLarge { len, max } => {
+                write!(f, "a datagram of {len} bytes exceeds the limit of {max}")
+            }
+            Self::QueueFull => write!(f, "too many datagrams wait for handshakes"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// A payload that arrived, authenticated: `from` holds the static key of its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub from: NodeId,
+    pub source_port: Port,
+    pub destination_port: Port,
+    pub data: Vec<u8>,
+}
+
+/// What the end-to-end layer did and dropped, by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct E2eStats {
+    pub handshakes_completed: u64,
+    /// Of those, the ones that replaced an established session (re-keying, or a restarted
+    /// peer).
+    pub rekeys: u64,
+    /// Handshake messages that failed: forged, garbled, or from a key that is not the claimed
+    /// node's.
+    pub handshakes_failed: u64,
+    /// Inits refused by the rate limits or because the handshake tables were full.
+    pub handshakes_refused: u64,
+    pub handshakes_timed_out: u64,
+    /// Bytes that are not end-to-end datagrams, or payloads that make no sense once opened.
+    pub dropped_malformed: u64,
+    /// Handshake messages for a handshake that this node does not wait on.
+    pub dropped_unexpected: u64,
+    /// Data from a node this node holds no session with.
+    pub dropped_no_session: u64,
+    /// Data that failed authentication: altered, truncated, or forged.
+    pub dropped_bad_tag: u64,
+    /// Data whose counter was seen before, or is too old.
+    pub dropped_replayed: u64,
+    /// Authentic payloads for a port nothing listens on (counted by the host).
+    pub dropped_unknown_port: u64,
+    /// Payloads this node gave up sending: no room to wait for a handshake, or the handshake
+    /// failed or timed out.
+    pub dropped_unsent: u64,
+    pub payloads_sent: u64,
+    pub payloads_received: u64,
+    /// Datagrams handed to the overlay (handshakes and data), and their bytes.
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+}
+
+impl std::ops::AddAssign<&E2eStats> for E2eStats {
+    fn add_assign(&mut self, other: &E2eStats) {
+        self.handshakes_completed += other.handshakes_completed;
+        self.rekeys += other.rekeys;
+        self.handshakes_failed += other.handshakes_failed;
+        self.handshakes_refused += other.handshakes_refused;
+        self.handshakes_timed_out += other.handshakes_timed_out;
+        self.dropped_malformed += other.dropped_malformed;
+        self.dropped_unexpected += other.dropped_unexpected;
+        self.dropped_no_session += other.dropped_no_session;
+        self.dropped_bad_tag += other.dropped_bad_tag;
+        self.dropped_replayed += other.dropped_replayed;
+        self.dropped_unknown_port += other.dropped_unknown_port;
+        self.dropped_unsent += other.dropped_unsent;
+        self.payloads_sent += other.payloads_sent;
+        self.payloads_received += other.payloads_received;
+        self.datagrams_sent += other.datagrams_sent;
+        self.bytes_sent += other.bytes_sent;
+    }
+}
+
+/// A session as a driver shows it (`hopwise status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub peer: NodeId,
+    pub established: Instant,
+    pub confirmed: bool,
+    pub datagrams_sent: u64,
+}
+
+/// A handshake this node started.
+struct Initiation {
+    /// `None` until the init goes out: after a failed response, or while the payloads wait
+    /// for a handshake the peer started (see [`EndToEnd::queue`]).
+    state: Option<HandshakeState>,
+    /// The peer started a handshake at the same time, and its id is lower: the session this
+    /// one makes only carries what waited for it, and the peer's becomes the current one.
+    yields: bool,
+    index: u32,
+    init: Vec<u8>,
+    started: Instant,
+    last_sent: Instant,
+    /// Plaintexts to send once the session is up.
+    queued: Vec<Vec<u8>>,
+}
+
+/// A handshake this node answered.
+struct Responding {
+    peer: NodeId,
+    /// The member that handed the init over.
+    via: NodeId,
+    state: HandshakeState,
+    initiator_index: u32,
+    response: Vec<u8>,
+    started: Instant,
+    /// Answered while our own handshake with a peer of higher id was under way: the session
+    /// only receives, ours becomes the current one.
+    secondary: bool,
+}
+
+#[derive(Default)]
+struct Peer {
+    current: Option<Session>,
+    /// Sessions that only open late packets, newest last: the ones `current` replaced, and
+    /// the other session of a simultaneous open. A re-key that meets the peer's own re-key
+    /// has three sessions alive at once for a moment.
+    retired: Vec<Session>,
+    initiation: Option<Initiation>,
+    /// When this node last started a handshake because the peer sent data it could not open.
+    recovery_at: Option<Instant>,
+}
+
+impl Peer {
+    /// The session to send on: the current one, unless it is an unconfirmed new one and the
+    /// confirmed session it replaces can still be used (a re-key in progress, whose finish
+    /// may yet be lost).
+    fn sending(&mut self) -> Option<&mut Session> {
+        let usable = |s: &Session| s.sent() < REJECT_AFTER_DATAGRAMS;
+        if self.current.as_ref().is_some_and(|c| !c.confirmed) {
+            let fall_back = self
+                .retired
+                .iter_mut()
+                .rev()
+                .find(|r| r.confirmed && !r.receive_only && usable(r));
+            if fall_back.is_some() {
+                return fall_back;
+            }
+        }
+        self.current.as_mut().filter(|c| usable(c))
+    }
+
+    fn retire(&mut self, mut session: Session, at: Instant) {
+        session.retired = Some(at);
+        if self.retired.len() >= MAX_RETIRED {
+            self.retired.remove(0);
+        }
+        self.retired.push(session);
+    }
+
+    fn is_idle(&self, now: Instant) -> bool {
+        self.initiation.is_none()
+            && self
+                .current
+                .as_ref()
+                .is_none_or(|s| now - s.last_sent.max(s.last_received) >= SESSION_IDLE)
+    }
+
+    fn last_used(&self) -> Instant {
+        self.current
+            .as_ref()
+            .map_or(Instant::ZERO, |s| s.last_sent.max(s.last_received))
+    }
+}
+
+pub struct EndToEnd {
+    local: NodeId,
+    private_key: [u8; 32],
+    rng: ChaCha8Rng,
+    peers: Map<NodeId, Peer>,
+    /// Answered handshakes by our (responder) index.
+    responding: Map<u32, Responding>,
+    limiter: HandshakeLimiter,
+    queued: usize,
+    outgoing: VecDeque<(NodeId, Vec<u8>)>,
+    received: VecDeque<Received>,
+    next_sweep: Instant,
+    /// Reused for every opened plaintext.
+    scratch: Vec<u8>,
+    stats: E2eStats,
+}
+
+impl EndToEnd {
+    /// The layer of node `local`, which holds `private_key` (whose public key's id is
+    /// `local`). Randomness (ephemeral keys, indices) comes from `rng_seed`.
+    pub fn new(local: NodeId, private_key: [u8; 32], rng_seed: u64, now: Instant) -> Self {
+        let hash_key = keyed::hash_key(rng_seed ^ 0xE2E0_E2E0_E2E0_E2E0);
+        Self {
+            local,
+            private_key,
+            rng: ChaCha8Rng::seed_from_u64(rng_seed),
+            peers: Map::with_hasher(hash_key),
+            responding: Map::with_hasher(hash_key),
+            limiter: HandshakeLimiter::new(INIT_PER_HOP, INIT_OVERALL, hash_key, now),
+            queued: 0,
+            outgoing: VecDeque::new(),
+            received: VecDeque::new(),
+            next_sweep: now + SWEEP_INTERVAL,
+            scratch: Vec::new(),
+            stats: E2eStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &E2eStats {
+        &self.stats
+    }
+
+    /// Counts an authentic payload that no service took (the host knows the ports).
+    pub fn count_unknown_port(&mut self) {
+        self.stats.dropped_unknown_port += 1;
+    }
+
+    /// Counts a payload a caller could not hand over (see [`SendError::QueueFull`]).
+    pub fn count_unsent(&mut self) {
+        self.stats.dropped_unsent += 1;
+    }
+
+    /// Every established session.
+    pub fn sessions(&self) -> impl Iterator<Item = SessionInfo> + '_ {
+        self.peers.iter().filter_map(|(peer, p)| {
+            let session = p.current.as_ref()?;
+            Some(SessionInfo {
+                peer: *peer,
+                established: session.established,
+                confirmed: session.confirmed,
+                datagrams_sent: session.sent(),
+            })
+        })
+    }
+
+    /// Handshakes in progress, both roles together.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.responding.len()
+            + self
+                .peers
+                .values()
+                .filter(|p| p.initiation.is_some())
+                .count()
+    }
+
+    /// A datagram for the overlay to carry to a node.
+    pub fn poll_transmit(&mut self) -> Option<(NodeId, Vec<u8>)> {
+        self.outgoing.pop_front()
+    }
+
+    /// An authenticated payload for a service.
+    pub fn poll_received(&mut self) -> Option<Received> {
+        self.received.pop_front()
+    }
+
+    /// Sends `data` from our port `source_port` to port `destination_port` of node `to`. A
+    /// payload for a node without a session waits (bounded) for the handshake it starts.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        to: NodeId,
+        source_port: Port,
+        destination_port: Port,
+        data: &[u8],
+    ) -> Result<(), SendError> {
+        if data.len() > MAX_DATA {
+            return Err(SendError::TooLarge {
+                len: data.len(),
+                max: MAX_DATA,
+            });
+        }
+        if to == self.local {
+            self.stats.payloads_sent += 1;
+            self.stats.payloads_received += 1;
+            self.received.push_back(Received {
+                from: to,
+                source_port,
+                destination_port,
+                data: data.to_vec(),
+            });
+            return Ok(());
+        }
+        let plain = wire::plaintext(source_port, destination_port, data);
+        let Some((sealed, rekey)) = self.peers.get_mut(&to).and_then(|peer| {
+            let handshaking = peer.initiation.is_some();
+            let session = peer.sending()?;
+            let due =
+                now - session.established >= REKEY_AFTER || session.sent() >= REKEY_AFTER_DATAGRAMS;
+            Some((session.seal(now, &plain), due && !handshaking))
+        }) else {
+            return self.queue(now, to, plain);
+        };
+        if let Some(datagram) = sealed {
+            self.stats.payloads_sent += 1;
+            self.transmit(to, datagram);
+        }
+        if rekey {
+            self.initiate(now, to, Vec::new(), true);
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, now: Instant, to: NodeId, plain: Vec<u8>) -> Result<(), SendError> {
+        if self.queued >= MAX_QUEUED {
+            return Err(SendError::QueueFull);
+        }
+        if let Some(initiation) = self.peers.get_mut(&to).and_then(|p| p.initiation.as_mut()) {
+            if initiation.queued.len() >= MAX_QUEUED_PER_PEER {
+                return Err(SendError::QueueFull);
+            }
+            initiation.queued.push(plain);
+            self.queued += 1;
+            return Ok(());
+        }
+        // The peer is opening a session with us: the payload waits for it rather than start
+        // a second handshake, and the init goes out only if that one does not finish soon.
+        let answering = self.responding.values().any(|r| r.peer == to);
+        if self.initiate(now, to, vec![plain], !answering) {
+            self.queued += 1;
+            Ok(())
+        } else {
+            Err(SendError::QueueFull)
+        }
+    }
+
+    /// Starts a handshake with `to`, holding `queued` until it is done; its init goes out now,
+    /// or with `send_now` false at the first retry. False if there is no room for it.
+    fn initiate(&mut self, now: Instant, to: NodeId, queued: Vec<Vec<u8>>, send_now: bool) -> bool {
+        let initiations = self
+            .peers
+            .values()
+            .filter(|p| p.initiation.is_some())
+            .count();
+        if initiations >= MAX_INITIATIONS || !self.make_room_for(to) {
+            return false;
+        }
+        let mut initiation = Initiation {
+            state: None,
+            yields: false,
+            index: 0,
+            init: Vec::new(),
+            started: now,
+            last_sent: now,
+            queued,
+        };
+        if send_now {
+            self.start_over(to, &mut initiation);
+        }
+        self.peers.entry(to).or_default().initiation = Some(initiation);
+        true
+    }
+
+    /// A fresh handshake state and index for `initiation`, and its init sent.
+    fn start_over(&mut self, to: NodeId, initiation: &mut Initiation) {
+        initiation.state = None;
+        let Some(mut state) = self.handshake(true, self.local, to) else {
+            return;
+        };
+        // snow wants room for a tag even where the pattern sends none.
+        let mut message = [0; wire::INIT_MESSAGE_LEN + wire::TAG_LEN];
+        match state.write_message(&[], &mut message) {
+            Ok(wire::INIT_MESSAGE_LEN) => {}
+            _ => return,
+        }
+        let message = &message[..wire::INIT_MESSAGE_LEN];
+        initiation.index = self.rng.random();
+        initiation.init = wire::init(initiation.index, message);
+        initiation.state = Some(state);
+        self.transmit(to, initiation.init.clone());
+    }
+
+    /// Whether `peer` has, or can be given, an entry in the peer table: when it is full, the
+    /// least recently used peer without a handshake in progress makes room.
+    fn make_room_for(&mut self, peer: NodeId) -> bool {
+        if self.peers.len() < MAX_PEERS || self.peers.contains_key(&peer) {
+            return true;
+        }
+        let oldest = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, p))| p.initiation.is_none())
+            .min_by_key(|(_, (_, p))| p.last_used())
+            .map(|(index, _)| index);
+        match oldest {
+            Some(index) => {
+                self.peers.swap_remove_index(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn handshake(&mut self, initiator: bool, from: NodeId, to: NodeId) -> Option<HandshakeState> {
+        let mut prologue = PROLOGUE.to_vec();
+        prologue.extend_from_slice(from.as_bytes());
+        prologue.extend_from_slice(to.as_bytes());
+        let builder = crypto::builder(&mut self.rng, NOISE_PARAMS)
+            .local_private_key(&self.private_key)
+            .ok()?
+            .prologue(&prologue)
+            .ok()?;
+        if initiator {
+            builder.build_initiator().ok()
+        } else {
+            builder.build_responder().ok()
+        }
+    }
+
+    fn transmit(&mut self, to: NodeId, datagram: Vec<u8>) {
+        self.stats.datagrams_sent += 1;
+        self.stats.bytes_sent += datagram.len() as u64;
+        self.outgoing.push_back((to, datagram));
+    }
+
+    /// A sealed datagram the overlay delivered: `source` is the node it claims to come from,
+    /// `via` the member that handed it over.
+    pub fn handle_datagram(&mut self, now: Instant, source: NodeId, via: NodeId, datagram: &[u8]) {
+        if source == self.local {
+            // Our own payloads to ourselves never leave this layer.
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        match Datagram::parse(datagram) {
+            Ok(Datagram::Init { initiator, message }) => {
+                self.on_init(now, source, via, initiator, message);
+            }
+            Ok(Datagram::Response {
+                initiator,
+                responder,
+                message,
+            }) => self.on_response(now, source, initiator, responder, message),
+            Ok(Datagram::Finish { responder, message }) => {
+                self.on_finish(now, source, responder, message);
+            }
+            Ok(Datagram::Data { counter, sealed }) => {
+                self.on_data(now, source, via, counter, sealed);
+            }
+            Err(_) => {
+                trace!(source = %source.short(), "dropping a malformed end-to-end datagram");
+                self.stats.dropped_malformed += 1;
+            }
+        }
+    }
+
+    fn on_init(&mut self, now: Instant, peer: NodeId, via: NodeId, index: u32, message: &[u8]) {
+        // The same init again: its sender missed our response.
+        if let Some(answered) = self
+            .responding
+            .values()
+            .find(|r| r.peer == peer && r.initiator_index == index)
+        {
+            let response = answered.response.clone();
+            self.transmit(peer, response);
+            return;
+        }
+        if self.responding.len() >= MAX_RESPONDING || !self.limiter.allow(via, now) {
+            self.stats.handshakes_refused += 1;
+            return;
+        }
+        self.evict_responding(|r| r.via == via, MAX_RESPONDING_PER_HOP);
+        self.evict_responding(|r| r.peer == peer, MAX_RESPONDING_PER_PEER);
+        let Some(mut state) = self.handshake(false, peer, self.local) else {
+            return;
+        };
+        let mut message_out = [0; wire::RESPONSE_MESSAGE_LEN];
+        if state.read_message(message, &mut []).is_err()
+            || state.write_message(&[], &mut message_out).is_err()
+        {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        let responder_index = loop {
+            let candidate: u32 = self.rng.random();
+            if !self.responding.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        let response = wire::response(index, responder_index, &message_out);
+        self.transmit(peer, response.clone());
+        // Both ends started a handshake at once. Both complete, so that each end's first
+        // payload rides its own finish, and both ends keep the session the lower id started
+        // as the current one.
+        let mut secondary = false;
+        if let Some(ours) = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.initiation.as_mut())
+            .filter(|i| i.state.is_some())
+        {
+            if self.local < peer {
+                secondary = true;
+            } else {
+                ours.yields = true;
+            }
+        }
+        self.responding.insert(
+            responder_index,
+            Responding {
+                peer,
+                via,
+                state,
+                initiator_index: index,
+                response,
+                started: now,
+                secondary,
+            },
+        );
+    }
+
+    /// Makes room for one more answered handshake among those that `matches`: at most `limit`
+    /// of them stay, the oldest leave first.
+    fn evict_responding(&mut self, matches: impl Fn(&Responding) -> bool, limit: usize) {
+        loop {
+            let same: Vec<(u32, Instant)> = self
+                .responding
+                .iter()
+                .filter(|(_, r)| matches(r))
+                .map(|(index, r)| (*index, r.started))
+                .collect();
+            if same.len() < limit {
+                return;
+            }
+            let (oldest, _) = same
+                .into_iter()
+                .min_by_key(|(_, started)| *started)
+                .expect("at least the limit");
+            self.responding.swap_remove(&oldest);
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        initiator_index: u32,
+        responder_index: u32,
+        message: &[u8],
+    ) {
+        let Some(initiation) = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.initiation.take_if(|i| i.index == initiator_index))
+        else {
+            self.stats.dropped_unexpected += 1;
+            return;
+        };
+        let mut initiation = initiation;
+        let Some(mut state) = initiation.state.take() else {
+            self.stats.dropped_unexpected += 1;
+            self.restore(peer, initiation);
+            return;
+        };
+        let read = state.read_message(message, &mut []).is_ok();
+        if !read || !holds_key_of(&state, peer) {
+            // Forged, garbled, or someone else's key: this handshake state is spent, and the
+            // next retry starts over.
+            self.stats.handshakes_failed += 1;
+            self.restore(peer, initiation);
+            return;
+        }
+        let mut queued = std::mem::take(&mut initiation.queued);
+        self.queued -= queued.len();
+        let first = (!queued.is_empty() && queued[0].len() <= wire::MAX_FINISH_PLAIN)
+            .then(|| queued.remove(0));
+        let first_plain = first.as_deref().unwrap_or(&[]);
+        let (mut finish, at) = wire::finish_buffer(
+            responder_index,
+            wire::FINISH_MESSAGE_MIN + first_plain.len(),
+        );
+        let transport = state
+            .write_message(first_plain, &mut finish[at..])
+            .ok()
+            .and_then(|_| state.into_stateless_transport_mode().ok());
+        let Some(transport) = transport else {
+            self.stats.handshakes_failed += 1;
+            self.stats.dropped_unsent += 1 + queued.len() as u64;
+            return;
+        };
+        if first.is_some() {
+            self.stats.payloads_sent += 1;
+        }
+        let mut session = Session::new(transport, now, false);
+        session.finish = Some((finish.clone(), now));
+        self.transmit(peer, finish);
+        // What waited goes out on this session even if it yields: the peer opens it.
+        for plain in queued {
+            match session.seal(now, &plain) {
+                Some(datagram) => {
+                    self.stats.payloads_sent += 1;
+                    self.transmit(peer, datagram);
+                }
+                None => self.stats.dropped_unsent += 1,
+            }
+        }
+        self.install(peer, session, initiation.yields);
+    }
+
+    /// Puts back an initiation whose response failed; its retry starts over.
+    fn restore(&mut self, peer: NodeId, initiation: Initiation) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.initiation = Some(initiation);
+        }
+    }
+
+    fn on_finish(&mut self, now: Instant, peer: NodeId, index: u32, message: &[u8]) {
+        let Some(responding) = self.responding.get(&index) else {
+            let repeated = self
+                .peers
+                .get_mut(&peer)
+                .and_then(|p| p.current.as_mut())
+                .filter(|s| s.made_by == Some(index))
+                .and_then(|s| s.seal(now, &[]));
+            match repeated {
+                Some(ack) => self.transmit(peer, ack),
+                None => self.stats.dropped_unexpected += 1,
+            }
+            return;
+        };
+        if responding.peer != peer {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        let mut responding = self.responding.swap_remove(&index).expect("present");
+        let mut plain = vec![0; message.len()];
+        let read = responding.state.read_message(message, &mut plain);
+        let transport = match read {
+            Ok(len) if holds_key_of(&responding.state, peer) => {
+                plain.truncate(len);
+                responding.state.into_stateless_transport_mode().ok()
+            }
+            _ => None,
+        };
+        let Some(transport) = transport else {
+            self.stats.handshakes_failed += 1;
+            return;
+        };
+        if !self.make_room_for(peer) {
+            self.stats.handshakes_refused += 1;
+            return;
+        }
+        let mut session = Session::new(transport, now, true);
+        session.made_by = Some(index);
+        let ack = session.seal(now, &[]);
+        self.install(peer, session, responding.secondary);
+        if let Some(ack) = ack {
+            self.transmit(peer, ack);
+        }
+        self.accept_plain(peer, &plain);
+        // A handshake of our own with this peer is moot now, unless ours is the one both keep:
+        // its payloads go on this session.
+        let ours = self
+            .peers
+            .get_mut(&peer)
+            .filter(|_| !responding.secondary)
+            .and_then(|p| p.initiation.take());
+        if let Some(ours) = ours {
+            self.queued -= ours.queued.len();
+            self.send_queued(now, peer, ours.queued);
+        }
+    }
+
+    /// Makes `session` the current one with `peer`; the one it replaces opens late packets for
+    /// a while. A session of a simultaneous open that `yields` only opens packets, unless there
+    /// is no other yet.
+    fn install(&mut self, peer: NodeId, mut session: Session, yields: bool) {
+        self.stats.handshakes_completed += 1;
+        let now = session.established;
+        let entry = self.peers.entry(peer).or_default();
+        if yields && entry.current.is_some() {
+            session.receive_only = true;
+            entry.retire(session, now);
+            return;
+        }
+        if let Some(old) = entry.current.replace(session) {
+            if now - old.established >= HANDSHAKE_TIMEOUT {
+                self.stats.rekeys += 1;
+            }
+            entry.retire(old, now);
+        }
+    }
+
+    fn send_queued(&mut self, now: Instant, peer: NodeId, queued: Vec<Vec<u8>>) {
+        for plain in queued {
+            let sealed = self
+                .peers
+                .get_mut(&peer)
+                .and_then(Peer::sending)
+                .and_then(|s| s.seal(now, &plain));
+            match sealed {
+                Some(datagram) => {
+                    self.stats.payloads_sent += 1;
+                    self.transmit(peer, datagram);
+                }
+                None => self.stats.dropped_unsent += 1,
+            }
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, peer: NodeId, via: NodeId, counter: u64, sealed: &[u8]) {
+        let Some(entry) = self
+            .peers
+            .get_mut(&peer)
+            .filter(|p| p.current.is_some() || !p.retired.is_empty())
+        else {
+            self.stats.dropped_no_session += 1;
+            self.recover(now, peer, via);
+            return;
+        };
+        let mut plain = std::mem::take(&mut self.scratch);
+        let sessions = entry
+            .current
+            .iter_mut()
+            .chain(entry.retired.iter_mut().rev());
+        let mut outcome = Err(OpenError::BadTag);
+        for (index, session) in sessions.enumerate() {
+            match session.open(now, counter, sealed, &mut plain) {
+                Ok(()) => {
+                    outcome = Ok(index == 0 && entry.current.is_some());
+                    break;
+                }
+                // Authentic under these keys, and seen before.
+                Err(OpenError::Replayed) => outcome = Err(OpenError::Replayed),
+                Err(OpenError::BadTag) => {}
+            }
+        }
+        match outcome {
+            Ok(opened_current) => {
+                if opened_current && let Some(current) = entry.current.as_mut() {
+                    current.confirmed = true;
+                    current.finish = None;
+                }
+                self.accept_plain(peer, &plain);
+            }
+            Err(OpenError::Replayed) => self.stats.dropped_replayed += 1,
+            Err(OpenError::BadTag) => self.stats.dropped_bad_tag += 1,
+        }
+        self.scratch = plain;
+    }
+
+    /// A payload that opened: an acknowledgement, or data for a service.
+    fn accept_plain(&mut self, peer: NodeId, plain: &[u8]) {
+        match Plain::parse(plain) {
+            Ok(Plain::Ack) => {}
+            Ok(Plain::Payload {
+                source,
+                destination,
+                data,
+            }) => {
+                self.stats.payloads_received += 1;
+                self.received.push_back(Received {
+                    from: peer,
+                    source_port: source,
+                    destination_port: destination,
+                    data: data.to_vec(),
+                });
+            }
+            Err(_) => self.stats.dropped_malformed += 1,
+        }
+    }
+
+    /// Data from a peer we hold no session with: it restarted, or we forgot it. A handshake
+    /// from our side re-keys it (at most one per interval, and within the init rate limits,
+    /// since anyone can send such data claiming any id).
+    fn recover(&mut self, now: Instant, peer: NodeId, via: NodeId) {
+        let waiting = self.responding.values().any(|r| r.peer == peer)
+            || self.peers.get(&peer).is_some_and(|p| {
+                p.initiation.is_some()
+                    || p.recovery_at.is_some_and(|at| now - at < RECOVERY_INTERVAL)
+            });
+        if waiting || !self.limiter.allow(via, now) {
+            return;
+        }
+        if self.initiate(now, peer, Vec::new(), true)
+            && let Some(p) = self.peers.get_mut(&peer)
+        {
+            p.recovery_at = Some(now);
+        }
+    }
+
+    /// Retries inits, repeats unconfirmed finishes, gives up on stalled handshakes, and forgets
+    /// idle sessions and retired keys.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.responding
+            .retain(|_, r| now - r.started < HANDSHAKE_TIMEOUT);
+        let mut retries = Vec::new();
+        let mut resend = Vec::new();
+        for (id, peer) in &mut self.peers {
+            if let Some(initiation) = &mut peer.initiation {
+                if now - initiation.started >= HANDSHAKE_TIMEOUT {
+                    self.stats.handshakes_timed_out += 1;
+                    self.stats.dropped_unsent += initiation.queued.len() as u64;
+                    self.queued -= initiation.queued.len();
+                    peer.initiation = None;
+                } else if now - initiation.last_sent >= INIT_RETRY {
+                    initiation.last_sent = now;
+                    retries.push(*id);
+                }
+            }
+            if let Some(session) = &mut peer.current
+                && let Some((finish, sent)) = &mut session.finish
+            {
+                if now - session.established >= HANDSHAKE_TIMEOUT {
+                    session.finish = None;
+                } else if now - *sent >= INIT_RETRY {
+                    *sent = now;
+                    resend.push((*id, finish.clone()));
+                }
+            }
+        }
+        for id in retries {
+            let Some(mut initiation) = self.peers.get_mut(&id).and_then(|p| p.initiation.take())
+            else {
+                continue;
+            };
+            if initiation.state.is_some() {
+                self.transmit(id, initiation.init.clone());
+            } else {
+                self.start_over(id, &mut initiation);
+            }
+            self.restore(id, initiation);
+        }
+        for (id, finish) in resend {
+            self.transmit(id, finish);
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_INTERVAL;
+            for peer in self.peers.values_mut() {
+                peer.retired
+                    .retain(|s| s.retired.is_none_or(|at| now - at < RETIRED_KEYS_LIFETIME));
+            }
+            self.peers.retain(|_, p| !p.is_idle(now));
+        }
+    }
+
+    /// The earliest instant at which [`EndToEnd::handle_timeout`] has work ([`Instant::MAX`]
+    /// while there are no peers: an idle layer never wakes its node).
+    pub fn poll_timeout(&self) -> Instant {
+        if self.peers.is_empty() && self.responding.is_empty() {
+            return Instant::MAX;
+        }
+        let responding = self
+            .responding
+            .values()
+            .map(|r| r.started + HANDSHAKE_TIMEOUT);
+        let peers = self.peers.values().flat_map(|p| {
+            let initiation = p
+                .initiation
+                .as_ref()
+                .map(|i| (i.last_sent + INIT_RETRY).min(i.started + HANDSHAKE_TIMEOUT));
+            let finish = p.current.as_ref().and_then(|s| {
+                let (_, sent) = s.finish.as_ref()?;
+                Some((*sent + INIT_RETRY).min(s.established + HANDSHAKE_TIMEOUT))
+            });
+            initiation.into_iter().chain(finish)
+        });
+        responding.chain(peers).fold(self.next_sweep, Instant::min)
+    }
+}
+
+/// Whether the peer of a handshake proved the static key of `peer`'s id.
+fn holds_key_of(state: &HandshakeState, peer: NodeId) -> bool {
+    state
+        .get_remote_static()
+        .is_some_and(|key| NodeId::from_public_key(key) == peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secure::crypto::generate_keypair;
+
+    /// Two ends that hand each other's datagrams straight over, `delay` each way.
+    struct Pair {
+        ends: [EndToEnd; 2],
+        ids: [NodeId; 2],
+        now: Instant,
+    }
+
+    fn end(seed: u64, now: Instant) -> (EndToEnd, NodeId) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (private, public) = generate_keypair(&mut rng);
+        let id = NodeId::from_public_key(&public);
+        (EndToEnd::new(id, private, seed, now), id)
+    }
+
+    impl Pair {
+        fn new() -> Self {
+            let (a, a_id) = end(1, Instant::ZERO);
+            let (b, b_id) = end(2, Instant::ZERO);
+            Self {
+                ends: [a, b],
+                ids: [a_id, b_id],
+                now: Instant::ZERO,
+            }
+        }
+
+        /// Carries datagrams back and forth until neither end has any left; returns how many.
+        fn exchange(&mut self) -> usize {
+            self.exchange_unless(|_, _| false)
+        }
+
+        /// Like [`Pair::exchange`], dropping the datagrams `lose` picks (by sender and bytes).
+        fn exchange_unless(&mut self, mut lose: impl FnMut(usize, &[u8]) -> bool) -> usize {
+            let mut carried = 0;
+            loop {
+                let mut any = false;
+                for from in 0..2 {
+                    while let Some((to, datagram)) = self.ends[from].poll_transmit() {
+                        assert_eq!(to, self.ids[1 - from]);
+                        any = true;
+                        if lose(from, &datagram) {
+                            continue;
+                        }
+                        carried += 1;
+                        let (source, now) = (self.ids[from], self.now);
+                        self.ends[1 - from].handle_datagram(now, source, source, &datagram);
+                    }
+                }
+                if !any {
+                    return carried;
+                }
+            }
+        }
+
+        /// Moves time on by `step` at a time, running timers and carrying datagrams.
+        fn run_for(&mut self, total: Duration, step: Duration) {
+            let until = self.now + total;
+            while self.now < until {
+                self.now += step;
+                for end in &mut self.ends {
+                    end.handle_timeout(self.now);
+                }
+                self.exchange();
+            }
+        }
+
+        fn send(&mut self, from: usize, data: &[u8]) {
+            let (to, now) = (self.ids[1 - from], self.now);
+            self.ends[from]
+                .send(now, to, Port(7), Port(9), data)
+                .unwrap();
+        }
+
+        fn received(&mut self, end: usize) -> Vec<Received> {
+            std::iter::from_fn(|| self.ends[end].poll_received()).collect()
+        }
+    }
+
+    #[test]
+    fn the_first_payload_rides_the_handshake_and_later_ones_go_at_once() {
+        let mut pair = Pair::new();
+        let b = pair.ids[1];
+        pair.ends[0]
+            .send(pair.now, b, Port(7), Port(9), b"hello")
+            .unwrap();
+        // init, response, finish (with the payload), acknowledgement.
+        assert_eq!(pair.exchange(), 4);
+        let got = pair.received(1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].from, pair.ids[0]);
+        assert_eq!(
+            (got[0].source_port, got[0].destination_port),
+            (Port(7), Port(9))
+        );
+        assert_eq!(got[0].data, b"hello");
+        pair.ends[0]
+            .send(pair.now, b, Port(7), Port(9), b"again")
+            .unwrap();
+        assert_eq!(pair.exchange(), 1);
+        assert_eq!(pair.received(1)[0].data, b"again");
+        let a = pair.ids[0];
+        pair.ends[1]
+            .send(pair.now, a, Port(9), Port(7), b"back")
+            .unwrap();
+        assert_eq!(pair.exchange(), 1);
+        assert_eq!(pair.received(0)[0].data, b"back");
+        assert_eq!(pair.ends[0].stats().handshakes_completed, 1);
+        assert_eq!(pair.ends[1].stats().handshakes_completed, 1);
+    }
+
+    #[test]
+    fn simultaneous_opens_each_carry_their_first_payload_and_agree_on_one_session() {
+        let mut pair = Pair::new();
+        pair.send(0, b"from a");
+        pair.send(1, b"from b");
+        pair.exchange();
+        assert_eq!(pair.received(1)[0].data, b"from a");
+        assert_eq!(pair.received(0)[0].data, b"from b");
+        // Long after the other session's keys are gone, both ways still work.
+        pair.run_for(Duration::from_secs(40), Duration::from_secs(1));
+        for round in 0..3u8 {
+            pair.send(0, &[round]);
+            pair.send(1, &[round]);
+            pair.exchange();
+            assert_eq!(pair.received(1).len(), 1, "a to b, round {round}");
+            assert_eq!(pair.received(0).len(), 1, "b to a, round {round}");
+        }
+        let stats = |end: usize| *pair.ends[end].stats();
+        assert_eq!(stats(0).dropped_bad_tag + stats(1).dropped_bad_tag, 0);
+    }
+
+    #[test]
+    fn a_lost_finish_is_sent_again_and_its_payload_arrives() {
+        let mut pair = Pair::new();
+        pair.send(0, b"first");
+        let mut dropped = false;
+        pair.exchange_unless(|from, datagram| {
+            let finish = from == 0 && datagram[0] == 3 && !dropped;
+            dropped |= finish;
+            finish
+        });
+        assert!(dropped);
+        assert!(pair.received(1).is_empty());
+        pair.run_for(Duration::from_millis(1_100), Duration::from_millis(100));
+        assert_eq!(pair.received(1)[0].data, b"first");
+    }
+
+    #[test]
+    fn a_restarted_peer_is_re_keyed() {
+        let mut pair = Pair::new();
+        pair.send(0, b"before");
+        pair.exchange();
+        assert_eq!(pair.received(1).len(), 1);
+        pair.run_for(Duration::from_secs(10), Duration::from_secs(1));
+        // The peer restarts: same key, no state.
+        let (fresh, id) = end(2, pair.now);
+        assert_eq!(id, pair.ids[1]);
+        pair.ends[1] = fresh;
+        pair.send(0, b"lost on the old keys");
+        pair.exchange();
+        assert!(pair.received(1).is_empty());
+        assert_eq!(pair.ends[1].stats().dropped_no_session, 1);
+        // The restarted end opened a new session; the next payload arrives.
+        pair.send(0, b"after");
+        pair.exchange();
+        assert_eq!(pair.received(1)[0].data, b"after");
+        assert_eq!(pair.ends[0].stats().rekeys, 1);
+    }
+
+    #[test]
+    fn sessions_are_re_keyed_without_holding_payloads() {
+        let mut pair = Pair::new();
+        pair.send(0, b"0");
+        pair.exchange();
+        pair.received(1);
+        pair.run_for(REKEY_AFTER, Duration::from_secs(10));
+        for round in 0..5u8 {
+            pair.send(0, &[round]);
+            pair.exchange();
+            assert_eq!(pair.received(1).len(), 1, "round {round}");
+        }
+        assert_eq!(pair.ends[0].stats().rekeys, 1);
+        assert_eq!(pair.ends[1].stats().rekeys, 1);
+    }
+
+    #[test]
+    fn altered_truncated_replayed_and_forged_data_is_counted_not_delivered() {
+        let mut pair = Pair::new();
+        pair.send(0, b"open");
+        pair.exchange();
+        pair.received(1);
+        pair.send(0, b"genuine");
+        let (_, genuine) = pair.ends[0].poll_transmit().unwrap();
+        let (a, now) = (pair.ids[0], pair.now);
+        let b = &mut pair.ends[1];
+        let mut altered = genuine.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        b.handle_datagram(now, a, a, &altered);
+        b.handle_datagram(now, a, a, &genuine[..genuine.len() - 1]);
+        b.handle_datagram(now, a, a, &genuine[..10]);
+        b.handle_datagram(now, a, a, &genuine);
+        b.handle_datagram(now, a, a, &genuine);
+        // The same bytes claiming another sender, which holds no session here.
+        let other = NodeId::from_bytes([9; 8]);
+        b.handle_datagram(now, other, other, &genuine);
+        let stats = *b.stats();
+        assert_eq!(stats.dropped_bad_tag, 2, "altered and one byte short");
+        assert_eq!(stats.dropped_malformed, 1, "shorter than a tag");
+        assert_eq!(stats.dropped_replayed, 1);
+        assert_eq!(stats.dropped_no_session, 1);
+        let received = pair.received(1);
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].data, b"genuine");
+    }
+
+    #[test]
+    fn a_flood_of_inits_from_one_neighbour_is_bounded_and_others_still_get_in() {
+        let (mut target, _) = end(1, Instant::ZERO);
+        let (mut honest, honest_id) = end(2, Instant::ZERO);
+        let flooder = NodeId::from_bytes([0xf1; 8]);
+        let mut now = Instant::ZERO;
+        for round in 0..100u64 {
+            now += Duration::from_millis(10);
+            for i in 0..100u64 {
+                // Inits under made-up ids, all handed over by the same member.
+                let (mut forger, forged_id) = end(1_000 + round * 100 + i, now);
+                forger
+                    .send(now, target.local, Port(1), Port(1), b"x")
+                    .unwrap();
+                let (_, init) = forger.poll_transmit().unwrap();
+                target.handle_datagram(now, forged_id, flooder, &init);
+            }
+            while target.poll_transmit().is_some() {}
+            assert!(target.responding.len() <= MAX_RESPONDING_PER_HOP);
+        }
+        let refused = target.stats().handshakes_refused;
+        assert!(refused >= 9_000, "{refused} of 10,000 refused");
+        // A node that reaches the target through another neighbour still gets in.
+        honest
+            .send(now, target.local, Port(1), Port(2), b"hi")
+            .unwrap();
+        let target_id = target.local;
+        for _ in 0..4 {
+            while let Some((_, datagram)) = honest.poll_transmit() {
+                target.handle_datagram(now, honest_id, honest_id, &datagram);
+            }
+            while let Some((_, datagram)) = target.poll_transmit() {
+                honest.handle_datagram(now, target_id, target_id, &datagram);
+            }
+        }
+        assert_eq!(target.poll_received().unwrap().data, b"hi");
+    }
+}
