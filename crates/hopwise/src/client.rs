@@ -10,6 +10,14 @@ use tokio::net::TcpStream;
 
 use crate::api::{Request, Response, TraceReport};
 
+/// Appends one formatted line to a `String`.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        writeln!($out, $($arg)*).expect("writing to a String");
+    }};
+}
+
 #[derive(Args)]
 pub struct ClientArgs {
     /// The node's control API.
@@ -67,19 +75,39 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         ),
     };
     let response = runtime.block_on(call(args.api, &request))?;
+    let mut out = String::new();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&response)?);
-        return Ok(());
+        outln!(out, "{}", serde_json::to_string_pretty(&response)?);
+        return emit(&out);
     }
     if let ClientCommand::Coords(_) = command {
         let own = runtime.block_on(call(args.api, &Request::GetLocation))?;
-        print_response(&own, false);
+        print_response(&mut out, &own, false);
     }
-    print_response(&response, matches!(command, ClientCommand::Trace(_)));
+    print_response(
+        &mut out,
+        &response,
+        matches!(command, ClientCommand::Trace(_)),
+    );
+    emit(&out)?;
     if let Response::Error { .. } = response {
         bail!("the node refused the request");
     }
     Ok(())
+}
+
+/// Writes `text` to standard output. A reader that went away (`hopwise status | head -1`) is
+/// not an error: the command ends quietly, as Unix tools do.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }
 
 /// Sends one request and reads its answer.
@@ -96,32 +124,39 @@ pub async fn call(api: SocketAddr, request: &Request) -> anyhow::Result<Response
     serde_json::from_str(&answer).with_context(|| format!("reading the answer {answer:?}"))
 }
 
-fn print_response(response: &Response, hop_by_hop: bool) {
+fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
     match response {
         Response::Status(status) => {
-            println!("id          {}", status.id);
-            println!("listen      {}", status.listen);
-            println!("uptime      {:.0} s", status.uptime_s);
+            outln!(out, "id          {}", status.id);
+            outln!(out, "listen      {}", status.listen);
+            outln!(out, "uptime      {:.0} s", status.uptime_s);
             let loc = &status.location;
-            println!(
+            outln!(
+                out,
                 "coordinate  ({:.1}, {:.1}) ms + height {:.1} ms, error {:.2}",
                 loc.x1 * 1000.0,
                 loc.x2 * 1000.0,
                 loc.height * 1000.0,
                 loc.pos_err
             );
-            println!(
+            outln!(
+                out,
                 "known {} · neighbours {} · routing links {} · routes {}",
-                status.known_nodes, status.neighbours, status.routing_links, status.routes
+                status.known_nodes,
+                status.neighbours,
+                status.routing_links,
+                status.routes
             );
-            println!(
+            outln!(
+                out,
                 "received {} datagrams ({} bytes) · sent {} ({} bytes)",
                 status.datagrams_received,
                 status.bytes_received,
                 status.datagrams_sent,
                 status.bytes_sent
             );
-            println!(
+            outln!(
+                out,
                 "dropped: insecure {} · malformed {} · unexpected {} · no route {} · ttl expired {}",
                 status.dropped_insecure,
                 status.dropped_malformed,
@@ -129,35 +164,78 @@ fn print_response(response: &Response, hop_by_hop: bool) {
                 status.dropped_no_route,
                 status.dropped_ttl_expired
             );
-            println!(
+            outln!(
+                out,
                 "handshakes: completed {} · failed {} · refused {}",
-                status.handshakes_completed, status.handshakes_failed, status.handshakes_refused
+                status.handshakes_completed,
+                status.handshakes_failed,
+                status.handshakes_refused
             );
-            println!(
+            outln!(
+                out,
                 "data: relayed {} · delivered {}",
-                status.data_relayed, status.data_delivered
+                status.data_relayed,
+                status.data_delivered
+            );
+            let e2e = &status.end_to_end;
+            outln!(
+                out,
+                "end-to-end: sessions {} · payloads sent {} · received {} · handshakes \
+                 completed {} (re-keys {}), in progress {}, failed {}, refused {}, timed out {}",
+                e2e.sessions,
+                e2e.payloads_sent,
+                e2e.payloads_received,
+                e2e.handshakes_completed,
+                e2e.rekeys,
+                e2e.handshakes_in_progress,
+                e2e.handshakes_failed,
+                e2e.handshakes_refused,
+                e2e.handshakes_timed_out
+            );
+            outln!(
+                out,
+                "end-to-end dropped: bad tag {} · replay {} · unknown port {} · no session {} \
+                 · malformed {} · unexpected {} · unsent {}",
+                e2e.dropped_bad_tag,
+                e2e.dropped_replayed,
+                e2e.dropped_unknown_port,
+                e2e.dropped_no_session,
+                e2e.dropped_malformed,
+                e2e.dropped_unexpected,
+                e2e.dropped_unsent
             );
         }
         Response::Peers { peers } => {
-            println!(
+            outln!(
+                out,
                 "{:<16}  {:<22}  {:<9}  {:>9}",
-                "id", "address", "kind", "rtt ms"
+                "id",
+                "address",
+                "kind",
+                "rtt ms"
             );
             for peer in peers {
                 let rtt = peer.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1}"));
-                println!(
+                outln!(
+                    out,
                     "{:<16}  {:<22}  {:<9}  {rtt:>9}",
-                    peer.id, peer.addr, peer.kind
+                    peer.id,
+                    peer.addr,
+                    peer.kind
                 );
             }
         }
         Response::Routes { routes } => {
-            println!(
+            outln!(
+                out,
                 "{:<16}  {:<16}  {:>9}  direct",
-                "destination", "next hop", "rtt ms"
+                "destination",
+                "next hop",
+                "rtt ms"
             );
             for route in routes {
-                println!(
+                outln!(
+                    out,
                     "{:<16}  {:<16}  {:>9.1}  {}",
                     route.destination,
                     route.next_hop,
@@ -166,7 +244,8 @@ fn print_response(response: &Response, hop_by_hop: bool) {
                 );
             }
         }
-        Response::Location { loc } => println!(
+        Response::Location { loc } => outln!(
+            out,
             "this node   ({:.1}, {:.1}) ms + height {:.1} ms, error {:.2}",
             loc.x1 * 1000.0,
             loc.x2 * 1000.0,
@@ -176,7 +255,8 @@ fn print_response(response: &Response, hop_by_hop: bool) {
         Response::FullMap { nodes } | Response::RecentNodes { nodes } => {
             for node in nodes {
                 let loc = &node.location;
-                println!(
+                outln!(
+                    out,
                     "{}  ({:.1}, {:.1}) ms + height {:.1} ms, error {:.2}  {}:{}",
                     node.id,
                     loc.x1 * 1000.0,
@@ -188,13 +268,13 @@ fn print_response(response: &Response, hop_by_hop: bool) {
                 );
             }
         }
-        Response::NodeInfo { info } => println!("{} at {}:{}", info.id, info.ip, info.port),
-        Response::Trace(report) => print_trace(report, hop_by_hop),
+        Response::NodeInfo { info } => outln!(out, "{} at {}:{}", info.id, info.ip, info.port),
+        Response::Trace(report) => print_trace(out, report, hop_by_hop),
         Response::Error { error } => eprintln!("error: {error}"),
     }
 }
 
-fn print_trace(report: &TraceReport, hop_by_hop: bool) {
+fn print_trace(out: &mut String, report: &TraceReport, hop_by_hop: bool) {
     let path = |steps: &[crate::api::TraceStep]| {
         steps
             .iter()
@@ -202,7 +282,8 @@ fn print_trace(report: &TraceReport, hop_by_hop: bool) {
             .collect::<Vec<_>>()
             .join(" -> ")
     };
-    println!(
+    outln!(
+        out,
         "{} ms to {} (out {} hops, back {} hops)",
         format_args!("{:.1}", report.rtt_ms),
         report.destination,
@@ -210,17 +291,18 @@ fn print_trace(report: &TraceReport, hop_by_hop: bool) {
         report.inbound.len().saturating_sub(1)
     );
     if !hop_by_hop {
-        println!("path out:  {}", path(&report.outbound));
-        println!("path back: {}", path(&report.inbound));
+        outln!(out, "path out:  {}", path(&report.outbound));
+        outln!(out, "path back: {}", path(&report.inbound));
         return;
     }
     for (label, steps) in [("out", &report.outbound), ("back", &report.inbound)] {
-        println!("{label}:");
+        outln!(out, "{label}:");
         for pair in steps.windows(2) {
             let rtt = pair[0]
                 .rtt_ms
                 .map_or("-".into(), |ms| format!("{ms:.1} ms"));
-            println!(
+            outln!(
+                out,
                 "  {} -> {}  {rtt}",
                 short(&pair[0].node),
                 short(&pair[1].node)
