@@ -346,27 +346,72 @@ async fn a_flood_of_bad_datagrams_is_counted_and_the_network_keeps_working() {
     let flooding = tokio::task::spawn_blocking(move || {
         flood(target_addr, &stranger, &session_peer, &captured)
     });
-    // Meanwhile the other nodes trace each other, and the target's memory is watched.
+    // Meanwhile the other nodes trace each other, and the target's memory is watched. A trace
+    // may cross the target, whose socket the flood saturates: the kernel drops what does not
+    // fit its buffer, genuine packets among them, so a trace can be lost. What must hold: the
+    // traces keep being answered through the flood (most of them, and some in every second of
+    // it), and all of them afterwards.
     let others = [(1, 2), (2, 3), (3, 1), (1, 3)];
-    let (mut answered, mut asked, mut peak_kib) = (0, 0, idle_kib);
+    let flood_started = std::time::Instant::now();
+    let flooding = std::sync::Arc::new(flooding);
+    // Each pair traces in a loop of its own, so that one lost trace (3 s to time out) does not
+    // hold up the others.
+    let mut tracers = JoinSet::new();
+    for &(from, to) in &others {
+        let api = net.members[from].api;
+        let request = Request::Trace {
+            node: net.members[to].id.to_string(),
+        };
+        let flooding = flooding.clone();
+        tracers.spawn(async move {
+            let (mut answered_at, mut asked) = (Vec::new(), 0);
+            while !flooding.is_finished() {
+                asked += 1;
+                if let Ok(Response::Trace(_)) = call(api, &request).await {
+                    answered_at.push(flood_started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (answered_at, asked)
+        });
+    }
+    let mut peak_kib = idle_kib;
     while !flooding.is_finished() {
-        for &(from, to) in &others {
-            asked += 1;
-            answered += usize::from(net.trace(from, to).await.is_ok());
-        }
         peak_kib = peak_kib.max(resident_kib(pid));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let (mut answered_at, mut asked) = (Vec::new(), 0);
+    while let Some(done) = tracers.join_next().await {
+        let (at, count) = done.expect("tracer");
+        answered_at.extend(at);
+        asked += count;
+    }
+    let flood_lasted = flood_started.elapsed();
+    let flooding = std::sync::Arc::into_inner(flooding).expect("the tracers are done");
     let sent = flooding.await.expect("flood");
     relay.abort();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut answered_after = 0;
+    for _ in 0..5 {
+        for &(from, to) in &others {
+            answered_after += usize::from(net.trace(from, to).await.is_ok());
+        }
+    }
     let status = net.status(target).await.expect("the target still answers");
     let counted = (status.dropped_insecure - before.dropped_insecure)
         + (status.dropped_malformed - before.dropped_malformed);
+    let answered = answered_at.len();
+    let silent_seconds = (0..flood_lasted.as_secs())
+        .filter(|&s| {
+            !answered_at
+                .iter()
+                .any(|at| at.as_secs() == s || at.as_secs() == s + 1)
+        })
+        .count();
     println!(
         "flood: {sent} datagrams sent, {counted} counted as dropped; resident memory idle \
          {idle_kib} KiB, peak {peak_kib} KiB; {answered} of {asked} traces between other nodes \
-         answered"
+         answered during the flood, {answered_after} of 20 after it"
     );
     assert!(
         net.is_running(target) && resident_kib(pid) > 0,
@@ -376,10 +421,15 @@ async fn a_flood_of_bad_datagrams_is_counted_and_the_network_keeps_working() {
         peak_kib < 2 * idle_kib,
         "memory {idle_kib} -> {peak_kib} KiB"
     );
-    assert_eq!(
-        answered, asked,
-        "traces between the other nodes kept working"
+    assert!(
+        answered * 10 >= asked * 9,
+        "{answered} of {asked} traces answered during the flood"
     );
+    assert_eq!(
+        silent_seconds, 0,
+        "two seconds of the flood without an answer"
+    );
+    assert_eq!(answered_after, 20, "traces after the flood");
     assert!(counted >= sent as u64 / 2, "{counted} of {sent} counted");
 
     net.stop().await;
