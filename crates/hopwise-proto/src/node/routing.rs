@@ -82,12 +82,7 @@ impl Node {
         destination: NodeId,
         payload: Vec<u8>,
     ) -> Result<(), PayloadTooLarge> {
-        if payload.len() > MAX_PAYLOAD {
-            return Err(PayloadTooLarge(payload.len()));
-        }
-        self.advance(now);
-        self.originate(destination, DataBody::Payload(payload));
-        Ok(())
+        self.send_bytes(now, destination, payload, DataBody::Payload)
     }
 
     /// Sends an end-to-end sealed datagram through the overlay; it arrives as
@@ -98,11 +93,21 @@ impl Node {
         destination: NodeId,
         datagram: Vec<u8>,
     ) -> Result<(), PayloadTooLarge> {
-        if datagram.len() > MAX_PAYLOAD {
-            return Err(PayloadTooLarge(datagram.len()));
+        self.send_bytes(now, destination, datagram, DataBody::Sealed)
+    }
+
+    fn send_bytes(
+        &mut self,
+        now: Instant,
+        destination: NodeId,
+        bytes: Vec<u8>,
+        body: fn(Vec<u8>) -> DataBody,
+    ) -> Result<(), PayloadTooLarge> {
+        if bytes.len() > MAX_PAYLOAD {
+            return Err(PayloadTooLarge(bytes.len()));
         }
         self.advance(now);
-        self.originate(destination, DataBody::Sealed(datagram));
+        self.originate(destination, body(bytes));
         Ok(())
     }
 
