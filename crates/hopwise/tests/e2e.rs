@@ -372,6 +372,28 @@ fn handshake_tables_stay_bounded_under_a_flood_from_a_member() {
     assert_eq!(got, vec![(sim.id_of(a), b"through the flood".to_vec())]);
 }
 
+/// A datagram for a port no service holds is counted and dropped; the service on the other
+/// port sees nothing of it.
+#[test]
+fn datagrams_for_a_port_nobody_listens_on_are_counted() {
+    let net = matrix(&[&[0.0, 20.0], &[20.0, 0.0]]);
+    let mut sim = Simulation::new(net, &SimConfig::default());
+    sim.run_until(at(10.0));
+    let from_a = (0, socket(&mut sim, 0));
+    let at_b = socket(&mut sim, 1);
+    let b = sim.id_of(1);
+    sim.with_service(from_a.0, from_a.1, |s| s.send_to(b, Port(6_000), b"nobody"))
+        .expect("running")
+        .expect("fits");
+    send(&mut sim, from_a, 1, b"somebody");
+    sim.run_until(at(11.0));
+    assert_eq!(
+        received(&mut sim, 1, at_b),
+        vec![(sim.id_of(0), b"somebody".to_vec())]
+    );
+    assert_eq!(sim.e2e_stats(1).dropped_unknown_port, 1);
+}
+
 /// The example program. `cargo test` builds it with the tests; a run of this target alone
 /// (`--test e2e`) does not, so a missing one is built here. (After changing the library, run
 /// `cargo build --examples` before `--test e2e` alone: a stale example is not noticed.)
