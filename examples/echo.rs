@@ -111,11 +111,13 @@ async fn send(
             socket
                 .send_to(server, ECHO_PORT, message.as_bytes())
                 .await?;
-            if let Some(answer) = echoed(&mut socket, server, Duration::from_secs(1)).await {
+            if let Some((answer, arrived)) =
+                echoed(&mut socket, server, Duration::from_secs(1)).await
+            {
                 println!(
                     "echo from {server}: {} ({:.1} ms)",
                     String::from_utf8_lossy(&answer),
-                    sent.elapsed().as_secs_f64() * 1e3
+                    (arrived - sent).as_secs_f64() * 1e3
                 );
                 node.shutdown().await;
                 return Ok(());
@@ -126,20 +128,25 @@ async fn send(
     bail!("no echo from {server} within {timeout:?}")
 }
 
-/// The next datagram from `server` within `wait`; answers to earlier tries are skipped.
-async fn echoed(socket: &mut ServiceSocket, server: NodeId, wait: Duration) -> Option<Vec<u8>> {
+/// The next datagram from `server` within `wait`, and when it arrived. Answers to earlier
+/// tries that are waiting behind it are skipped.
+async fn echoed(
+    socket: &mut ServiceSocket,
+    server: NodeId,
+    wait: Duration,
+) -> Option<(Vec<u8>, Instant)> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let answer = tokio::time::timeout_at(deadline, socket.recv_from())
             .await
             .ok()??;
+        let arrived = Instant::now();
         if answer.from == server {
-            // Drop answers that were already waiting: they belong to earlier sends.
             while let Ok(Some(_)) =
                 tokio::time::timeout(Duration::from_millis(1), socket.recv_from()).await
             {
             }
-            return Some(answer.data);
+            return Some((answer.data, arrived));
         }
     }
 }

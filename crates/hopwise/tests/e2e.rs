@@ -511,3 +511,66 @@ async fn the_echo_example_answers_through_a_relay_that_sees_no_plaintext() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A measurement, not a check (`cargo test --release -p hopwise --test e2e -- --ignored
+/// --nocapture`): on real processes, the round trip of an end-to-end echo against a trace
+/// (plain overlay packets) over the same relayed path, 10 ms each hop. The echo also crosses
+/// the programs' own sockets and tasks at both ends.
+#[tokio::test]
+#[ignore = "a measurement; run it in a release build"]
+async fn echo_round_trips_against_plain_traces() {
+    use hopwise::testnet::Testnet;
+    use std::time::Duration as StdDuration;
+
+    let echo = example("echo");
+    let dir = std::env::temp_dir().join(format!("hopwise-e2e-rtt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // 0 relays; 1 serves; 2 traces and 3 echoes, side by side (0.2 ms apart).
+    let net_matrix = matrix(&[
+        &[0.0, 20.0, 20.0, 20.0],
+        &[20.0, 0.0, 0.0, 0.0],
+        &[20.0, 0.0, 0.0, 0.2],
+        &[20.0, 0.0, 0.2, 0.0],
+    ]);
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_hopwise"));
+    let mut net = Testnet::create(binary, &net_matrix, &dir, &[9; 32], 7).expect("create");
+    let (relay, server, tracer, client) = (0, 1, 2, 3);
+    net.members[server].program = Some((echo.clone(), vec!["serve".into()]));
+    for member in [relay, server, tracer] {
+        net.launch(member).expect("launch");
+    }
+    net.wait_for_routes_among(&[relay, server, tracer], StdDuration::from_secs(30))
+        .await
+        .expect("routes");
+    tokio::time::sleep(StdDuration::from_secs(5)).await;
+    let server_id = net.members[server].id.to_string();
+    net.members[client].program =
+        Some((echo, vec!["send".into(), server_id.clone(), "timed".into()]));
+    let (mut traces, mut echoes) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        if let Ok(report) = net.trace(tracer, server).await {
+            traces.push(report.rtt_ms);
+        }
+        let before = net.log(client).len();
+        net.launch(client).expect("client");
+        net.wait(client, StdDuration::from_secs(60)).await;
+        let printed = net.log(client)[before..].to_string();
+        let rtt = printed
+            .rsplit_once('(')
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse::<f64>().ok());
+        echoes.extend(rtt);
+    }
+    net.stop().await;
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let (trace, echo) = (median(&mut traces), median(&mut echoes));
+    println!(
+        "{} traces, median {trace:.2} ms; {} echoes, median {echo:.2} ms; echo / trace {:.4}",
+        traces.len(),
+        echoes.len(),
+        echo / trace
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
