@@ -52,12 +52,7 @@ impl EndToEnd {
         queued: Vec<Vec<u8>>,
         send_now: bool,
     ) -> bool {
-        let initiations = self
-            .peers
-            .values()
-            .filter(|p| p.initiation.is_some())
-            .count();
-        if initiations >= MAX_INITIATIONS || !self.make_room_for(to) {
+        if self.initiations() >= MAX_INITIATIONS || !self.make_room_for(to) {
             return false;
         }
         let mut initiation = Initiation {
@@ -124,6 +119,12 @@ impl EndToEnd {
         index: u32,
         message: &[u8],
     ) {
+        // Repeats pass the rate limit too: a response is larger than an init, and anyone can
+        // repeat an init that claims someone else's id.
+        if !self.limiter.allow(via, now) {
+            self.stats.handshakes_refused += 1;
+            return;
+        }
         // The same init again: its sender missed our response.
         if let Some(answered) = self
             .responding
@@ -134,7 +135,7 @@ impl EndToEnd {
             self.transmit(peer, response);
             return;
         }
-        if self.responding.len() >= MAX_RESPONDING || !self.limiter.allow(via, now) {
+        if self.responding.len() >= MAX_RESPONDING {
             self.stats.handshakes_refused += 1;
             return;
         }

@@ -315,12 +315,15 @@ impl EndToEnd {
 
     /// Handshakes in progress, both roles together.
     pub fn handshakes_in_progress(&self) -> usize {
-        self.responding.len()
-            + self
-                .peers
-                .values()
-                .filter(|p| p.initiation.is_some())
-                .count()
+        self.responding.len() + self.initiations()
+    }
+
+    /// Handshakes this node started and waits on.
+    fn initiations(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| p.initiation.is_some())
+            .count()
     }
 
     /// A datagram for the overlay to carry to a node.
