@@ -5,10 +5,12 @@
 //! deadlines returned by [`Node::poll_timeout`]. See [`node`] for the driving contract and
 //! `docs/ARCHITECTURE.md` for how the crates fit together.
 
+pub mod alias;
 pub mod coords;
 pub mod e2e;
 mod id;
 pub mod keyed;
+pub mod kv;
 mod limit;
 pub mod link;
 pub mod node;

@@ -3,6 +3,7 @@
 
 pub mod datagrams;
 pub mod flows;
+pub mod kvload;
 pub mod matrix;
 pub mod metrics;
 pub mod network;

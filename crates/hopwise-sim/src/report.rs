@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::datagrams::{DatagramWorkload, E2eReport};
+use crate::kvload::{KvReport, KvWorkload, KvWorkloadConfig};
 use crate::flows::{FLOW_INTERVAL, Flows};
 use crate::matrix::Matrix;
 use crate::metrics::{Accuracy, coordinate_accuracy, percentile};
@@ -47,6 +48,9 @@ pub struct Report {
     pub secure: Option<SecureReport>,
     /// Present when the run carried end-to-end datagrams (`--e2e-peers`).
     pub e2e: Option<E2eReport>,
+    /// The key-value store every node runs: the workload's measurements (`--kv-puts`,
+    /// `--kv-gets`, `--kv-watches`) and the store's own traffic.
+    pub kv: KvReport,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,7 +124,10 @@ pub struct ZonesReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FailoverReport {
+    /// Nodes killed in the first wave, and in all waves.
     pub failed_nodes: usize,
+    pub failed_nodes_total: usize,
+    pub waves: usize,
     pub fail_at_s: f64,
     pub flows: usize,
     /// Flows (between surviving nodes) whose path crossed a killed node.
@@ -267,7 +274,17 @@ pub fn run(
         let stop = end - DATAGRAMS_DRAIN;
         DatagramWorkload::new(sim.len(), workload, config.seed, stop)
     });
+    let kv_config = scenario.kv.clone().unwrap_or(KvWorkloadConfig {
+        puts: 0,
+        gets: 0,
+        watches: 0,
+        start: Duration::from_secs(60),
+    });
+    let mut kv = KvWorkload::new(kv_config, sim.len(), config.seed, end);
     let mut failure: Option<Failure> = None;
+    // Later failure waves: when the next is due, and how many are left.
+    let mut waves_left = scenario.fail_waves.saturating_sub(1);
+    let mut failed_later = 0usize;
     let mut converged_at = None;
     let mut slices = Vec::new();
     let switch_interval = config.network.matrix_interval;
@@ -289,6 +306,9 @@ pub fn run(
             let workload_due = datagrams
                 .as_ref()
                 .and_then(DatagramWorkload::next_due)
+                .into_iter()
+                .chain(kv.next_due())
+                .min()
                 .filter(|&due| due < flow_next);
             at = workload_due.unwrap_or(flow_next).max(at);
             let flow_step = workload_due.is_none();
@@ -305,6 +325,17 @@ pub fn run(
                     fail,
                 ));
             }
+            if let Some(fail) = fail_at
+                && waves_left > 0
+            {
+                let wave = scenario.fail_waves - waves_left;
+                let due = fail + scenario.fail_every.mul_f64(wave as f64);
+                if due <= at {
+                    sim.run_until(due);
+                    failed_later += fail_more(&mut sim, scenario.fail_nodes, config.seed, wave);
+                    waves_left -= 1;
+                }
+            }
             sim.run_until(at);
             if flow_step && !flows.pairs().is_empty() && at >= flow_start && at < flow_end {
                 flows.send(&mut sim);
@@ -312,13 +343,16 @@ pub fn run(
             if let Some(workload) = &mut datagrams {
                 workload.send_due(&mut sim, at);
             }
+            kv.send_due(&mut sim, at);
             let recorded = sim.take_recorded();
+            kv.record(&recorded);
             flows.record(&recorded);
             if let Some(workload) = &mut datagrams {
                 workload.record(&recorded);
             }
         }
         second = next_second;
+        kv.collect(&mut sim);
         progress(sim.now() - Instant::ZERO);
         if converged_at.is_none() && fully_routed(&sim) {
             converged_at = Some((second - Instant::ZERO).as_secs_f64());
@@ -371,7 +405,14 @@ pub fn run(
         control_bytes + control_datagrams * IP_UDP_HEADER_BYTES + secure_overhead.unwrap_or(0);
     let wire_rate =
         |v: Volume| (v.bytes + v.datagrams * IP_UDP_HEADER_BYTES) as f64 / per_node_second;
-    let failover = failure.map(|f| failover_report(&f, &flows, flow_end));
+    kv.collect(&mut sim);
+    let kv = kv.report(&sim, duration, sim.is_secure());
+    let failover = failure.map(|f| {
+        let mut report = failover_report(&f, &flows, flow_end);
+        report.failed_nodes_total = report.failed_nodes + failed_later;
+        report.waves = scenario.fail_waves.max(1);
+        report
+    });
     let e2e = datagrams.as_ref().map(|workload| workload.report(&sim));
     let routing = scenario.measure_pairs.then(|| {
         let ttl_before = sim.total_stats().dropped_ttl_expired;
@@ -444,6 +485,7 @@ pub fn run(
         slices,
         expanded_from,
         e2e,
+        kv,
     };
     Outcome {
         report,
@@ -610,6 +652,20 @@ fn fail_nodes(
     }
 }
 
+/// Kills another `fraction` of all nodes among those still running (a later failure wave);
+/// returns how many.
+fn fail_more(sim: &mut Simulation, fraction: f64, seed: u64, wave: usize) -> usize {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6661_696c ^ (wave as u64) << 32);
+    let count = ((sim.len() as f64) * fraction).round() as usize;
+    let mut running: Vec<usize> = (0..sim.len()).filter(|&i| sim.is_running(i)).collect();
+    running.shuffle(&mut rng);
+    let killed: Vec<usize> = running.into_iter().take(count).collect();
+    for &node in &killed {
+        sim.stop_node(node);
+    }
+    killed.len()
+}
+
 fn failover_report(failure: &Failure, flows: &Flows, flow_end: Instant) -> FailoverReport {
     // Packets sent in the last second may still be in flight when the flows stop.
     let until = flow_end - Duration::from_secs(1);
@@ -629,6 +685,8 @@ fn failover_report(failure: &Failure, flows: &Flows, flow_end: Instant) -> Failo
         .count();
     FailoverReport {
         failed_nodes: failure.failed.len(),
+        failed_nodes_total: failure.failed.len(),
+        waves: 1,
         fail_at_s: (failure.at - Instant::ZERO).as_secs_f64(),
         flows: flows.pairs().len(),
         affected_flows: failure.affected.len(),

@@ -10,7 +10,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use hopwise_proto::e2e::{E2eStats, Port};
 use hopwise_proto::secure::{Keys, SecureNode, SecureStats, crypto};
-use hopwise_proto::service::{Host, OverlayNode, RegisterError, Service, ServiceHandle};
+use hopwise_proto::kv::{Kv, KvConfig, KvStats};
+use hopwise_proto::service::{
+    Host, OverlayNode, RegisterError, Service, ServiceHandle, ports,
+};
 use hopwise_proto::{
     Algorithm, Config, Coordinate, Duration, Event, Input, Instant, Node, NodeId, NodeStats,
     Output, PayloadTooLarge, ZoneConfig,
@@ -19,6 +22,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::datagrams::DatagramConfig;
+use crate::kvload::KvWorkloadConfig;
 use crate::matrix::Matrix;
 use crate::network::{Network, NetworkConfig};
 
@@ -60,6 +64,8 @@ pub struct SimConfig {
     pub secure: bool,
     /// Tags and connect-tags of particular nodes (all others have none).
     pub tags: Vec<NodeTags>,
+    /// The key-value store every member runs.
+    pub kv: KvConfig,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -81,6 +87,12 @@ pub struct Scenario {
     pub fail_at: Option<Duration>,
     /// End-to-end datagrams between random pairs, with plain twins (see `datagrams`).
     pub datagrams: Option<DatagramConfig>,
+    /// Failure waves: `fail_waves` times, `fail_every` apart from `fail_at`, another
+    /// `fail_nodes` of all nodes is killed among the running ones.
+    pub fail_waves: usize,
+    pub fail_every: Duration,
+    /// Key-value operations spread over the run (see `kvload`).
+    pub kv: Option<KvWorkloadConfig>,
 }
 
 impl Default for Scenario {
@@ -91,6 +103,9 @@ impl Default for Scenario {
             fail_nodes: 0.0,
             fail_at: None,
             datagrams: None,
+            fail_waves: 1,
+            fail_every: Duration::from_secs(40),
+            kv: None,
         }
     }
 }
@@ -109,6 +124,7 @@ impl Default for SimConfig {
             zones: None,
             secure: false,
             tags: Vec::new(),
+            kv: KvConfig::default(),
         }
     }
 }
@@ -262,6 +278,10 @@ pub struct Simulation {
     /// whole run.
     stopped_secure: SecureStats,
     stopped_e2e: E2eStats,
+    /// The key-value store every member runs, and the counters of stopped members' stores.
+    kv_handles: Vec<Option<ServiceHandle<Kv>>>,
+    kv_config: KvConfig,
+    stopped_kv: Vec<KvStats>,
     tampers: HashMap<usize, Tamper>,
     /// The deadline each node last asked for; a popped wake-up that differs is stale.
     wake_at: Vec<Option<Instant>>,
@@ -292,6 +312,9 @@ impl Simulation {
             secure: config.secure,
             stopped_secure: SecureStats::default(),
             stopped_e2e: E2eStats::default(),
+            kv_handles: vec![None; n],
+            kv_config: config.kv.clone(),
+            stopped_kv: Vec::new(),
             tampers: HashMap::new(),
             wake_at: vec![None; n],
             network,
@@ -478,6 +501,9 @@ impl Simulation {
     pub fn stop_node(&mut self, index: usize) {
         if let Some(node) = self.nodes[index].take() {
             self.stopped_e2e += node.e2e_stats();
+            if let Some(handle) = self.kv_handles[index].take() {
+                self.stopped_kv.push(*node.service(handle).stats());
+            }
             if let SimNode::Secure(host) = node {
                 self.stopped_secure += host.overlay().secure_stats();
             }
@@ -526,6 +552,37 @@ impl Simulation {
     /// A service of node `index`; `None` if the node is not running.
     pub fn service<S: Service>(&self, index: usize, handle: ServiceHandle<S>) -> Option<&S> {
         Some(self.nodes[index].as_ref()?.service(handle))
+    }
+
+    /// The key-value store of node `index`; `None` if the node is not running.
+    pub fn kv(&self, index: usize) -> Option<&Kv> {
+        self.service(index, self.kv_handles[index]?)
+    }
+
+    /// Runs a user call on the key-value store of node `index` now (see
+    /// [`Simulation::with_service`]).
+    pub fn with_kv<R>(&mut self, index: usize, call: impl FnOnce(&mut Kv, Instant) -> R) -> Option<R> {
+        let handle = self.kv_handles[index]?;
+        let now = self.now;
+        self.with_service(index, handle, |kv| call(kv, now))
+    }
+
+    /// The events the store of node `index` has for its user, with when each happened.
+    pub fn kv_events(&mut self, index: usize) -> Vec<(Instant, hopwise_proto::kv::KvEvent)> {
+        let Some(handle) = self.kv_handles[index] else {
+            return Vec::new();
+        };
+        let Some(node) = self.nodes[index].as_mut() else {
+            return Vec::new();
+        };
+        let kv = node.service_mut(handle);
+        std::iter::from_fn(|| kv.poll_event()).collect()
+    }
+
+    /// The counters of every store that ran, stopped ones included.
+    pub fn all_kv_stats(&self) -> Vec<KvStats> {
+        let running = (0..self.len()).filter_map(|i| self.kv(i).map(|kv| *kv.stats()));
+        self.stopped_kv.iter().copied().chain(running).collect()
     }
 
     /// Makes node `index` send, in place of every datagram it emits, what `tamper` returns.
@@ -584,6 +641,10 @@ impl Simulation {
                 } else {
                     SimNode::Plain(Host::new(Node::new(config, now), keys, e2e_seed, now))
                 });
+                let id = self.ids[node];
+                let kv = Kv::new(id, self.kv_config.clone(), e2e_seed ^ 0x6b76, now);
+                let running = self.nodes[node].as_mut().expect("just started");
+                self.kv_handles[node] = Some(running.register(ports::KV, kv).expect("a free port"));
                 self.nodes[node]
                     .as_mut()
                     .expect("just started")

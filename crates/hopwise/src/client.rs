@@ -1,5 +1,6 @@
-//! Client subcommands (`hopwise status`, `peers`, `routes`, `coords`, `ping`, `trace`): one
-//! request to a local node's control API, printed for people (or as JSON with `--json`).
+//! Client subcommands (`hopwise status`, `peers`, `routes`, `coords`, `ping`, `trace`, `kv`,
+//! `resolve`): one request to a local node's control API, printed for people (or as JSON with
+//! `--json`); `kv watch` streams until interrupted.
 
 use std::net::SocketAddr;
 
@@ -30,7 +31,7 @@ pub struct ClientArgs {
 
 #[derive(Args)]
 pub struct TargetArgs {
-    /// Node id (or a unique prefix of a known one).
+    /// Node id (or a unique prefix of a known one), or an alias (the nearest claimant).
     pub node: String,
     #[command(flatten)]
     pub client: ClientArgs,
@@ -50,6 +51,96 @@ pub enum ClientCommand {
     Ping(TargetArgs),
     /// Every hop to a node and back, with its latency.
     Trace(TargetArgs),
+    /// The replicated key-value store.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Every node that claims an alias, nearest first.
+    Resolve(ResolveArgs),
+}
+
+#[derive(Args)]
+pub struct ResolveArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+pub enum KvCommand {
+    /// Sets SUB of KEY to VALUE (only the node that wrote an entry may change it).
+    Set {
+        key: String,
+        sub: String,
+        value: String,
+        /// Lifetime of the entry, e.g. 30s or 1h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// The entry lives only as long as the node does.
+        #[arg(long)]
+        ephemeral: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every entry of KEY, or only SUB.
+    Get {
+        key: String,
+        sub: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deletes SUB of KEY.
+    Del {
+        key: String,
+        sub: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Prints every set, del and expire of KEY, one line each, until interrupted.
+    Watch {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+impl KvCommand {
+    fn client(&self) -> &ClientArgs {
+        match self {
+            Self::Set { client, .. }
+            | Self::Get { client, .. }
+            | Self::Del { client, .. }
+            | Self::Watch { client, .. } => client,
+        }
+    }
+
+    fn request(&self) -> Request {
+        match self {
+            Self::Set {
+                key,
+                sub,
+                value,
+                ttl,
+                ephemeral,
+                ..
+            } => Request::KvSet {
+                key: key.clone(),
+                sub: sub.clone(),
+                value: Some(value.clone()),
+                value_b64: None,
+                ttl_s: ttl.map(|ttl| ttl.as_secs_f64()),
+                ephemeral: *ephemeral,
+            },
+            Self::Get { key, sub, .. } => Request::KvGet {
+                key: key.clone(),
+                sub: sub.clone(),
+            },
+            Self::Del { key, sub, .. } => Request::KvDel {
+                key: key.clone(),
+                sub: sub.clone(),
+            },
+            Self::Watch { key, .. } => Request::KvWatch { key: key.clone() },
+        }
+    }
 }
 
 pub fn run(command: ClientCommand) -> anyhow::Result<()> {
@@ -72,6 +163,16 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
                 node: target.node.clone(),
             },
             &target.client,
+        ),
+        ClientCommand::Kv(KvCommand::Watch { key, client }) => {
+            return runtime.block_on(watch(client, key));
+        }
+        ClientCommand::Kv(kv) => (kv.request(), kv.client()),
+        ClientCommand::Resolve(resolve) => (
+            Request::Resolve {
+                name: resolve.name.clone(),
+            },
+            &resolve.client,
         ),
     };
     let response = runtime.block_on(call(args.api, &request))?;
@@ -108,6 +209,36 @@ fn emit(text: &str) -> anyhow::Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         result => Ok(result?),
     }
+}
+
+/// Streams a key's changes until the node or the user ends it.
+async fn watch(client: &ClientArgs, key: &str) -> anyhow::Result<()> {
+    let api = client.api;
+    let stream = TcpStream::connect(api)
+        .await
+        .with_context(|| format!("connecting to the node's API at {api} (is the node running?)"))?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(&Request::KvWatch {
+        key: key.to_string(),
+    })?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let response: Response =
+            serde_json::from_str(&line).with_context(|| format!("reading the event {line:?}"))?;
+        let mut out = String::new();
+        if client.json {
+            outln!(out, "{line}");
+        } else {
+            print_response(&mut out, &response, false);
+        }
+        emit(&out)?;
+        if let Response::Error { .. } = response {
+            bail!("the node refused the watch");
+        }
+    }
+    Ok(())
 }
 
 /// Sends one request and reads its answer.
@@ -270,6 +401,46 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
         }
         Response::NodeInfo { info } => outln!(out, "{} at {}:{}", info.id, info.ip, info.port),
         Response::Trace(report) => print_trace(out, report, hop_by_hop),
+        Response::KvSet { version } | Response::KvDel { version } => {
+            outln!(out, "ok (version {version})");
+        }
+        Response::KvGet { entries } => {
+            for entry in entries {
+                outln!(
+                    out,
+                    "{}  {}  (writer {}, version {})",
+                    entry.sub,
+                    entry.value.as_deref().unwrap_or("<binary>"),
+                    short(&entry.writer),
+                    entry.version
+                );
+            }
+        }
+        Response::KvEvent(event) => outln!(
+            out,
+            "{} {} {}{}  (writer {}, version {})",
+            event.event,
+            event.key,
+            event.entry.sub,
+            event
+                .entry
+                .value
+                .as_deref()
+                .filter(|_| event.event == "set")
+                .map_or(String::new(), |v| format!(" = {v}")),
+            short(&event.entry.writer),
+            event.entry.version
+        ),
+        Response::Resolve { name, nodes } => {
+            if nodes.is_empty() {
+                outln!(out, "no node claims {name}");
+            }
+            for node in nodes {
+                let rtt = node.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1} ms"));
+                let how = if node.measured { "measured" } else { "predicted" };
+                outln!(out, "{}  {rtt} ({how})", node.id);
+            }
+        }
         Response::Error { error } => eprintln!("error: {error}"),
     }
 }
@@ -282,6 +453,15 @@ fn print_trace(out: &mut String, report: &TraceReport, hop_by_hop: bool) {
             .collect::<Vec<_>>()
             .join(" -> ")
     };
+    if let Some(alias) = &report.alias {
+        outln!(
+            out,
+            "{} is claimed by {} node(s); using the nearest, {}",
+            alias.name,
+            alias.claimants,
+            report.destination
+        );
+    }
     outln!(
         out,
         "{} ms to {} (out {} hops, back {} hops)",

@@ -17,7 +17,7 @@ use tracing::info;
 use crate::api::{self, ApiContext};
 use crate::embed::RunningNode;
 use crate::keys::{NodeKey, load_network_key};
-use crate::runner::{Capture, Clock, Runner, Testbed, load_delays};
+use crate::runner::{Capture, Clock, Runner, StoreFile, Testbed, load_delays};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
 const DEFAULT_API: &str = "127.0.0.1:4001";
@@ -65,6 +65,15 @@ pub struct NodeArgs {
     /// (what a relay sees), to this pcap file; for debugging.
     #[arg(long)]
     pub capture: Option<PathBuf>,
+    /// Keep the key-value store's entries in this directory (a redb database), so a restarted
+    /// node serves them again; without it the store lives in memory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Claim this alias (repeatable): other nodes reach this one by the name, and several nodes
+    /// may claim one name (the nearest is used).
+    #[arg(long = "alias")]
+    #[serde(default)]
+    pub alias: Vec<String>,
     /// TESTBED ONLY: delay every outgoing datagram by a one-way latency per destination, read
     /// from a JSON file {"ip:port": milliseconds}; a negative delay drops every datagram to
     /// that destination. Emulates a wide-area network on one machine.
@@ -94,6 +103,8 @@ impl NodeArgs {
             landmark: self.landmark || file.landmark,
             capture: self.capture.or(file.capture),
             testbed_delays: self.testbed_delays.or(file.testbed_delays),
+            data_dir: self.data_dir.or(file.data_dir),
+            alias: command_line_or(self.alias, file.alias),
         })
     }
 }
@@ -144,6 +155,10 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
         public_key: key.public,
         network_key: load_network_key(network_key_file)?,
     };
+    for name in &args.alias {
+        hopwise_proto::alias::validate(name)?;
+    }
+    let store_file = args.data_dir.as_deref().map(StoreFile::open).transpose()?;
     let listen = args.listen.unwrap_or(DEFAULT_LISTEN.parse()?);
     let socket =
         std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
@@ -182,7 +197,15 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
         clock,
     };
     let api = tokio::spawn(api::serve(api_listener, context));
-    let mut runner = Runner::new(host, UdpSocket::from_std(socket)?, clock, testbed, inbox);
+    let mut runner = Runner::new(
+        host,
+        UdpSocket::from_std(socket)?,
+        clock,
+        testbed,
+        inbox,
+        store_file,
+    )?
+    .with_aliases(&args.alias);
     if let Some(path) = &args.capture {
         runner = runner.with_capture(Capture::create(path, listen)?);
     }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use hopwise_proto::{Algorithm, Duration, ZoneConfig};
 use hopwise_sim::datagrams::DatagramConfig;
+use hopwise_sim::kvload::KvWorkloadConfig;
 use hopwise_sim::{Matrix, NetworkConfig, Scenario, SimConfig, Unit, coords_csv, pairs_csv};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -80,6 +81,21 @@ pub struct SimArgs {
     /// When to kill --fail-nodes, e.g. 200s.
     #[arg(long, value_parser = humantime::parse_duration)]
     fail_at: Option<std::time::Duration>,
+    /// Kill --fail-nodes this many times, --fail-every apart (each wave among the survivors).
+    #[arg(long, default_value_t = 1)]
+    fail_waves: usize,
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    fail_every: std::time::Duration,
+    /// Key-value puts, gets and watches spread over the run from --kv-start, on seeded random
+    /// keys and nodes (report field `kv`). The store runs on every node either way.
+    #[arg(long, default_value_t = 0)]
+    kv_puts: usize,
+    #[arg(long, default_value_t = 0)]
+    kv_gets: usize,
+    #[arg(long, default_value_t = 0)]
+    kv_watches: usize,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    kv_start: std::time::Duration,
     /// Zoned routing: exact routes within a zone, one route per zone head beyond. `auto` zones
     /// networks of more than 1,000 nodes and routes smaller ones flat.
     #[arg(long, value_enum, default_value_t = ZonesArg::Auto)]
@@ -248,6 +264,18 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 .map(|at| to_duration(at, "--fail-at"))
                 .transpose()?,
             datagrams: datagram_workload(&args)?,
+            fail_waves: args.fail_waves.max(1),
+            fail_every: to_duration(args.fail_every, "--fail-every")?,
+            kv: (args.kv_puts + args.kv_gets + args.kv_watches > 0)
+                .then(|| -> anyhow::Result<KvWorkloadConfig> {
+                    Ok(KvWorkloadConfig {
+                        puts: args.kv_puts,
+                        gets: args.kv_gets,
+                        watches: args.kv_watches,
+                        start: to_duration(args.kv_start, "--kv-start")?,
+                    })
+                })
+                .transpose()?,
         },
         zones: zoned.then_some(ZoneConfig {
             head_one_in: args.zone_heads,
@@ -358,6 +386,27 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             e2e.bytes_added_per_payload,
         );
     }
+    let kv = &report.kv;
+    println!(
+        "kv: {} puts ({} acked, {} failed), {} gets ({} failed), {} watches; get ratio median {:.3} p99 {:.3}; put ratio median {:.3} p99 {:.3}; watch {:.0} / {:.0} ms (median / p99); lost {}; stale reads {:.4}; {:.1} entries per node (max {:.0}); {:.0} B/s per node",
+        kv.puts,
+        kv.puts_acked,
+        kv.failed_puts,
+        kv.gets,
+        kv.failed_gets,
+        kv.watches,
+        kv.get_ratio.median,
+        kv.get_ratio.p99,
+        kv.put_ratio.median,
+        kv.put_ratio.p99,
+        kv.watch_ms.median,
+        kv.watch_ms.p99,
+        kv.lost,
+        kv.stale_read_fraction,
+        kv.entries_per_node.mean,
+        kv.entries_per_node.max,
+        kv.bytes_per_node_per_sec,
+    );
     for slice in &report.slices {
         println!(
             "  matrix {} (from {:.0} s), measured at {:.0} s: stretch median {:.3} p95 {:.3}, reachable {:.4}",

@@ -16,6 +16,7 @@
 //! Ports 1 to 1023 are for hopwise's own services ([`ports`]); port 0 is never used; a
 //! program's own services take ports from 1024 up.
 
+pub mod fragment;
 mod host;
 mod socket;
 
@@ -34,6 +35,8 @@ pub mod ports {
 
     /// The first port that is not reserved for hopwise's own services.
     pub const FIRST_USER_PORT: Port = Port(1024);
+    /// The key-value store (and the aliases kept in it).
+    pub const KV: Port = Port(2);
 }
 
 /// An authenticated datagram for a service: `from` proved the static key of its id.

@@ -17,7 +17,7 @@
 //! byte before parsing it (see [`accepts`]); the version byte lets later formats coexist.
 //! Decoding untrusted bytes never panics and allocates no more than the datagram holds.
 
-mod codec;
+pub(crate) mod codec;
 pub mod data;
 pub mod probe;
 pub mod route;

@@ -3,13 +3,16 @@
 //! Every request is one JSON object with an `action`; every answer is one JSON object with a
 //! `type`. The four netloc actions (`get_location`, `get_node_info`, `get_recent_nodes`,
 //! `get_full_map`) answer in netloc's shapes, with coordinates in seconds as netloc has them;
-//! hopwise adds `status`, `peers`, `routes`, `ping` and `trace`, which the CLI uses. A request
+//! hopwise adds `status`, `peers`, `routes`, `ping`, `trace`, the key-value actions (`kv_set`,
+//! `kv_get`, `kv_del`, `kv_watch`) and `resolve`, which the CLI uses. A request
 //! that cannot be parsed or served gets `{"type": "error", "error": "..."}` and the connection
 //! stays open.
 
+mod kv;
 mod server;
 mod views;
 
+pub use kv::{Claimant, KvEntry, KvEventView};
 pub use server::{ApiContext, serve};
 pub use views::*;
 
@@ -38,6 +41,35 @@ pub enum Request {
     Trace {
         node: String,
     },
+    KvSet {
+        key: String,
+        sub: String,
+        #[serde(default)]
+        value: Option<String>,
+        #[serde(default)]
+        value_b64: Option<String>,
+        #[serde(default)]
+        ttl_s: Option<f64>,
+        #[serde(default)]
+        ephemeral: bool,
+    },
+    KvGet {
+        key: String,
+        #[serde(default)]
+        sub: Option<String>,
+    },
+    KvDel {
+        key: String,
+        sub: String,
+    },
+    /// The connection then streams a `kv_event` line per change until it closes.
+    KvWatch {
+        key: String,
+    },
+    /// Every node claiming an alias, nearest first.
+    Resolve {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +83,11 @@ pub enum Response {
     Peers { peers: Vec<Peer> },
     Routes { routes: Vec<Route> },
     Trace(TraceReport),
+    KvSet { version: u64 },
+    KvDel { version: u64 },
+    KvGet { entries: Vec<KvEntry> },
+    KvEvent(KvEventView),
+    Resolve { name: String, nodes: Vec<Claimant> },
     Error { error: String },
 }
 

@@ -4,13 +4,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hopwise_proto::Node;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
-use super::views::{self, Location, MapNode, NodeInfo, Status, TraceReport, WallClock};
-use super::{Request, Response};
+use super::views::{
+    self, AliasChoice, Location, MapNode, NodeInfo, Status, TraceReport, WallClock,
+};
+use super::{Request, Response, kv};
+use hopwise_proto::NodeId;
 use crate::runner::{Clock, ControlRequest, NodeHost};
 
 /// Longest request line accepted; longer ones are answered with an error and skipped.
@@ -59,13 +62,13 @@ async fn serve_connection(stream: TcpStream, context: &ApiContext) -> std::io::R
             Line::TooLong => Response::error(format!("request longer than {MAX_LINE} bytes")),
             Line::Text(text) if text.trim_ascii().is_empty() => continue,
             Line::Text(text) => match serde_json::from_slice::<Request>(&text) {
+                // A watch keeps the connection for its stream of events.
+                Ok(Request::KvWatch { key }) => return kv::watch(context, key, &mut write).await,
                 Ok(request) => answer(context, request).await,
                 Err(error) => Response::error(format!("bad request: {error}")),
             },
         };
-        let mut out = serde_json::to_vec(&response).expect("responses serialize");
-        out.push(b'\n');
-        write.write_all(&out).await?;
+        kv::write_line(&mut write, &response).await?;
     }
 }
 
@@ -109,7 +112,7 @@ async fn read_line(
 }
 
 /// Runs `inspect` on the runner's task, where the node lives.
-async fn inspect<T: Send + 'static>(
+pub(super) async fn inspect<T: Send + 'static>(
     context: &ApiContext,
     inspect: impl FnOnce(&Node) -> T + Send + 'static,
 ) -> Result<T, Response> {
@@ -130,7 +133,7 @@ async fn inspect_host<T: Send + 'static>(
 }
 
 /// Sends the runner a request carrying a reply channel, and waits for the reply.
-async fn ask<T>(
+pub(super) async fn ask<T>(
     context: &ApiContext,
     request: impl FnOnce(oneshot::Sender<T>) -> ControlRequest,
 ) -> Result<T, Response> {
@@ -217,27 +220,63 @@ async fn answer(context: &ApiContext, request: Request) -> Response {
             .await
         }
         Request::Ping { node } | Request::Trace { node } => trace(context, node).await,
+        Request::KvSet {
+            key,
+            sub,
+            value,
+            value_b64,
+            ttl_s,
+            ephemeral,
+        } => match kv::value_of(value, value_b64) {
+            Ok(value) => kv::set(context, key, sub, value, ttl_s, ephemeral).await,
+            Err(error) => Err(error),
+        },
+        Request::KvGet { key, sub } => kv::get(context, key, sub).await,
+        Request::KvDel { key, sub } => kv::del(context, key, sub).await,
+        Request::KvWatch { .. } => Err(Response::error("kv_watch streams on its own connection")),
+        Request::Resolve { name } => kv::resolve(context, name).await,
     };
     result.unwrap_or_else(|error| error)
 }
 
 async fn trace(context: &ApiContext, target: String) -> Result<Response, Response> {
+    let lookup = target.clone();
     let resolved = inspect(context, move |node| {
-        views::resolve_node(node, &target).map(|id| (node.id(), id))
+        views::resolve_node(node, &lookup).map(|id| (node.id(), id))
     })
     .await?;
-    let (origin, destination) = resolved.map_err(Response::error)?;
+    let mut alias = None;
+    let (origin, destination) = match resolved {
+        Ok(found) => found,
+        // Not a node id: an alias, served by its nearest claimant.
+        Err(not_an_id) if hopwise_proto::alias::validate(&target).is_ok() => {
+            let claimants = kv::claimants_of(context, &target).await?;
+            let Some(nearest) = claimants.first() else {
+                return Err(Response::error(format!(
+                    "{not_an_id}, and no node claims the alias {target}"
+                )));
+            };
+            let destination = NodeId::from_hex(&nearest.id).expect("ids print as hex");
+            let origin = inspect(context, |node| node.id()).await?;
+            alias = Some(AliasChoice {
+                name: target,
+                claimants: claimants.len(),
+            });
+            (origin, destination)
+        }
+        Err(error) => return Err(Response::error(error)),
+    };
     let traced = ask(context, |reply| ControlRequest::Trace {
         destination,
         reply,
     })
     .await?;
     match traced {
-        Some(outcome) => Ok(Response::Trace(TraceReport::new(
-            origin,
-            destination,
-            &outcome,
-        ))),
+        Some(outcome) => {
+            let mut report = TraceReport::new(origin, destination, &outcome);
+            report.alias = alias;
+            Ok(Response::Trace(report))
+        }
         None => Err(Response::error(format!(
             "no answer from {destination} within 3 s"
         ))),

@@ -298,6 +298,16 @@ pub struct TraceReport {
     pub outbound: Vec<TraceStep>,
     /// The same for the way back (the destination first, this node last).
     pub inbound: Vec<TraceStep>,
+    /// Set when the destination was named by an alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<AliasChoice>,
+}
+
+/// Which claimant of an alias a command used: the nearest of `claimants`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AliasChoice {
+    pub name: String,
+    pub claimants: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,6 +338,7 @@ impl TraceReport {
             rtt_ms: outcome.rtt_ms,
             outbound: direction(out, destination),
             inbound: direction(back, origin),
+            alias: None,
         }
     }
 }

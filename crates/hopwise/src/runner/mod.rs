@@ -9,11 +9,15 @@
 mod batch;
 mod capture;
 mod clock;
+mod kv;
+mod store_file;
 mod testbed;
 
 use batch::BatchReceiver;
 pub use capture::Capture;
 pub use clock::Clock;
+pub use kv::{KvBridge, KvRequest, Watched, claimants, watch_channel};
+pub use store_file::StoreFile;
 pub use testbed::{Testbed, load_delays};
 
 use std::collections::HashMap;
@@ -58,6 +62,8 @@ pub enum ControlRequest {
     Unbind {
         port: Port,
     },
+    /// A key-value call; its answer comes on the channel it carries.
+    Kv(KvRequest),
 }
 
 /// Why a datagram could not be sent from a bound socket.
@@ -114,6 +120,7 @@ struct PendingTrace {
 
 pub struct Runner {
     host: NodeHost,
+    kv: KvBridge,
     sockets: HashMap<Port, BoundSocket>,
     socket: Arc<UdpSocket>,
     clock: Clock,
@@ -143,16 +150,20 @@ pub(crate) fn for_socket(addr: SocketAddr, dual_stack: bool) -> SocketAddr {
 }
 
 impl Runner {
+    /// With `store_file`, the key-value store starts from what it kept and keeps every change.
     pub fn new(
-        host: NodeHost,
+        mut host: NodeHost,
         socket: UdpSocket,
         clock: Clock,
         testbed: Option<Testbed>,
         requests: mpsc::Receiver<ControlRequest>,
-    ) -> Self {
+        store_file: Option<StoreFile>,
+    ) -> anyhow::Result<Self> {
         let dual_stack = socket.local_addr().is_ok_and(|a| a.is_ipv6());
-        Self {
+        let kv = KvBridge::new(&mut host, store_file, clock.now())?;
+        Ok(Self {
             host,
+            kv,
             sockets: HashMap::new(),
             dual_stack,
             socket: Arc::new(socket),
@@ -162,7 +173,13 @@ impl Runner {
             traces: HashMap::new(),
             next_token: 1,
             capture: None,
-        }
+        })
+    }
+
+    /// Claims these aliases for this node (ephemeral entries in the key-value store).
+    pub fn with_aliases(mut self, names: &[String]) -> Self {
+        self.kv.publish_aliases(&mut self.host, self.clock.now(), names);
+        self
     }
 
     /// Writes every packet the node handles, decrypted, to `capture` (`--capture`).
@@ -201,9 +218,11 @@ impl Runner {
                 () = &mut shutdown => break,
             }
         }
-        info!("leaving: closing routing links");
+        info!("leaving: withdrawing ephemeral entries, closing routing links");
         // Goodbyes go out at once, without the testbed's delay: nobody waits for them.
         self.testbed = None;
+        self.kv.leave(&mut self.host, self.clock.now());
+        self.drain_outputs();
         self.host.overlay_mut().node_mut().leave(self.clock.now());
         self.drain_outputs();
         if let Some(capture) = &mut self.capture
@@ -251,6 +270,15 @@ impl Runner {
     }
 
     fn drain_outputs(&mut self) {
+        self.poll_host();
+        // Answers and events of the store; ending a watch sends, so the host is polled again.
+        self.kv.pump(&mut self.host, self.clock.now());
+        self.poll_host();
+        self.deliver_to_sockets();
+        self.write_capture();
+    }
+
+    fn poll_host(&mut self) {
         loop {
             match self.host.poll_output() {
                 Output::Transmit(transmit) => self.transmit(transmit),
@@ -258,8 +286,6 @@ impl Runner {
                 Output::Timeout(_) => break,
             }
         }
-        self.deliver_to_sockets();
-        self.write_capture();
     }
 
     fn write_capture(&mut self) {
@@ -380,6 +406,9 @@ impl Runner {
                 let _ = reply.send(sent);
             }
             ControlRequest::Unbind { port } => self.unbind(port),
+            ControlRequest::Kv(request) => {
+                self.kv.request(&mut self.host, self.clock.now(), request);
+            }
             ControlRequest::Trace { destination, reply } => {
                 if self.traces.len() >= MAX_PENDING_TRACES {
                     let _ = reply.send(None);

@@ -1,0 +1,744 @@
+//! The client half of the store: this node's own `set`, `del`, `get` and `watch`, their
+//! retries and hedges, and the placement and leases of the entries it wrote.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::placement::Member;
+use super::store::{Stored, digest_of};
+use super::wire::{KvMessage, PutStatus, State, WireEntry};
+use super::{
+    Entry, EventKind, KvError, KvEvent, MAX_KEY, MAX_OPERATIONS, MAX_SUB, MAX_VALUE, MAX_WATCHES,
+    OpId, WatchId, check_len, key_hash, newest_by_sub,
+};
+use crate::{Duration, Instant, NodeId};
+
+/// A write is sent again to replicas that have not acknowledged it after this long (plus the
+/// expected round trip).
+const WRITE_RETRY: Duration = Duration::from_millis(300);
+/// Replicas still silent this long after a write began are suspected, and the write goes to
+/// the replicas that replace them.
+const WRITE_REPLACE_AFTER: Duration = Duration::from_millis(1_200);
+/// A read asks the next replica when the one it asked has not answered within its expected
+/// round trip times this factor, plus the margin.
+const HEDGE_FACTOR: f64 = 1.5;
+const HEDGE_MARGIN: Duration = Duration::from_millis(20);
+/// How long a finished read waits for a hedged answer, to repair a replica that is behind.
+const READ_REPAIR_WINDOW: Duration = Duration::from_millis(500);
+/// A watch whose replica has not answered its renewal within this (plus the round trip)
+/// moves to another replica.
+const WATCH_ANSWER_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Stale-version retries of one write.
+const MAX_STALE_RETRIES: u8 = 3;
+
+pub(super) struct PendingPut {
+    op: OpId,
+    key: Vec<u8>,
+    entry: WireEntry,
+    targets: Vec<Member>,
+    acked: BTreeSet<NodeId>,
+    /// Set once the user has been answered; the write keeps going to the other replicas.
+    answered: bool,
+    started: Instant,
+    replaced: bool,
+    retry_at: Instant,
+    give_up_at: Instant,
+    stale_retries: u8,
+}
+
+impl PendingPut {
+    pub(super) fn deadline(&self) -> Instant {
+        self.retry_at.min(self.give_up_at)
+    }
+}
+
+pub(super) struct PendingGet {
+    op: OpId,
+    key: Vec<u8>,
+    sub: Option<Vec<u8>>,
+    /// Replicas in the order they are asked.
+    targets: Vec<Member>,
+    asked: usize,
+    /// Parts received from each replica.
+    parts: BTreeMap<NodeId, Vec<Option<Vec<WireEntry>>>>,
+    /// The first complete answer (the user has it), kept for read repair.
+    answer: Option<(NodeId, Vec<WireEntry>)>,
+    next_hedge: Instant,
+    give_up_at: Instant,
+}
+
+impl PendingGet {
+    pub(super) fn deadline(&self) -> Instant {
+        self.next_hedge.min(self.give_up_at)
+    }
+}
+
+pub(super) struct WatchState {
+    key: Vec<u8>,
+    /// Everything this watch knows of the key, tombstones included.
+    view: BTreeMap<Vec<u8>, Stored>,
+    attached: Option<NodeId>,
+    /// Replicas that failed this watch lately, tried last.
+    failed: BTreeSet<NodeId>,
+    /// An answer to the last attach or renewal is awaited until then.
+    awaiting: Option<Instant>,
+    sync_parts: Vec<Option<Vec<WireEntry>>>,
+    renew_at: Instant,
+}
+
+fn entry_of(entry: &WireEntry) -> Entry {
+    Entry {
+        sub: entry.sub.clone(),
+        value: match &entry.state {
+            State::Live(value) => value.clone(),
+            _ => Vec::new(),
+        },
+        writer: entry.writer,
+        version: entry.version,
+    }
+}
+
+fn hedge_delay(member: &Member) -> Duration {
+    Duration::from_micros((member.rtt_ms * HEDGE_FACTOR * 1_000.0) as i64) + HEDGE_MARGIN
+}
+
+impl super::Kv {
+    /// Sets `sub` of `key` to `value`, for `ttl` if given; an ephemeral entry lives only as
+    /// long as this node does. The answer comes as [`KvEvent::Written`].
+    pub fn set(
+        &mut self,
+        now: Instant,
+        key: &[u8],
+        sub: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        ephemeral: bool,
+    ) -> Result<OpId, KvError> {
+        check_len("value", value, MAX_VALUE)?;
+        self.write(now, key, sub, State::Live(value.to_vec()), ttl, ephemeral)
+    }
+
+    /// Deletes `sub` of `key` (only its writer may).
+    pub fn del(&mut self, now: Instant, key: &[u8], sub: &[u8]) -> Result<OpId, KvError> {
+        self.write(now, key, sub, State::Deleted, None, false)
+    }
+
+    fn write(
+        &mut self,
+        now: Instant,
+        key: &[u8],
+        sub: &[u8],
+        state: State,
+        ttl: Option<Duration>,
+        ephemeral: bool,
+    ) -> Result<OpId, KvError> {
+        check_len("key", key, MAX_KEY)?;
+        if key.is_empty() {
+            return Err(KvError::TooLarge {
+                what: "key (empty)",
+                len: 0,
+                max: MAX_KEY,
+            });
+        }
+        check_len("sub-key", sub, MAX_SUB)?;
+        if self.puts.len() >= MAX_OPERATIONS {
+            return Err(KvError::Busy);
+        }
+        let entry = WireEntry {
+            sub: sub.to_vec(),
+            writer: self.id,
+            version: self.next_version(now),
+            state,
+            ephemeral,
+            ttl,
+        };
+        let req = self.request_id();
+        let targets = self.view.closest(key_hash(key), self.config.replicas);
+        let put = PendingPut {
+            op: OpId(req),
+            key: key.to_vec(),
+            entry,
+            targets,
+            acked: BTreeSet::new(),
+            answered: false,
+            started: now,
+            replaced: false,
+            retry_at: now,
+            give_up_at: now + self.config.operation_timeout,
+            stale_retries: 0,
+        };
+        self.puts.insert(req, put);
+        self.send_put(now, req);
+        self.after_changes(now);
+        Ok(OpId(req))
+    }
+
+    /// Sends the write to every replica that has not acknowledged it.
+    fn send_put(&mut self, now: Instant, req: u64) {
+        let Some(put) = self.puts.get_mut(&req) else {
+            return;
+        };
+        let slowest = put.targets.iter().map(|m| m.rtt_ms).fold(0.0, f64::max);
+        put.retry_at = now + WRITE_RETRY + Duration::from_micros((slowest * 1_000.0) as i64);
+        let message = KvMessage::Put {
+            req,
+            key: put.key.clone(),
+            entry: put.entry.clone(),
+        };
+        let unacked: Vec<NodeId> = put
+            .targets
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| !put.acked.contains(id))
+            .collect();
+        for to in unacked {
+            self.send(to, message.clone());
+        }
+    }
+
+    pub(super) fn on_put_reply(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        req: u64,
+        status: PutStatus,
+        current: u64,
+    ) {
+        let Some(put) = self.puts.get_mut(&req) else {
+            return;
+        };
+        if !put.targets.iter().any(|m| m.id == from) {
+            return;
+        }
+        let error = match status {
+            PutStatus::Stored => {
+                put.acked.insert(from);
+                let quorum = self.config.write_quorum.min(put.targets.len()).max(1);
+                if !put.answered && put.acked.len() >= quorum {
+                    put.answered = true;
+                    let (op, version) = (put.op, put.entry.version);
+                    self.remember_own(now, req);
+                    self.stats.writes_ok += 1;
+                    self.emit(now, KvEvent::Written {
+                        op,
+                        result: Ok(version),
+                    });
+                }
+                let put = self.puts.get(&req).expect("present");
+                if put.acked.len() == put.targets.len() {
+                    self.puts.remove(&req);
+                }
+                return;
+            }
+            PutStatus::Stale if put.stale_retries < MAX_STALE_RETRIES && !put.answered => {
+                // Another writer's tombstone, or this writer's own earlier life, is newer.
+                put.stale_retries += 1;
+                self.observe_version(current);
+                let version = self.next_version(now);
+                let put = self.puts.get_mut(&req).expect("present");
+                put.entry.version = version;
+                put.acked.clear();
+                self.send_put(now, req);
+                return;
+            }
+            PutStatus::Stale => return,
+            PutStatus::NotOwner => KvError::NotOwner,
+            PutStatus::StoreFull => KvError::StoreFull,
+            PutStatus::RateLimited => KvError::RateLimited,
+        };
+        let put = self.puts.remove(&req).expect("present");
+        if !put.answered {
+            self.stats.writes_failed += 1;
+            self.emit(now, KvEvent::Written {
+                op: put.op,
+                result: Err(error),
+            });
+        }
+    }
+
+    /// A write was acknowledged: this node now keeps its entry placed (or forgets a deleted one).
+    fn remember_own(&mut self, now: Instant, req: u64) {
+        let put = &self.puts[&req];
+        let id = (put.key.clone(), put.entry.sub.clone());
+        if let State::Live(_) = put.entry.state {
+            let own = super::Own {
+                entry: put.entry.clone(),
+                expires: put.entry.ttl.map(|ttl| now + ttl),
+                placed_on: put.targets.iter().map(|m| m.id).collect(),
+            };
+            self.own.insert(id, own);
+        } else {
+            self.own.remove(&id);
+        }
+    }
+
+    /// Reads `key` (or only `sub` of it). The answer comes as [`KvEvent::Read`].
+    pub fn get(&mut self, now: Instant, key: &[u8], sub: Option<&[u8]>) -> Result<OpId, KvError> {
+        check_len("key", key, MAX_KEY)?;
+        if let Some(sub) = sub {
+            check_len("sub-key", sub, MAX_SUB)?;
+        }
+        if self.gets.len() >= MAX_OPERATIONS {
+            return Err(KvError::Busy);
+        }
+        let req = self.request_id();
+        let targets = self.view.by_rtt(key_hash(key), self.config.replicas);
+        self.gets.insert(
+            req,
+            PendingGet {
+                op: OpId(req),
+                key: key.to_vec(),
+                sub: sub.map(<[u8]>::to_vec),
+                targets,
+                asked: 0,
+                parts: BTreeMap::new(),
+                answer: None,
+                next_hedge: now,
+                give_up_at: now + self.config.operation_timeout,
+            },
+        );
+        self.ask_next(now, req);
+        self.after_changes(now);
+        Ok(OpId(req))
+    }
+
+    /// Asks the next replica of a read, and sets when to hedge after it.
+    fn ask_next(&mut self, now: Instant, req: u64) {
+        let Some(get) = self.gets.get_mut(&req) else {
+            return;
+        };
+        let Some(target) = get.targets.get(get.asked).copied() else {
+            get.next_hedge = Instant::MAX;
+            return;
+        };
+        get.asked += 1;
+        get.next_hedge = now + hedge_delay(&target);
+        if get.asked > 1 {
+            self.stats.hedged += 1;
+        }
+        let message = KvMessage::Get {
+            req,
+            key: get.key.clone(),
+            sub: get.sub.clone(),
+        };
+        self.send(target.id, message);
+    }
+
+    pub(super) fn on_get_reply(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        req: u64,
+        part: u8,
+        parts: u8,
+        entries: Vec<WireEntry>,
+    ) {
+        let Some(get) = self.gets.get_mut(&req) else {
+            return;
+        };
+        if !get.targets[..get.asked].iter().any(|m| m.id == from)
+            || parts == 0
+            || part >= parts
+        {
+            return;
+        }
+        let received = get
+            .parts
+            .entry(from)
+            .or_insert_with(|| vec![None; usize::from(parts)]);
+        if received.len() != usize::from(parts) {
+            return;
+        }
+        received[usize::from(part)] = Some(entries);
+        if received.iter().any(Option::is_none) {
+            return;
+        }
+        let entries: Vec<WireEntry> = get
+            .parts
+            .remove(&from)
+            .expect("present")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        match &get.answer {
+            None => {
+                let live = newest_by_sub(&entries)
+                    .into_values()
+                    .filter(|e| matches!(e.state, State::Live(_)))
+                    .map(entry_of)
+                    .collect();
+                let op = get.op;
+                // Replicas asked before this one and silent: suspects, and a hint to this one.
+                let silent: Vec<NodeId> = get.targets[..get.asked]
+                    .iter()
+                    .map(|m| m.id)
+                    .filter(|id| *id != from)
+                    .collect();
+                get.answer = Some((from, entries));
+                get.next_hedge = Instant::MAX;
+                get.give_up_at = now + READ_REPAIR_WINDOW;
+                self.stats.reads_ok += 1;
+                self.emit(now, KvEvent::Read {
+                    op,
+                    result: Ok(live),
+                });
+                for node in silent {
+                    self.send(from, KvMessage::Suspect { node });
+                }
+            }
+            Some((first, first_entries)) => {
+                let first = *first;
+                let key = get.key.clone();
+                let ours = newest_by_sub(first_entries);
+                let theirs = newest_by_sub(&entries);
+                let behind = |a: &BTreeMap<Vec<u8>, &WireEntry>,
+                              b: &BTreeMap<Vec<u8>, &WireEntry>| {
+                    b.values()
+                        .filter(|e| {
+                            a.get(&e.sub).is_none_or(|mine| {
+                                (mine.version, mine.writer, mine.state.rank())
+                                    < (e.version, e.writer, e.state.rank())
+                            })
+                        })
+                        .map(|e| (*e).clone())
+                        .collect::<Vec<_>>()
+                };
+                let to_first = behind(&ours, &theirs);
+                let to_second = behind(&theirs, &ours);
+                self.gets.remove(&req);
+                for (to, entries) in [(first, to_first), (from, to_second)] {
+                    if !entries.is_empty() {
+                        self.stats.read_repairs += 1;
+                        self.send(to, KvMessage::Push {
+                            key: key.clone(),
+                            entries,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Watches `key`: every set, del and expire comes as [`KvEvent::Watched`], starting with
+    /// the entries the key holds now.
+    pub fn watch(&mut self, now: Instant, key: &[u8]) -> Result<WatchId, KvError> {
+        check_len("key", key, MAX_KEY)?;
+        if self.watches.len() >= MAX_WATCHES {
+            return Err(KvError::Busy);
+        }
+        let id = self.request_id();
+        self.watches.insert(
+            id,
+            WatchState {
+                key: key.to_vec(),
+                view: BTreeMap::new(),
+                attached: None,
+                failed: BTreeSet::new(),
+                awaiting: None,
+                sync_parts: Vec::new(),
+                renew_at: now,
+            },
+        );
+        self.attach(now, id);
+        self.after_changes(now);
+        Ok(WatchId(id))
+    }
+
+    pub fn unwatch(&mut self, now: Instant, watch: WatchId) {
+        if let Some(state) = self.watches.remove(&watch.0)
+            && let Some(replica) = state.attached
+        {
+            self.send(replica, KvMessage::Unwatch { watch: watch.0 });
+        }
+        self.after_changes(now);
+    }
+
+    /// Attaches a watch to the nearest replica that has not failed it (or renews it there).
+    fn attach(&mut self, now: Instant, id: u64) {
+        let replicas = self.view.by_rtt(key_hash(&self.watches[&id].key), self.config.replicas);
+        let state = self.watches.get_mut(&id).expect("present");
+        let keep = state
+            .attached
+            .filter(|a| replicas.iter().any(|m| m.id == *a) && !state.failed.contains(a));
+        let Some(target) = keep
+            .and_then(|a| replicas.iter().find(|m| m.id == a))
+            .or_else(|| replicas.iter().find(|m| !state.failed.contains(&m.id)))
+            .or_else(|| replicas.first())
+            .copied()
+        else {
+            return;
+        };
+        if state.attached != Some(target.id)
+            && let Some(old) = state.attached
+        {
+            self.outgoing_unwatch(id, old);
+        }
+        let state = self.watches.get_mut(&id).expect("present");
+        state.attached = Some(target.id);
+        state.sync_parts.clear();
+        state.awaiting = Some(now + WATCH_ANSWER_TIMEOUT + hedge_delay(&target));
+        state.renew_at = now + self.config.watch_renew_interval;
+        let message = KvMessage::Watch {
+            watch: id,
+            key: state.key.clone(),
+            digest: digest_of(state.view.iter()),
+        };
+        self.send(target.id, message);
+    }
+
+    fn outgoing_unwatch(&mut self, id: u64, replica: NodeId) {
+        self.send(replica, KvMessage::Unwatch { watch: id });
+    }
+
+    pub(super) fn on_watch_sync(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        watch: u64,
+        part: u8,
+        parts: u8,
+        entries: Vec<WireEntry>,
+    ) {
+        let Some(state) = self.watches.get_mut(&watch) else {
+            return;
+        };
+        if state.attached != Some(from) || parts == 0 || part >= parts {
+            return;
+        }
+        if state.sync_parts.len() != usize::from(parts) {
+            state.sync_parts = vec![None; usize::from(parts)];
+        }
+        state.sync_parts[usize::from(part)] = Some(entries);
+        if state.sync_parts.iter().any(Option::is_none) {
+            return;
+        }
+        let entries: Vec<WireEntry> =
+            std::mem::take(&mut state.sync_parts).into_iter().flatten().flatten().collect();
+        state.awaiting = None;
+        state.failed.clear();
+        for entry in entries {
+            self.apply_watched(now, watch, entry);
+        }
+    }
+
+    pub(super) fn on_watch_alive(&mut self, from: NodeId, watch: u64) {
+        if let Some(state) = self.watches.get_mut(&watch)
+            && state.attached == Some(from)
+        {
+            state.awaiting = None;
+            state.failed.clear();
+        }
+    }
+
+    pub(super) fn on_event(&mut self, now: Instant, from: NodeId, watch: u64, entry: WireEntry) {
+        let attached = self.watches.get(&watch).and_then(|s| s.attached);
+        if attached == Some(from) {
+            self.apply_watched(now, watch, entry);
+        }
+    }
+
+    fn emit(&mut self, now: Instant, event: KvEvent) {
+        self.events.push_back((now, event));
+    }
+
+    /// Takes an entry into a watch's view; a newer version than the view's becomes an event.
+    fn apply_watched(&mut self, now: Instant, watch: u64, entry: WireEntry) {
+        let Some(state) = self.watches.get_mut(&watch) else {
+            return;
+        };
+        let incoming = Stored {
+            deadline: None,
+            ..Stored::from_wire(&entry, now)
+        };
+        if state
+            .view
+            .get(&entry.sub)
+            .is_some_and(|known| !incoming.supersedes(known))
+        {
+            return;
+        }
+        let kind = match entry.state {
+            State::Live(_) => EventKind::Set,
+            State::Deleted => EventKind::Del,
+            State::Expired => EventKind::Expire,
+        };
+        let was_live = state.view.get(&entry.sub).is_some_and(Stored::is_live);
+        state.view.insert(entry.sub.clone(), incoming);
+        // A tombstone of something this watch never saw alive is no news to its user.
+        if kind == EventKind::Set || was_live {
+            let key = state.key.clone();
+            self.emit(now, KvEvent::Watched {
+                watch: WatchId(watch),
+                key,
+                kind,
+                entry: entry_of(&entry),
+            });
+        }
+    }
+
+    /// The live entries a watch knows (what its user has been told).
+    pub fn watched(&self, watch: WatchId) -> Option<Vec<Entry>> {
+        let state = self.watches.get(&watch.0)?;
+        let live = state.view.iter().filter(|(_, s)| s.is_live());
+        Some(
+            live.map(|(sub, stored)| entry_of(&stored.to_wire(sub, Instant::ZERO)))
+                .collect(),
+        )
+    }
+
+    pub(super) fn renew_watches(&mut self, now: Instant) {
+        let ids: Vec<u64> = self.watches.keys().copied().collect();
+        for id in ids {
+            let state = &self.watches[&id];
+            let replicas = self.replicas_of(&state.key);
+            let moved = state.attached.is_some_and(|a| !replicas.contains(&a));
+            if let Some(deadline) = state.awaiting
+                && deadline <= now
+            {
+                // The replica did not answer: try another, and resynchronise there.
+                let failed = state.attached;
+                let state = self.watches.get_mut(&id).expect("present");
+                if let Some(failed) = failed {
+                    state.failed.insert(failed);
+                    self.suspect(failed, now);
+                }
+                self.attach(now, id);
+            } else if moved || state.renew_at <= now {
+                self.attach(now, id);
+            }
+        }
+    }
+
+    /// Retries, hedges and gives up operations whose time has come.
+    pub(super) fn time_operations(&mut self, now: Instant) {
+        let puts: Vec<u64> = self
+            .puts
+            .iter()
+            .filter(|(_, p)| p.deadline() <= now)
+            .map(|(req, _)| *req)
+            .collect();
+        for req in puts {
+            let put = self.puts.get_mut(&req).expect("present");
+            if put.give_up_at <= now {
+                let put = self.puts.remove(&req).expect("present");
+                if !put.answered {
+                    self.stats.writes_failed += 1;
+                    let error = if put.acked.is_empty() {
+                        KvError::NoReplica
+                    } else {
+                        KvError::TimedOut
+                    };
+                    self.emit(now, KvEvent::Written {
+                        op: put.op,
+                        result: Err(error),
+                    });
+                }
+                continue;
+            }
+            if !put.replaced && now.saturating_since(put.started) >= WRITE_REPLACE_AFTER {
+                // Silent replicas are suspected; their replacements in the new view get it too.
+                put.replaced = true;
+                let silent: Vec<NodeId> = put
+                    .targets
+                    .iter()
+                    .map(|m| m.id)
+                    .filter(|id| !put.acked.contains(id))
+                    .collect();
+                for node in &silent {
+                    self.suspect(*node, now);
+                }
+                self.view = self.view.without(&silent);
+                let put = self.puts.get_mut(&req).expect("present");
+                for member in self.view.closest(key_hash(&put.key), self.config.replicas) {
+                    if !put.targets.iter().any(|m| m.id == member.id) {
+                        put.targets.push(member);
+                    }
+                }
+            }
+            self.send_put(now, req);
+        }
+        let gets: Vec<u64> = self
+            .gets
+            .iter()
+            .filter(|(_, g)| g.deadline() <= now)
+            .map(|(req, _)| *req)
+            .collect();
+        for req in gets {
+            let get = self.gets.get_mut(&req).expect("present");
+            if get.give_up_at <= now {
+                let get = self.gets.remove(&req).expect("present");
+                if get.answer.is_none() {
+                    self.stats.reads_failed += 1;
+                    self.emit(now, KvEvent::Read {
+                        op: get.op,
+                        result: Err(KvError::TimedOut),
+                    });
+                }
+                continue;
+            }
+            self.ask_next(now, req);
+        }
+    }
+
+    /// Forgets own entries whose lifetime is over.
+    pub(super) fn expire_own(&mut self, now: Instant) {
+        self.own
+            .retain(|_, own| own.expires.is_none_or(|at| at > now));
+    }
+
+    /// Puts own entries on the replicas that newly hold their place (after a view change).
+    pub(super) fn place_own(&mut self, now: Instant) {
+        let mut sends = Vec::new();
+        for ((key, _), own) in &mut self.own {
+            let replicas: Vec<NodeId> = self
+                .view
+                .closest(key_hash(key), self.config.replicas)
+                .iter()
+                .map(|m| m.id)
+                .collect();
+            for replica in &replicas {
+                if !own.placed_on.contains(replica) {
+                    let mut entry = own.entry.clone();
+                    entry.ttl = own.expires.map(|at| at.saturating_since(now));
+                    sends.push((*replica, key.clone(), entry));
+                }
+            }
+            own.placed_on = replicas;
+        }
+        for (to, key, entry) in sends {
+            // Nobody waits for the answer: request 0 names no operation.
+            self.send(to, KvMessage::Put { req: 0, key, entry });
+        }
+    }
+
+    /// Renews the lease of this node's ephemeral entries on every replica that holds one.
+    pub(super) fn renew_leases(&mut self, now: Instant) {
+        if now < self.next_lease {
+            return;
+        }
+        self.next_lease = now + self.config.lease_interval;
+        let holders: BTreeSet<NodeId> = self
+            .own
+            .values()
+            .filter(|own| own.entry.ephemeral)
+            .flat_map(|own| own.placed_on.iter().copied())
+            .collect();
+        for holder in holders {
+            self.send(holder, KvMessage::Lease);
+        }
+    }
+
+    /// This node is leaving: its ephemeral entries are deleted now rather than when their
+    /// lease runs out.
+    pub fn leave(&mut self, now: Instant) {
+        let ephemeral: Vec<(Vec<u8>, Vec<u8>)> = self
+            .own
+            .iter()
+            .filter(|(_, own)| own.entry.ephemeral)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for (key, sub) in ephemeral {
+            let _ = self.del(now, &key, &sub);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The key-value store on every node of a simulated PlanetLab network.
+
+mod common;
+
+use hopwise_proto::kv::{EventKind, KvError, KvEvent, OpId};
+use hopwise_proto::{Duration, Instant};
+use hopwise_sim::{SimConfig, Simulation};
+
+fn at(secs: i64) -> Instant {
+    Instant::ZERO + Duration::from_secs(secs)
+}
+
+/// A routed 50-node network (every node has a route to every other).
+fn routed() -> Simulation {
+    let mut sim = Simulation::new(common::bundled_planetlab(), &SimConfig::default());
+    sim.run_until(at(40));
+    sim
+}
+
+fn written(sim: &mut Simulation, node: usize, op: OpId) -> Option<Result<u64, KvError>> {
+    sim.kv_events(node).into_iter().find_map(|(_, event)| match event {
+        KvEvent::Written { op: done, result } if done == op => Some(result),
+        _ => None,
+    })
+}
+
+fn read(sim: &mut Simulation, node: usize, key: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    let op = sim.with_kv(node, |kv, now| kv.get(now, key, None)).unwrap().unwrap();
+    let until = sim.now() + Duration::from_secs(4);
+    while sim.now() < until {
+        let step = sim.now() + Duration::from_millis(10);
+        sim.run_until(step);
+        for (_, event) in sim.kv_events(node) {
+            if let KvEvent::Read { op: done, result } = event
+                && done == op
+            {
+                return result.map(|entries| {
+                    entries.into_iter().map(|e| (e.sub, e.value)).collect()
+                });
+            }
+        }
+    }
+    panic!("no answer to a read");
+}
+
+fn set(sim: &mut Simulation, node: usize, key: &[u8], sub: &[u8], value: &[u8]) -> Result<u64, KvError> {
+    let op = sim
+        .with_kv(node, |kv, now| kv.set(now, key, sub, value, None, false))
+        .unwrap()
+        .unwrap();
+    let until = sim.now() + Duration::from_secs(4);
+    while sim.now() < until {
+        let step = sim.now() + Duration::from_millis(10);
+        sim.run_until(step);
+        if let Some(result) = written(sim, node, op) {
+            return result;
+        }
+    }
+    panic!("no answer to a write");
+}
+
+#[test]
+fn a_value_set_on_one_node_is_read_on_every_other() {
+    let mut sim = routed();
+    set(&mut sim, 3, b"colour", b"n3", b"blue").unwrap();
+    for node in 0..sim.len() {
+        let entries = read(&mut sim, node, b"colour").unwrap();
+        assert_eq!(entries, vec![(b"n3".to_vec(), b"blue".to_vec())], "node {node}");
+    }
+    let holders = (0..sim.len())
+        .filter(|&i| sim.kv(i).unwrap().store().get(b"colour").is_some())
+        .count();
+    assert_eq!(holders, 3, "the key is on its three replicas and nowhere else");
+}
+
+#[test]
+fn only_the_writer_changes_its_entry() {
+    let mut sim = routed();
+    set(&mut sim, 3, b"k", b"s", b"mine").unwrap();
+    assert_eq!(set(&mut sim, 4, b"k", b"s", b"theirs"), Err(KvError::NotOwner));
+    assert_eq!(read(&mut sim, 9, b"k").unwrap(), vec![(b"s".to_vec(), b"mine".to_vec())]);
+    set(&mut sim, 3, b"k", b"s", b"changed").unwrap();
+    assert_eq!(read(&mut sim, 9, b"k").unwrap(), vec![(b"s".to_vec(), b"changed".to_vec())]);
+    let too_long = vec![b'x'; 1_025];
+    assert!(matches!(
+        sim.with_kv(3, |kv, now| kv.set(now, b"k", b"s", &too_long, None, false)).unwrap(),
+        Err(KvError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn a_key_survives_losing_two_of_its_three_replicas_and_is_back_on_three_within_10_s() {
+    let mut sim = routed();
+    set(&mut sim, 0, b"precious", b"n0", b"data").unwrap();
+    let replicas = sim.kv(0).unwrap().replicas_of(b"precious");
+    let index: Vec<usize> = replicas.iter().map(|id| sim.index_of_id(id).unwrap()).collect();
+    let reader = (0..sim.len()).find(|i| !index.contains(i)).unwrap();
+    sim.stop_node(index[0]);
+    sim.stop_node(index[1]);
+    let killed = sim.now();
+    assert_eq!(
+        read(&mut sim, reader, b"precious").unwrap(),
+        vec![(b"n0".to_vec(), b"data".to_vec())]
+    );
+    let mut back_after = None;
+    while sim.now() < killed + Duration::from_secs(30) {
+        sim.run_until(sim.now() + Duration::from_millis(250));
+        let live_holders = (0..sim.len())
+            .filter(|&i| sim.kv(i).is_some_and(|kv| kv.store().get(b"precious").is_some()))
+            .count();
+        if live_holders >= 3 {
+            back_after = Some(sim.now() - killed);
+            break;
+        }
+    }
+    let back_after = back_after.expect("the key is back on three live replicas");
+    eprintln!("back on three live replicas after {back_after:?}");
+    assert!(back_after <= Duration::from_secs(10), "back on three after {back_after:?}");
+}
+
+#[test]
+fn a_watch_sees_set_del_and_expire_in_version_order() {
+    let mut sim = routed();
+    let watch = sim.with_kv(7, |kv, now| kv.watch(now, b"w")).unwrap().unwrap();
+    sim.run_until(sim.now() + Duration::from_secs(1));
+    set(&mut sim, 1, b"w", b"a", b"1").unwrap();
+    let op = sim
+        .with_kv(2, |kv, now| kv.set(now, b"w", b"b", b"2", Some(Duration::from_secs(3)), false))
+        .unwrap()
+        .unwrap();
+    sim.run_until(sim.now() + Duration::from_secs(1));
+    assert!(matches!(written(&mut sim, 2, op), Some(Ok(_))));
+    let del = sim.with_kv(1, |kv, now| kv.del(now, b"w", b"a")).unwrap().unwrap();
+    sim.run_until(sim.now() + Duration::from_secs(6));
+    assert!(matches!(written(&mut sim, 1, del), Some(Ok(_))));
+    let events: Vec<(EventKind, Vec<u8>)> = sim
+        .kv_events(7)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            KvEvent::Watched { watch: w, kind, entry, .. } if w == watch => Some((kind, entry.sub)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            (EventKind::Set, b"a".to_vec()),
+            (EventKind::Set, b"b".to_vec()),
+            (EventKind::Del, b"a".to_vec()),
+            (EventKind::Expire, b"b".to_vec()),
+        ]
+    );
+    assert_eq!(sim.kv(7).unwrap().watched(watch), Some(Vec::new()));
+}
