@@ -137,10 +137,29 @@ async fn show(
         shown.push((from, to, report));
     }
     println!("\nRTTs in ms; \"best\" is the fastest path through the matrix, found offline.");
+    print_how_to_talk(net);
     if args.kill_relay {
         kill_relay(net, &shown).await?;
     }
     Ok(())
+}
+
+/// Where the running network answers, and a few commands to try against it.
+fn print_how_to_talk(net: &Testnet) {
+    let (Some(first), Some(last)) = (net.members.first(), net.members.last()) else {
+        return;
+    };
+    let far = crate::testnet::alias_of(&last.name).unwrap_or_else(|| last.id.to_string());
+    let here = crate::testnet::alias_of(&first.name).unwrap_or_else(|| "me".to_string());
+    println!(
+        "\nevery node is named by its city; {}'s control API is {} (each node's is its address, port 4001):",
+        first.name, first.api
+    );
+    println!("  hopwise trace {far} --api {}", first.api);
+    println!("  hopwise resolve {far} --api {}", first.api);
+    println!("  hopwise kv watch greeting --api {}        (in another terminal)", last.api);
+    println!("  hopwise kv set greeting {here} hello --api {}", first.api);
+    println!("  hopwise kv get greeting --api {}", last.api);
 }
 
 /// The pairs with the most to gain from a relay (one per source city), then the first pairs

@@ -50,6 +50,19 @@ pub struct Testnet {
     dir: PathBuf,
 }
 
+/// A host's name as an alias: lowercase, words joined by `-` ("New York" is `new-york`);
+/// `None` if nothing of it is left.
+pub fn alias_of(name: &str) -> Option<String> {
+    let words: Vec<String> = name
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let alias = words.join("-");
+    hopwise_proto::alias::validate(&alias).ok()?;
+    Some(alias)
+}
+
 /// The loopback address of member `index` in `subnet`.
 fn host(subnet: u8, index: usize) -> IpAddr {
     let n = index + 1;
@@ -81,7 +94,7 @@ impl Testnet {
     /// Writes keys and delay files for every host of `matrix` into `dir`, without starting
     /// anything. Each node will delay a datagram to another by half the matrix's round trip,
     /// and drop it where the matrix has no direct path; every node but the first joins through
-    /// the first.
+    /// the first. Each claims its host's name as an alias ([`alias_of`]).
     pub fn create(
         binary: &Path,
         matrix: &Matrix,
@@ -124,7 +137,9 @@ impl Testnet {
                 log_file: dir.join(format!("node{i}.log")),
                 seed: (i > 0).then_some(listen[0]),
                 program: None,
-                options: Vec::new(),
+                options: alias_of(name)
+                    .map(|alias| vec!["--alias".to_string(), alias])
+                    .unwrap_or_default(),
                 process: None,
             });
         }
@@ -188,6 +203,19 @@ impl Testnet {
     pub async fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.members[index].process.take() {
             let _ = child.kill().await;
+        }
+    }
+
+    /// Asks member `index` to leave (SIGTERM, as Ctrl-C would) and waits up to 3 s for it.
+    pub async fn terminate(&mut self, index: usize) {
+        if let Some(mut child) = self.members[index].process.take() {
+            terminate(&child);
+            if tokio::time::timeout(Duration::from_secs(3), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
         }
     }
 

@@ -229,6 +229,8 @@ pub struct Kv {
     store: Store,
     clock: u64,
     view: View,
+    /// The overlay's route count when the view was built: a change rebuilds it at once.
+    view_routes: usize,
     suspects: BTreeMap<NodeId, Instant>,
     next_request: u64,
     next_message: u32,
@@ -280,6 +282,7 @@ impl Kv {
             store: Store::new(config.limits),
             clock: 0,
             view: View::from_members(vec![placement::Member { id, rtt_ms: 0.0 }]),
+            view_routes: 0,
             suspects: BTreeMap::new(),
             next_request: 1,
             next_message: 0,
@@ -470,6 +473,7 @@ impl Kv {
 
     fn refresh_view(&mut self, now: Instant, overlay: &Node) {
         self.suspects.retain(|_, until| *until > now);
+        self.view_routes = overlay.route_count();
         let view = View::of(overlay, &self.suspects, now);
         let changed = view.fingerprint() != self.view.fingerprint();
         self.view = view;
@@ -505,7 +509,10 @@ impl Kv {
 }
 
 impl Service for Kv {
-    fn handle_message(&mut self, now: Instant, message: Message<'_>, _overlay: &Node) {
+    fn handle_message(&mut self, now: Instant, message: Message<'_>, overlay: &Node) {
+        if overlay.route_count() != self.view_routes {
+            self.refresh_view(now, overlay);
+        }
         let Some(bytes) = self.reassembler.accept(now, message.from, message.data) else {
             return;
         };
@@ -524,6 +531,9 @@ impl Service for Kv {
     }
 
     fn handle_timeout(&mut self, now: Instant, overlay: &Node) {
+        if overlay.route_count() != self.view_routes {
+            self.refresh_view(now, overlay);
+        }
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.refresh_view(now, overlay);
