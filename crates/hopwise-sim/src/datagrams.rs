@@ -210,6 +210,7 @@ impl DatagramWorkload {
             let bytes = payload(pair as u32, seq, self.config.payload_bytes);
             let to: NodeId = sim.id_of(peer);
             let datagram = ServiceTransmit {
+                early: false,
                 to,
                 port: WORKLOAD_PORT,
                 data: bytes.clone(),

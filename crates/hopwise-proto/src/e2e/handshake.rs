@@ -26,6 +26,8 @@ pub(super) struct Initiation {
     pub(super) last_sent: Instant,
     /// Plaintexts to send once the session is up.
     pub(super) queued: Vec<Vec<u8>>,
+    /// The early plaintext the init carries (see [`EndToEnd::send_early`]).
+    pub(super) early: Option<Vec<u8>>,
 }
 
 /// A handshake this node answered.
@@ -35,7 +37,12 @@ pub(super) struct Responding {
     pub(super) via: NodeId,
     pub(super) state: HandshakeState,
     pub(super) initiator_index: u32,
+    /// Empty while it is held back for the answer to the init's early payload.
     pub(super) response: Vec<u8>,
+    /// The init's early payload, delivered again once the finish authenticates its sender.
+    pub(super) early: Option<Vec<u8>>,
+    /// The answer to ride the response.
+    pub(super) answer: Option<Vec<u8>>,
     pub(super) started: Instant,
     /// Answered while our own handshake with a peer of higher id was under way: the session
     /// only receives, ours becomes the current one.
@@ -50,6 +57,7 @@ impl EndToEnd {
         now: Instant,
         to: NodeId,
         queued: Vec<Vec<u8>>,
+        early: Option<Vec<u8>>,
         send_now: bool,
     ) -> bool {
         if self.initiations() >= MAX_INITIATIONS || !self.make_room_for(to) {
@@ -63,6 +71,7 @@ impl EndToEnd {
             started: now,
             last_sent: now,
             queued,
+            early,
         };
         if send_now {
             self.start_over(to, &mut initiation);
@@ -77,15 +86,15 @@ impl EndToEnd {
         let Some(mut state) = self.handshake(true, self.local, to) else {
             return;
         };
+        let early = initiation.early.as_deref().unwrap_or(&[]);
         // snow wants room for a tag even where the pattern sends none.
-        let mut message = [0; wire::INIT_MESSAGE_LEN + wire::TAG_LEN];
-        match state.write_message(&[], &mut message) {
-            Ok(wire::INIT_MESSAGE_LEN) => {}
+        let mut message = vec![0; wire::INIT_MESSAGE_LEN + early.len() + wire::TAG_LEN];
+        match state.write_message(early, &mut message) {
+            Ok(len) if len == wire::INIT_MESSAGE_LEN + early.len() => message.truncate(len),
             _ => return,
         }
-        let message = &message[..wire::INIT_MESSAGE_LEN];
         initiation.index = self.rng.random();
-        initiation.init = wire::init(initiation.index, message);
+        initiation.init = wire::init(initiation.index, &message);
         initiation.state = Some(state);
         self.transmit(to, initiation.init.clone());
     }
@@ -132,7 +141,9 @@ impl EndToEnd {
             .find(|r| r.peer == peer && r.initiator_index == index)
         {
             let response = answered.response.clone();
-            self.transmit(peer, response);
+            if !response.is_empty() {
+                self.transmit(peer, response);
+            }
             return;
         }
         if self.responding.len() >= MAX_RESPONDING {
@@ -144,21 +155,32 @@ impl EndToEnd {
         let Some(mut state) = self.handshake(false, peer, self.local) else {
             return;
         };
-        let mut message_out = [0; wire::RESPONSE_MESSAGE_LEN];
-        if state.read_message(message, &mut []).is_err()
-            || state.write_message(&[], &mut message_out).is_err()
-        {
+        let mut early = vec![0; message.len()];
+        let Ok(early_len) = state.read_message(message, &mut early) else {
             self.stats.handshakes_failed += 1;
             return;
-        }
+        };
+        early.truncate(early_len);
         let responder_index = loop {
             let candidate: u32 = self.rng.random();
             if !self.responding.contains_key(&candidate) {
                 break candidate;
             }
         };
-        let response = wire::response(index, responder_index, &message_out);
-        self.transmit(peer, response.clone());
+        let early = (!early.is_empty()).then_some(early);
+        let mut response = Vec::new();
+        match &early {
+            // The response waits for the services' answer (see `write_held_responses`).
+            Some(plain) => self.accept_plain(peer, plain, true),
+            None => {
+                let Some(written) = write_response(&mut state, index, responder_index, &[]) else {
+                    self.stats.handshakes_failed += 1;
+                    return;
+                };
+                response = written;
+                self.transmit(peer, response.clone());
+            }
+        }
         // Both ends started a handshake at once. Both complete, so that each end's first
         // payload rides its own finish, and both ends keep the session the lower id started
         // as the current one.
@@ -183,10 +205,40 @@ impl EndToEnd {
                 state,
                 initiator_index: index,
                 response,
+                early,
+                answer: None,
                 started: now,
                 secondary,
             },
         );
+    }
+
+    /// Writes the responses held back for an answer to their init's early payload, with the
+    /// answer if a service gave one.
+    pub(super) fn write_held_responses(&mut self) {
+        let held: Vec<u32> = self
+            .responding
+            .iter()
+            .filter(|(_, r)| r.response.is_empty())
+            .map(|(index, _)| *index)
+            .collect();
+        for responder_index in held {
+            let responding = self.responding.get_mut(&responder_index).expect("listed");
+            let answer = responding.answer.take().unwrap_or_default();
+            let index = responding.initiator_index;
+            let written = write_response(&mut responding.state, index, responder_index, &answer);
+            let peer = responding.peer;
+            match written {
+                Some(response) => {
+                    responding.response = response.clone();
+                    self.transmit(peer, response);
+                }
+                None => {
+                    self.stats.handshakes_failed += 1;
+                    self.responding.swap_remove(&responder_index);
+                }
+            }
+        }
     }
 
     /// Makes room for one more answered handshake among those that `matches`: at most `limit`
@@ -232,13 +284,20 @@ impl EndToEnd {
             self.restore(peer, initiation);
             return;
         };
-        let read = state.read_message(message, &mut []).is_ok();
-        if !read || !holds_key_of(&state, peer) {
+        let mut answer = vec![0; message.len()];
+        let read = state.read_message(message, &mut answer);
+        if read.is_err() || !holds_key_of(&state, peer) {
             // Forged, garbled, or someone else's key: this handshake state is spent, and the
             // next retry starts over.
             self.stats.handshakes_failed += 1;
             self.restore(peer, initiation);
             return;
+        }
+        // The answer to our early payload, from the proven holder of the peer's key.
+        if let Ok(len) = read
+            && len > 0
+        {
+            self.accept_plain(peer, &answer[..len], false);
         }
         let mut queued = std::mem::take(&mut initiation.queued);
         self.queued -= queued.len();
@@ -327,7 +386,11 @@ impl EndToEnd {
         if let Some(ack) = ack {
             self.transmit(peer, ack);
         }
-        self.accept_plain(peer, &plain);
+        // The init's early payload comes first, now from a proven sender.
+        if let Some(early) = responding.early.take() {
+            self.accept_plain(peer, &early, false);
+        }
+        self.accept_plain(peer, &plain, false);
         // A handshake of our own with this peer is moot now, unless ours is the one both keep:
         // its payloads go on this session.
         let ours = self
@@ -360,6 +423,18 @@ impl EndToEnd {
             entry.retire(old, now);
         }
     }
+}
+
+/// Noise message 2 with `answer` sealed in it, in its response datagram.
+fn write_response(
+    state: &mut HandshakeState,
+    initiator_index: u32,
+    responder_index: u32,
+    answer: &[u8],
+) -> Option<Vec<u8>> {
+    let mut message = vec![0; wire::RESPONSE_MESSAGE_LEN + answer.len()];
+    let len = state.write_message(answer, &mut message).ok()?;
+    Some(wire::response(initiator_index, responder_index, &message[..len]))
 }
 
 /// Whether the peer of a handshake proved the static key of `peer`'s id.

@@ -120,13 +120,17 @@ impl std::fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
-/// A payload that arrived, authenticated: `from` holds the static key of its id.
+/// A payload that arrived. `from` holds the static key of its id, unless `early` is set: an
+/// early payload rode the init of a handshake, in the clear, and only claims to come from
+/// `from` (see [`EndToEnd::send_early`]); it arrives again, authenticated, once the handshake
+/// finishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     pub from: NodeId,
     pub source_port: Port,
     pub destination_port: Port,
     pub data: Vec<u8>,
+    pub early: bool,
 }
 
 /// What the end-to-end layer did and dropped, by cause.
@@ -328,6 +332,9 @@ impl EndToEnd {
 
     /// A datagram for the overlay to carry to a node.
     pub fn poll_transmit(&mut self) -> Option<(NodeId, Vec<u8>)> {
+        // Responses held back for the answer to an early payload go out now: the services
+        // have had their turn.
+        self.write_held_responses();
         self.outgoing.pop_front()
     }
 
@@ -346,6 +353,18 @@ impl EndToEnd {
         destination_port: Port,
         data: &[u8],
     ) -> Result<(), SendError> {
+        self.send_with(now, to, source_port, destination_port, data, false)
+    }
+
+    fn send_with(
+        &mut self,
+        now: Instant,
+        to: NodeId,
+        source_port: Port,
+        destination_port: Port,
+        data: &[u8],
+        early: bool,
+    ) -> Result<(), SendError> {
         if data.len() > MAX_DATA {
             return Err(SendError::TooLarge {
                 len: data.len(),
@@ -360,30 +379,73 @@ impl EndToEnd {
                 source_port,
                 destination_port,
                 data: data.to_vec(),
+                early: false,
             });
             return Ok(());
         }
         let plain = wire::plaintext(source_port, destination_port, data);
+        if early && self.answer_early(to, &plain) {
+            self.stats.payloads_sent += 1;
+            return Ok(());
+        }
         let Some((sealed, rekey)) = self.peers.get_mut(&to).and_then(|peer| {
+            // (A session, when there is one, carries early payloads like any other.)
             let handshaking = peer.initiation.is_some();
             let session = peer.sending()?;
             let due =
                 now - session.established >= REKEY_AFTER || session.sent() >= REKEY_AFTER_DATAGRAMS;
             Some((session.seal(now, &plain), due && !handshaking))
         }) else {
-            return self.queue(now, to, plain);
+            return self.queue(now, to, plain, early);
         };
         if let Some(datagram) = sealed {
             self.stats.payloads_sent += 1;
             self.transmit(to, datagram);
         }
         if rekey {
-            self.initiate(now, to, Vec::new(), true);
+            self.initiate(now, to, Vec::new(), None, true);
         }
         Ok(())
     }
 
-    fn queue(&mut self, now: Instant, to: NodeId, plain: Vec<u8>) -> Result<(), SendError> {
+    /// Sends `data` like [`EndToEnd::send`], and where there is no session yet, in the
+    /// handshake's first flight: in the clear in the init this starts (bound to the handshake,
+    /// so the answer and the session fail if anyone alters it), or, when it answers an early
+    /// payload from `to`, sealed in the response to that init. For requests whose contents
+    /// members may see and that may be answered before the sender is authenticated (a read of
+    /// public data), and for their answers; the answer reaches whoever sent the init. Saves
+    /// the handshake's round trip.
+    pub fn send_early(
+        &mut self,
+        now: Instant,
+        to: NodeId,
+        source_port: Port,
+        destination_port: Port,
+        data: &[u8],
+    ) -> Result<(), SendError> {
+        self.send_with(now, to, source_port, destination_port, data, true)
+    }
+
+    /// Puts an answer to an early payload into the response this node still owes `to`; false
+    /// if it owes none, has an answer already, or the answer does not fit.
+    fn answer_early(&mut self, to: NodeId, plain: &[u8]) -> bool {
+        if plain.len() > wire::MAX_RESPONSE_PLAIN {
+            return false;
+        }
+        let owed = self
+            .responding
+            .values_mut()
+            .find(|r| r.peer == to && r.response.is_empty() && r.answer.is_none());
+        match owed {
+            Some(responding) => {
+                responding.answer = Some(plain.to_vec());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn queue(&mut self, now: Instant, to: NodeId, plain: Vec<u8>, early: bool) -> Result<(), SendError> {
         if self.queued >= MAX_QUEUED {
             return Err(SendError::QueueFull);
         }
@@ -398,7 +460,15 @@ impl EndToEnd {
         // The peer is opening a session with us: the payload waits for it rather than start
         // a second handshake, and the init goes out only if that one does not finish soon.
         let answering = self.responding.values().any(|r| r.peer == to);
-        if self.initiate(now, to, vec![plain], !answering) {
+        if early && !answering && plain.len() <= wire::MAX_INIT_PLAIN {
+            return if self.initiate(now, to, Vec::new(), Some(plain), true) {
+                self.stats.payloads_sent += 1;
+                Ok(())
+            } else {
+                Err(SendError::QueueFull)
+            };
+        }
+        if self.initiate(now, to, vec![plain], None, !answering) {
             self.queued += 1;
             Ok(())
         } else {
@@ -514,7 +584,7 @@ impl EndToEnd {
                     current.confirmed = true;
                     current.finish = None;
                 }
-                self.accept_plain(peer, &plain);
+                self.accept_plain(peer, &plain, false);
             }
             Err(OpenError::Replayed) => self.stats.dropped_replayed += 1,
             Err(OpenError::BadTag) => self.stats.dropped_bad_tag += 1,
@@ -522,8 +592,9 @@ impl EndToEnd {
         self.scratch = plain;
     }
 
-    /// A payload that opened: an acknowledgement, or data for a service.
-    fn accept_plain(&mut self, peer: NodeId, plain: &[u8]) {
+    /// A payload that opened: an acknowledgement, or data for a service (early: it only
+    /// claims to come from `peer`).
+    fn accept_plain(&mut self, peer: NodeId, plain: &[u8], early: bool) {
         match Plain::parse(plain) {
             Ok(Plain::Ack) => {}
             Ok(Plain::Payload {
@@ -531,12 +602,15 @@ impl EndToEnd {
                 destination,
                 data,
             }) => {
-                self.stats.payloads_received += 1;
+                if !early {
+                    self.stats.payloads_received += 1;
+                }
                 self.received.push_back(Received {
                     from: peer,
                     source_port: source,
                     destination_port: destination,
                     data: data.to_vec(),
+                    early,
                 });
             }
             Err(_) => self.stats.dropped_malformed += 1,
@@ -555,7 +629,7 @@ impl EndToEnd {
         if waiting || !self.limiter.allow(via, now) {
             return;
         }
-        if self.initiate(now, peer, Vec::new(), true)
+        if self.initiate(now, peer, Vec::new(), None, true)
             && let Some(p) = self.peers.get_mut(&peer)
         {
             p.recovery_at = Some(now);

@@ -283,3 +283,85 @@ fn the_largest_datagram_goes_through_and_a_larger_one_is_refused() {
     }
     assert_eq!(overlay_limit, crate::wire::MAX_PAYLOAD);
 }
+
+/// Hands one datagram of `from` to the other end; false if it had none.
+fn carry_one(pair: &mut Pair, from: usize, alter: impl FnOnce(&mut Vec<u8>)) -> bool {
+    let Some((_, mut datagram)) = pair.ends[from].poll_transmit() else {
+        return false;
+    };
+    alter(&mut datagram);
+    let (source, now) = (pair.ids[from], pair.now);
+    pair.ends[1 - from].handle_datagram(now, source, source, &datagram);
+    true
+}
+
+#[test]
+fn an_early_request_is_answered_in_the_response_and_arrives_again_authenticated() {
+    let mut pair = Pair::new();
+    let (a, b) = (pair.ids[0], pair.ids[1]);
+    pair.ends[0]
+        .send_early(pair.now, b, Port(7), Port(9), b"read k")
+        .unwrap();
+    // The init carries the request: b sees it at once, marked early.
+    assert!(carry_one(&mut pair, 0, |_| {}));
+    let early = pair.received(1);
+    assert_eq!(early.len(), 1);
+    assert!(early[0].early);
+    assert_eq!((early[0].from, early[0].data.as_slice()), (a, &b"read k"[..]));
+    // b's answer rides the response: a has it, authenticated, after one round trip.
+    pair.ends[1]
+        .send_early(pair.now, a, Port(9), Port(7), b"k = 1")
+        .unwrap();
+    assert!(carry_one(&mut pair, 1, |_| {}));
+    let answer = pair.received(0);
+    assert_eq!(answer.len(), 1);
+    assert!(!answer[0].early);
+    assert_eq!((answer[0].from, answer[0].data.as_slice()), (b, &b"k = 1"[..]));
+    // The finish proves a: the request arrives again, authenticated, and only once.
+    pair.exchange();
+    let again = pair.received(1);
+    assert_eq!(again.len(), 1);
+    assert!(!again[0].early);
+    assert_eq!(again[0].data, b"read k");
+    // The session works as any other.
+    pair.send(0, b"later");
+    pair.exchange();
+    assert_eq!(pair.received(1)[0].data, b"later");
+}
+
+#[test]
+fn an_altered_early_request_gets_no_answer_through_and_is_never_authenticated() {
+    let mut pair = Pair::new();
+    let (a, b) = (pair.ids[0], pair.ids[1]);
+    pair.ends[0]
+        .send_early(pair.now, b, Port(7), Port(9), b"read k")
+        .unwrap();
+    // A relay changes the request in the init.
+    assert!(carry_one(&mut pair, 0, |d| {
+        let last = d.len() - 1;
+        d[last] ^= 1;
+    }));
+    assert!(pair.received(1).iter().all(|r| r.early));
+    pair.ends[1]
+        .send_early(pair.now, a, Port(9), Port(7), b"answer")
+        .unwrap();
+    pair.exchange();
+    // The response was made over the altered handshake: a cannot open it.
+    assert!(pair.received(0).is_empty());
+    assert!(pair.ends[0].stats().handshakes_failed >= 1);
+    assert!(pair.received(1).iter().all(|r| r.early));
+}
+
+#[test]
+fn an_early_send_with_no_init_to_answer_starts_an_early_init_of_its_own() {
+    let mut pair = Pair::new();
+    let a = pair.ids[0];
+    // With no init of a to answer, b's early payload rides an init of its own.
+    pair.ends[1]
+        .send_early(pair.now, a, Port(9), Port(7), b"hello")
+        .unwrap();
+    pair.exchange();
+    let got = pair.received(0);
+    assert!(got.iter().any(|r| r.early && r.data == b"hello"));
+    assert!(got.iter().any(|r| !r.early && r.data == b"hello"));
+}

@@ -2,9 +2,11 @@
 //! ([`crate::wire::DataBody::Sealed`]). The first byte says what follows:
 //!
 //! ```text
-//! 1 init      initiator index (32 bits), Noise XX message 1: e (32 bytes)
+//! 1 init      initiator index (32 bits), Noise XX message 1: e (32 bytes), then an
+//!             optional early plaintext in the clear (bound to the handshake's hash)
 //! 2 response  initiator index (32 bits), responder index (32 bits),
-//!             Noise message 2: e, ee, s, es (96 bytes)
+//!             Noise message 2: e, ee, s, es (80 bytes), then the sealed early answer
+//!             (16-byte tag; empty when there is none)
 //! 3 finish    responder index (32 bits), Noise message 3: s, se (48 bytes), then the sealed
 //!             first payload (16-byte tag)
 //! 4 data      counter (64 bits), then the ChaCha20-Poly1305-sealed payload (16-byte tag);
@@ -45,6 +47,9 @@ pub const MAX_DATA: usize = MAX_PAYLOAD - OVERHEAD;
 /// The largest first plaintext (ports and bytes) a finish message carries; a larger one
 /// follows it as data.
 pub(super) const MAX_FINISH_PLAIN: usize = MAX_PAYLOAD - FINISH_HEADER_LEN - FINISH_MESSAGE_MIN;
+/// The largest early plaintext an init carries, and the largest early answer a response does.
+pub(super) const MAX_INIT_PLAIN: usize = MAX_PAYLOAD - INIT_LEN;
+pub(super) const MAX_RESPONSE_PLAIN: usize = MAX_PAYLOAD - RESPONSE_LEN;
 
 /// A service port: which service on the destination node a datagram is for, and which one on
 /// the source node sent it.
@@ -97,15 +102,17 @@ impl<'a> Datagram<'a> {
     /// Classifies and splits `bytes` without any cryptography; never panics.
     pub(super) fn parse(bytes: &'a [u8]) -> Result<Self, Malformed> {
         match bytes.first() {
-            Some(&TYPE_INIT) if bytes.len() == INIT_LEN => Ok(Self::Init {
+            Some(&TYPE_INIT) if (INIT_LEN..=MAX_PAYLOAD).contains(&bytes.len()) => Ok(Self::Init {
                 initiator: u32_at(bytes, 1),
                 message: &bytes[5..],
             }),
-            Some(&TYPE_RESPONSE) if bytes.len() == RESPONSE_LEN => Ok(Self::Response {
+            Some(&TYPE_RESPONSE) if (RESPONSE_LEN..=MAX_PAYLOAD).contains(&bytes.len()) => {
+                Ok(Self::Response {
                 initiator: u32_at(bytes, 1),
                 responder: u32_at(bytes, 5),
                 message: &bytes[9..],
-            }),
+                })
+            }
             Some(&TYPE_FINISH) if bytes.len() >= FINISH_HEADER_LEN + FINISH_MESSAGE_MIN => {
                 Ok(Self::Finish {
                     responder: u32_at(bytes, 1),
@@ -121,18 +128,18 @@ impl<'a> Datagram<'a> {
     }
 }
 
-/// An init datagram around Noise message 1.
+/// An init datagram around Noise message 1 (and its early plaintext).
 pub(super) fn init(initiator: u32, message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(INIT_LEN);
+    let mut out = Vec::with_capacity(5 + message.len());
     out.push(TYPE_INIT);
     out.extend_from_slice(&initiator.to_be_bytes());
     out.extend_from_slice(message);
     out
 }
 
-/// A response datagram around Noise message 2.
+/// A response datagram around Noise message 2 (and its sealed early answer).
 pub(super) fn response(initiator: u32, responder: u32, message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RESPONSE_LEN);
+    let mut out = Vec::with_capacity(9 + message.len());
     out.push(TYPE_RESPONSE);
     out.extend_from_slice(&initiator.to_be_bytes());
     out.extend_from_slice(&responder.to_be_bytes());
@@ -244,7 +251,7 @@ mod tests {
             &[][..],
             &[0; 37][..],
             &[1; 36][..],
-            &[1; 38][..],
+            &[1; 1_200][..],
             &[2; 104][..],
             &[3; 52][..],
             &[4; 24][..],

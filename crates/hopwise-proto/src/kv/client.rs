@@ -191,7 +191,7 @@ impl super::Kv {
             .filter(|id| !put.acked.contains(id))
             .collect();
         for to in unacked {
-            self.send(to, message.clone());
+            self.send_early(to, message.clone());
         }
     }
 
@@ -320,7 +320,7 @@ impl super::Kv {
             key: get.key.clone(),
             sub: get.sub.clone(),
         };
-        self.send(target.id, message);
+        self.send_early(target.id, message);
     }
 
     pub(super) fn on_get_reply(

@@ -13,6 +13,7 @@
 //! `now`; answers come out of [`Kv::poll_event`].
 
 mod client;
+mod early;
 pub mod placement;
 mod replica;
 pub mod store;
@@ -37,7 +38,8 @@ use placement::View;
 pub use store::{Change, Limits, Stored};
 use store::Store;
 pub use wire::State;
-use wire::KvMessage;
+use wire::{KvMessage, PutStatus};
+
 
 pub const MAX_KEY: usize = 255;
 pub const MAX_SUB: usize = 255;
@@ -257,6 +259,9 @@ pub struct Kv {
     write_limiter: HandshakeLimiter,
     request_limiter: HandshakeLimiter,
     reassembler: Reassembler,
+    /// Requests answered in a handshake's first flight, and the reads waiting for their
+    /// writes.
+    early: early::EarlyRequests,
     /// Messages to this node itself, handled without the network.
     loopback: VecDeque<KvMessage>,
     outgoing: VecDeque<ServiceTransmit>,
@@ -313,6 +318,7 @@ impl Kv {
                 now,
             ),
             reassembler: Reassembler::default(),
+            early: early::EarlyRequests::default(),
             loopback: VecDeque::new(),
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
@@ -398,6 +404,18 @@ impl Kv {
 
     /// Sends `message` to `to` (to this node itself through the loopback queue).
     fn send(&mut self, to: NodeId, message: KvMessage) {
+        self.send_with(to, message, false);
+    }
+
+    /// Sends a read or write request, or the answer to an early one, in the first flight of
+    /// a handshake where there is no session yet (a message of one datagram only): a first
+    /// contact costs one round trip, not two. Reads are public to members anyway, and a write
+    /// is stored only once the handshake proves its writer.
+    fn send_early(&mut self, to: NodeId, message: KvMessage) {
+        self.send_with(to, message, true);
+    }
+
+    fn send_with(&mut self, to: NodeId, message: KvMessage, early: bool) {
         if to == self.id {
             self.loopback.push_back(message);
             return;
@@ -409,6 +427,7 @@ impl Kv {
             debug_assert!(false, "a kv message of {} bytes", bytes.len());
             return;
         };
+        let early = early && datagrams.len() == 1;
         for data in datagrams {
             self.stats.datagrams_sent += 1;
             self.stats.bytes_sent += data.len() as u64;
@@ -416,6 +435,7 @@ impl Kv {
                 to,
                 port: ports::KV,
                 data,
+                early,
             });
         }
     }
@@ -429,13 +449,17 @@ impl Kv {
 
     fn dispatch(&mut self, now: Instant, from: NodeId, message: KvMessage) {
         match message {
-            KvMessage::Put { req, key, entry } => self.on_put(now, from, req, key, entry),
+            KvMessage::Put { req, key, entry } => self.on_put(now, from, req, key, entry, false),
             KvMessage::PutReply {
                 req,
                 status,
                 current,
             } => self.on_put_reply(now, from, req, status, current),
-            KvMessage::Get { req, key, sub } => self.on_get(now, from, req, &key, sub),
+            KvMessage::Get { req, key, sub } => {
+                if self.early.take(from, req).is_none() {
+                    self.on_get(now, from, req, &key, sub, false);
+                }
+            }
             KvMessage::GetReply {
                 req,
                 part,
@@ -483,9 +507,13 @@ impl Kv {
         }
     }
 
-    /// After every input and user call: the store's changes go to watchers and to disk.
+    /// After every input and user call: reads that waited for a write are answered, and the
+    /// store's changes go to watchers and to disk.
     fn after_changes(&mut self, now: Instant) {
         self.drain_loopback(now);
+        for read in self.early.ready(now) {
+            self.answer_get(now, read.from, read.req, &read.key, read.sub, read.early);
+        }
         let changes = self.store.take_changes();
         if changes.is_empty() {
             return;
@@ -530,6 +558,31 @@ impl Service for Kv {
         self.after_changes(now);
     }
 
+    /// Reads and writes that rode a handshake's init: a read is answered at once; a write is
+    /// checked and its expected outcome answered, and it is stored when it arrives again from
+    /// its proven writer.
+    fn handle_early(&mut self, now: Instant, message: Message<'_>, _overlay: &Node) {
+        let Some(bytes) = fragment::single(message.data) else {
+            return;
+        };
+        if self.early.is_full() {
+            return;
+        }
+        let from = message.from;
+        match KvMessage::decode(bytes) {
+            Ok(KvMessage::Get { req, key, sub }) if self.request_limiter.allow(from, now) => {
+                self.early.answered(from, req, now, PutStatus::Stored, None);
+                self.on_get(now, from, req, &key, sub, true);
+            }
+            Ok(KvMessage::Put { req, key, entry }) if req != 0 => {
+                self.on_put(now, from, req, key, entry, true);
+            }
+            Ok(_) => {}
+            Err(_) => self.stats.malformed += 1,
+        }
+        self.after_changes(now);
+    }
+
     fn handle_timeout(&mut self, now: Instant, overlay: &Node) {
         if overlay.route_count() != self.view_routes {
             self.refresh_view(now, overlay);
@@ -540,6 +593,7 @@ impl Service for Kv {
             self.store.expire(now);
             self.expire_own(now);
             self.expire_watchers(now);
+            self.early.expire(now);
             self.repair_tick(now);
             self.renew_leases(now);
             self.renew_watches(now);

@@ -33,6 +33,9 @@ pub(super) struct Watcher {
 }
 
 impl super::Kv {
+    /// A write from `from`. An early one (its writer not yet proven) is only checked, and
+    /// its expected outcome answered; it is stored when it comes again, authenticated, and
+    /// answered again only if the outcome differs.
     pub(super) fn on_put(
         &mut self,
         now: Instant,
@@ -40,25 +43,61 @@ impl super::Kv {
         req: u64,
         key: Vec<u8>,
         entry: WireEntry,
+        early: bool,
     ) {
         if entry.writer != from {
             self.stats.forged += 1;
             return;
         }
-        let status = self.store_write(now, from, &key, &entry);
+        let expected = if early { None } else { self.early.take(from, req) };
+        let rate_checked = expected.is_some();
+        let status = if early {
+            let status = self.check_write(now, from, &key, &entry, false);
+            self.early.answered(from, req, now, status, Some(&key));
+            status
+        } else {
+            self.store_write(now, from, &key, &entry, rate_checked)
+        };
         let current = self
             .store
             .get_sub(&key, &entry.sub)
             .map_or(0, |stored| stored.version);
-        if req != 0 {
-            self.send(
-                from,
-                KvMessage::PutReply {
-                    req,
-                    status,
-                    current,
-                },
-            );
+        if req == 0 || expected == Some(status) {
+            return;
+        }
+        let reply = KvMessage::PutReply {
+            req,
+            status,
+            current,
+        };
+        if early {
+            self.send_early(from, reply);
+        } else {
+            self.send(from, reply);
+        }
+    }
+
+    /// The outcome a write would have, without storing it: rate (unless already checked),
+    /// ownership, and whether it is older than the stored copy.
+    fn check_write(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        key: &[u8],
+        entry: &WireEntry,
+        rate_checked: bool,
+    ) -> PutStatus {
+        if from != self.id && !rate_checked && !self.write_limiter.allow(from, now) {
+            self.stats.refused_rate += 1;
+            return PutStatus::RateLimited;
+        }
+        match self.store.get_sub(key, &entry.sub) {
+            Some(existing) if existing.is_live() && existing.writer != from => {
+                self.stats.refused_not_owner += 1;
+                PutStatus::NotOwner
+            }
+            Some(existing) if existing.version > entry.version => PutStatus::Stale,
+            _ => PutStatus::Stored,
         }
     }
 
@@ -69,16 +108,11 @@ impl super::Kv {
         from: NodeId,
         key: &[u8],
         entry: &WireEntry,
+        rate_checked: bool,
     ) -> PutStatus {
-        if from != self.id && !self.write_limiter.allow(from, now) {
-            self.stats.refused_rate += 1;
-            return PutStatus::RateLimited;
-        }
-        if let Some(existing) = self.store.get_sub(key, &entry.sub) {
-            if existing.is_live() && existing.writer != from {
-                self.stats.refused_not_owner += 1;
-                return PutStatus::NotOwner;
-            }
+        let checked = self.check_write(now, from, key, entry, rate_checked);
+        if matches!(checked, PutStatus::RateLimited | PutStatus::NotOwner) {
+            return checked;
         }
         if entry.ephemeral {
             self.store.renew_lease(from, now);
@@ -112,6 +146,23 @@ impl super::Kv {
         req: u64,
         key: &[u8],
         sub: Option<Vec<u8>>,
+        early: bool,
+    ) {
+        // A write of this key that its writer may already count as acknowledged is on its way.
+        if self.early.park(now, from, req, key, sub.clone(), early) {
+            return;
+        }
+        self.answer_get(now, from, req, key, sub, early);
+    }
+
+    pub(super) fn answer_get(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        req: u64,
+        key: &[u8],
+        sub: Option<Vec<u8>>,
+        early: bool,
     ) {
         let parts = into_parts(self.wire_entries(key, sub.as_deref(), now));
         let count = parts.len().min(usize::from(u8::MAX)) as u8;
@@ -122,7 +173,12 @@ impl super::Kv {
                 parts: count,
                 entries,
             };
-            self.send(from, reply);
+            // Only one answer rides a handshake's response; the rest follow on the session.
+            if early && part == 0 {
+                self.send_early(from, reply);
+            } else {
+                self.send(from, reply);
+            }
         }
     }
 

@@ -42,6 +42,12 @@ pub fn split(id: u32, message: &[u8]) -> Option<Vec<Vec<u8>>> {
     Some(chunks.collect())
 }
 
+/// The message of a datagram that holds a whole message (one of one); `None` otherwise.
+pub fn single(datagram: &[u8]) -> Option<&[u8]> {
+    let (header, chunk) = datagram.split_first_chunk::<FRAGMENT_HEADER>()?;
+    (header[4] == 0 && header[5] == 1).then_some(chunk)
+}
+
 struct Partial {
     started: Instant,
     chunks: Vec<Option<Vec<u8>>>,

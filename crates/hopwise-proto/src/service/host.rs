@@ -292,11 +292,15 @@ impl<O: OverlayNode> Host<O> {
             source_port,
             destination_port,
             data,
+            early,
         }) = self.e2e.poll_received()
         {
             any = true;
             let Some(&slot) = self.ports.get(&destination_port) else {
-                self.e2e.count_unknown_port();
+                // An early payload arrives again once authenticated, and is counted then.
+                if !early {
+                    self.e2e.count_unknown_port();
+                }
                 continue;
             };
             let registered = self.services[slot].as_mut().expect("ports name services");
@@ -305,9 +309,12 @@ impl<O: OverlayNode> Host<O> {
                 source_port,
                 data: &data,
             };
-            registered
-                .service
-                .handle_message(self.now, message, self.overlay.node());
+            let service = &mut registered.service;
+            if early {
+                service.handle_early(self.now, message, self.overlay.node());
+            } else {
+                service.handle_message(self.now, message, self.overlay.node());
+            }
         }
         any
     }
@@ -318,7 +325,13 @@ impl<O: OverlayNode> Host<O> {
         for registered in self.services.iter_mut().flatten() {
             while let Some(transmit) = registered.service.poll_transmit() {
                 any = true;
-                let sent = self.e2e.send(
+                let send = if transmit.early {
+                    EndToEnd::send_early
+                } else {
+                    EndToEnd::send
+                };
+                let sent = send(
+                    &mut self.e2e,
                     self.now,
                     transmit.to,
                     registered.port,

@@ -55,12 +55,25 @@ pub struct ServiceTransmit {
     /// The port of the service on `to` that is to receive it.
     pub port: Port,
     pub data: Vec<u8>,
+    /// It may travel in a handshake's first flight (see [`crate::e2e::EndToEnd::send_early`]):
+    /// a request members may read and that may be answered before its sender is proven, or
+    /// the answer to an early request ([`Service::handle_early`]).
+    pub early: bool,
 }
 
 /// A sans-I/O service on one port. See the module documentation.
 pub trait Service: Any + Send {
     /// A datagram for this service's port arrived.
     fn handle_message(&mut self, now: Instant, message: Message<'_>, overlay: &Node);
+
+    /// An early datagram: it rode the init of an end-to-end handshake in the clear, and
+    /// `message.from` is only what it claims. It arrives again through
+    /// [`Service::handle_message`], authenticated, once the handshake finishes; a service may
+    /// answer it at once with an `early` transmit, which rides the handshake's response to
+    /// whoever sent the init. The default ignores it.
+    fn handle_early(&mut self, now: Instant, message: Message<'_>, overlay: &Node) {
+        let _ = (now, message, overlay);
+    }
 
     /// The deadline from [`Service::poll_timeout`] has passed (it may be called earlier).
     fn handle_timeout(&mut self, now: Instant, overlay: &Node) {

@@ -49,6 +49,7 @@ impl DatagramSocket {
             return Err(SendError::QueueFull);
         }
         self.outgoing.push_back(ServiceTransmit {
+            early: false,
             to,
             port,
             data: data.to_vec(),
