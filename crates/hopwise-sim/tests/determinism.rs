@@ -4,6 +4,7 @@ mod common;
 
 use hopwise_proto::Duration;
 use hopwise_sim::datagrams::DatagramConfig;
+use hopwise_sim::kvload::KvWorkloadConfig;
 use hopwise_sim::{NetworkConfig, Scenario, SimConfig, coords_csv, pairs_csv, run};
 
 fn run_once(seed: u64) -> (String, serde_json::Value) {
@@ -28,6 +29,15 @@ fn run_once(seed: u64) -> (String, serde_json::Value) {
                 peers_per_node: 3,
                 start: Duration::from_secs(10),
                 ..DatagramConfig::default()
+            }),
+            // So does the key-value store, through two failure waves.
+            fail_waves: 2,
+            fail_every: Duration::from_secs(5),
+            kv: Some(KvWorkloadConfig {
+                puts: 200,
+                gets: 200,
+                watches: 20,
+                start: Duration::from_secs(10),
             }),
         },
         ..SimConfig::default()

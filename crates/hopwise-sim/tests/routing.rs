@@ -179,7 +179,7 @@ fn dead_relays_are_routed_around_within_a_second() {
             flows: 300,
             fail_nodes: 0.1,
             fail_at: Some(Duration::from_secs(40)),
-            datagrams: None,
+            ..Scenario::default()
         },
         ..SimConfig::default()
     };
