@@ -11,6 +11,10 @@ use crate::NodeId;
 /// The longest alias.
 pub const MAX_ALIAS: usize = 63;
 const PREFIX: &[u8] = b"alias/";
+const DIRECTORY_PREFIX: &[u8] = b"alias-names/";
+/// The reverse directory (node to its aliases) is spread over this many keys, by the first
+/// byte of the id, so no key holds every node's record.
+pub const DIRECTORY_SHARDS: u8 = 16;
 
 /// Why a name is not an alias.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +61,17 @@ pub fn validate(name: &str) -> Result<(), InvalidAlias> {
 /// The store key of an alias.
 pub fn key(name: &str) -> Vec<u8> {
     [PREFIX, name.as_bytes()].concat()
+}
+
+/// The key of the directory shard that holds `id`'s aliases (its sub-key is [`sub`], its
+/// value the aliases joined by commas).
+pub fn directory_key(id: NodeId) -> Vec<u8> {
+    directory_shard(id.as_bytes()[0] % DIRECTORY_SHARDS)
+}
+
+/// The key of one directory shard.
+pub fn directory_shard(shard: u8) -> Vec<u8> {
+    [DIRECTORY_PREFIX, format!("{shard:02}").as_bytes()].concat()
 }
 
 /// The sub-key a claimant writes: its own id.

@@ -191,7 +191,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         matches!(command, ClientCommand::Trace(_)),
     );
     emit(&out)?;
-    if let Response::Error { .. } = response {
+    if response.error_text().is_some() {
         bail!("the node refused the request");
     }
     Ok(())
@@ -234,7 +234,7 @@ async fn watch(client: &ClientArgs, key: &str) -> anyhow::Result<()> {
             print_response(&mut out, &response, false);
         }
         emit(&out)?;
-        if let Response::Error { .. } = response {
+        if response.error_text().is_some() {
             bail!("the node refused the watch");
         }
     }
@@ -441,7 +441,7 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
                 outln!(out, "{}  {rtt} ({how})", node.id);
             }
         }
-        Response::Error { error } => eprintln!("error: {error}"),
+        Response::Error { error } | Response::Failure { error, .. } => eprintln!("error: {error}"),
     }
 }
 

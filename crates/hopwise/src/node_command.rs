@@ -158,6 +158,10 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
     for name in &args.alias {
         hopwise_proto::alias::validate(name)?;
     }
+    let listed = args.alias.join(",").len();
+    if listed > hopwise_proto::kv::MAX_VALUE {
+        bail!("the aliases take {listed} bytes; at most {} in all", hopwise_proto::kv::MAX_VALUE);
+    }
     let store_file = args.data_dir.as_deref().map(StoreFile::open).transpose()?;
     let listen = args.listen.unwrap_or(DEFAULT_LISTEN.parse()?);
     let socket =
@@ -195,6 +199,7 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
         requests: requests.clone(),
         listen,
         clock,
+        names: Default::default(),
     };
     let api = tokio::spawn(api::serve(api_listener, context));
     let mut runner = Runner::new(

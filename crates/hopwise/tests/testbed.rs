@@ -464,6 +464,7 @@ async fn the_control_api_speaks_netloc_and_survives_bad_requests() {
         r#"{"action": "get_full_map"}"#.to_string(),
         "x".repeat(100_000),
         r#"{"action": "status"}"#.to_string(),
+        r#"{"action": "get_node_info", "node_addr": "192.0.2.1:9"}"#.to_string(),
     ];
     let mut answers = Vec::new();
     for request in &requests {
@@ -482,16 +483,27 @@ async fn the_control_api_speaks_netloc_and_survives_bad_requests() {
         types,
         [
             "location",
-            "error",
+            "failure",
             "node_info",
-            "error",
+            "failure",
             "recent_nodes",
-            "error",
+            "failure",
             "full_map",
-            "error",
-            "status"
+            "failure",
+            "status",
+            "failure"
         ]
     );
+    // netloc's reasons (and hopwise's detail besides).
+    let reasons: Vec<&str> = [1, 3, 5, 7, 9]
+        .iter()
+        .map(|&i| answers[i]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["bad request", "bad request", "bad node address", "bad request", "node not found"]
+    );
+    assert!(answers[5]["error"].as_str().unwrap().contains("not an address"));
     // netloc's shapes: a location, a node's info by address, the most recent nodes, the map.
     let loc = &answers[0]["loc"];
     for field in ["x1", "x2", "height", "pos_err", "iteration"] {
@@ -508,6 +520,10 @@ async fn the_control_api_speaks_netloc_and_survives_bad_requests() {
     for node in map {
         assert_eq!(node["flags"]["is_addr_ipv6"], false);
         assert!(node["ip"].is_string() && node["port"].is_number() && node["name"].is_string());
+        // netloc's name is the node's first alias: its city here.
+        let member = net.index_of(node["id"].as_str().unwrap()).unwrap();
+        let alias = hopwise::testnet::alias_of(&net.members[member].name).unwrap();
+        assert_eq!(node["name"], alias.as_str());
     }
     assert_eq!(answers[8]["id"], net.members[0].id.to_string());
 

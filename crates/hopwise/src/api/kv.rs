@@ -244,3 +244,67 @@ pub async fn write_line(write: &mut OwnedWriteHalf, response: &Response) -> std:
     out.push(b'\n');
     write.write_all(&out).await
 }
+
+/// How long the names of nodes (their first aliases) are reused before they are read again.
+const NAMES_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Each node's first alias, from the reverse directory, by id (hex).
+#[derive(Default)]
+pub struct NameCache {
+    read_at: Option<std::time::Instant>,
+    names: std::collections::HashMap<String, String>,
+}
+
+async fn names(context: &ApiContext) -> std::collections::HashMap<String, String> {
+    {
+        let cache = context.names.lock().expect("not poisoned");
+        if cache.read_at.is_some_and(|at| at.elapsed() < NAMES_FRESH) {
+            return cache.names.clone();
+        }
+    }
+    let mut reads = tokio::task::JoinSet::new();
+    for shard in 0..alias::DIRECTORY_SHARDS {
+        let context = context.clone();
+        reads.spawn(async move { get_entries(&context, alias::directory_shard(shard), None).await });
+    }
+    let mut names = std::collections::HashMap::new();
+    while let Some(read) = reads.join_next().await {
+        for entry in read.ok().and_then(Result::ok).unwrap_or_default() {
+            let listed = String::from_utf8_lossy(&entry.value).into_owned();
+            if let Some(first) = listed.split(',').next().filter(|n| !n.is_empty()) {
+                names.insert(entry.writer.to_string(), first.to_string());
+            }
+        }
+    }
+    let mut cache = context.names.lock().expect("not poisoned");
+    cache.read_at = Some(std::time::Instant::now());
+    cache.names = names.clone();
+    names
+}
+
+/// Names the nodes of a netloc answer by their first alias, where they have one.
+pub async fn name_nodes(context: &ApiContext, response: &mut Response) {
+    let has_nodes = matches!(
+        response,
+        Response::NodeInfo { .. } | Response::RecentNodes { .. } | Response::FullMap { .. }
+    );
+    if !has_nodes {
+        return;
+    }
+    let names = names(context).await;
+    match response {
+        Response::NodeInfo { info } => {
+            if let Some(name) = names.get(&info.id) {
+                info.name = name.clone();
+            }
+        }
+        Response::RecentNodes { nodes } | Response::FullMap { nodes } => {
+            for node in nodes {
+                if let Some(name) = names.get(&node.id) {
+                    node.name = name.clone();
+                }
+            }
+        }
+        _ => {}
+    }
+}

@@ -2,17 +2,18 @@
 //!
 //! Every request is one JSON object with an `action`; every answer is one JSON object with a
 //! `type`. The four netloc actions (`get_location`, `get_node_info`, `get_recent_nodes`,
-//! `get_full_map`) answer in netloc's shapes, with coordinates in seconds as netloc has them;
+//! `get_full_map`) answer in netloc's shapes, with coordinates in seconds as netloc has them,
+//! and fail as netloc does (`{"type": "failure", "reason": ...}`, with a detailed `error`);
 //! hopwise adds `status`, `peers`, `routes`, `ping`, `trace`, the key-value actions (`kv_set`,
-//! `kv_get`, `kv_del`, `kv_watch`) and `resolve`, which the CLI uses. A request
-//! that cannot be parsed or served gets `{"type": "error", "error": "..."}` and the connection
-//! stays open.
+//! `kv_get`, `kv_del`, `kv_watch`) and `resolve`, which the CLI uses. A hopwise request that
+//! cannot be served gets `{"type": "error", "error": "..."}`; a line that cannot be parsed gets
+//! netloc's `failure` with reason `bad request`. The connection stays open either way.
 
 mod kv;
 mod server;
 mod views;
 
-pub use kv::{Claimant, KvEntry, KvEventView};
+pub use kv::{Claimant, KvEntry, KvEventView, NameCache};
 pub use server::{ApiContext, serve};
 pub use views::*;
 
@@ -89,12 +90,38 @@ pub enum Response {
     KvEvent(KvEventView),
     Resolve { name: String, nodes: Vec<Claimant> },
     Error { error: String },
+    /// netloc's failure, for the netloc actions and for lines that do not parse: one of
+    /// netloc's reasons, and hopwise's detailed error.
+    Failure { reason: String, error: String },
+}
+
+/// netloc's failure reasons.
+pub mod reasons {
+    pub const BAD_REQUEST: &str = "bad request";
+    pub const BAD_NODE_ADDRESS: &str = "bad node address";
+    pub const NODE_NOT_FOUND: &str = "node not found";
+    pub const NO_INFORMATION: &str = "no information";
 }
 
 impl Response {
     pub fn error(message: impl Into<String>) -> Self {
         Self::Error {
             error: message.into(),
+        }
+    }
+
+    pub fn failure(reason: &str, error: impl Into<String>) -> Self {
+        Self::Failure {
+            reason: reason.to_string(),
+            error: error.into(),
+        }
+    }
+
+    /// The error of an `error` or a `failure` answer.
+    pub fn error_text(&self) -> Option<&str> {
+        match self {
+            Self::Error { error } | Self::Failure { error, .. } => Some(error),
+            _ => None,
         }
     }
 }

@@ -12,7 +12,7 @@ use tracing::debug;
 use super::views::{
     self, AliasChoice, Location, MapNode, NodeInfo, Status, TraceReport, WallClock,
 };
-use super::{Request, Response, kv};
+use super::{Request, Response, kv, reasons};
 use hopwise_proto::NodeId;
 use crate::runner::{Clock, ControlRequest, NodeHost};
 
@@ -28,6 +28,8 @@ pub struct ApiContext {
     pub requests: mpsc::Sender<ControlRequest>,
     pub listen: SocketAddr,
     pub clock: Clock,
+    /// Nodes' names for netloc's answers, read from the store now and then.
+    pub names: Arc<std::sync::Mutex<kv::NameCache>>,
 }
 
 pub async fn serve(listener: TcpListener, context: ApiContext) {
@@ -59,13 +61,20 @@ async fn serve_connection(stream: TcpStream, context: &ApiContext) -> std::io::R
             return Ok(());
         };
         let response = match line {
-            Line::TooLong => Response::error(format!("request longer than {MAX_LINE} bytes")),
+            Line::TooLong => Response::failure(
+                reasons::BAD_REQUEST,
+                format!("request longer than {MAX_LINE} bytes"),
+            ),
             Line::Text(text) if text.trim_ascii().is_empty() => continue,
             Line::Text(text) => match serde_json::from_slice::<Request>(&text) {
                 // A watch keeps the connection for its stream of events.
                 Ok(Request::KvWatch { key }) => return kv::watch(context, key, &mut write).await,
-                Ok(request) => answer(context, request).await,
-                Err(error) => Response::error(format!("bad request: {error}")),
+                Ok(request) => {
+                    let mut response = answer(context, request).await;
+                    kv::name_nodes(context, &mut response).await;
+                    response
+                }
+                Err(error) => Response::failure(reasons::BAD_REQUEST, format!("bad request: {error}")),
             },
         };
         kv::write_line(&mut write, &response).await?;
@@ -167,7 +176,12 @@ async fn answer(context: &ApiContext, request: Request) -> Response {
                         .iter()
                         .find(|known| known.addr == addr)
                         .map_or_else(
-                            || Response::error(format!("no known node at {addr}")),
+                            || {
+                                Response::failure(
+                                    reasons::NODE_NOT_FOUND,
+                                    format!("no known node at {addr}"),
+                                )
+                            },
                             |known| Response::NodeInfo {
                                 info: NodeInfo::new(known, wall),
                             },
@@ -175,9 +189,10 @@ async fn answer(context: &ApiContext, request: Request) -> Response {
                 })
                 .await
             }
-            Err(error) => Ok(Response::error(format!(
-                "bad node_addr {node_addr:?}: {error}"
-            ))),
+            Err(error) => Ok(Response::failure(
+                reasons::BAD_NODE_ADDRESS,
+                format!("bad node_addr {node_addr:?}: {error}"),
+            )),
         },
         Request::GetRecentNodes { max_nodes } => {
             let max = max_nodes.unwrap_or(DEFAULT_RECENT_NODES);

@@ -50,7 +50,7 @@ pub struct MapNode {
     pub flags: AddrFlags,
     pub ip: String,
     pub port: u16,
-    /// hopwise names a node by its id.
+    /// The node's first alias, or the first 8 hex digits of its id.
     pub name: String,
     pub location: Location,
     pub id: String,

@@ -100,13 +100,22 @@ impl KvBridge {
         self.handle
     }
 
-    /// Claims each alias with an ephemeral entry naming this node.
+    /// Claims each alias with an ephemeral entry naming this node, and lists them in the
+    /// reverse directory (which names nodes in netloc's answers).
     pub fn publish_aliases(&mut self, host: &mut NodeHost, now: Instant, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
         let id = host.node().id();
         let kv = host.service_mut(self.handle);
-        for name in names {
-            if let Err(error) = kv.set(now, &alias::key(name), &alias::sub(id), b"", None, true) {
-                warn!(%name, %error, "cannot publish the alias");
+        let listed = names.join(",");
+        let claims = names
+            .iter()
+            .map(|name| (alias::key(name), Vec::new()))
+            .chain([(alias::directory_key(id), listed.into_bytes())]);
+        for (key, value) in claims {
+            if let Err(error) = kv.set(now, &key, &alias::sub(id), &value, None, true) {
+                warn!(%error, "cannot publish the aliases");
             }
         }
     }
