@@ -152,3 +152,99 @@ fn a_watch_sees_set_del_and_expire_in_version_order() {
     );
     assert_eq!(sim.kv(7).unwrap().watched(watch), Some(Vec::new()));
 }
+
+#[test]
+fn an_ephemeral_entry_expires_within_10_s_of_its_writer_crashing() {
+    let mut sim = routed();
+    let op = sim
+        .with_kv(3, |kv, now| kv.set(now, b"presence", b"n3", b"here", None, true))
+        .unwrap()
+        .unwrap();
+    sim.run_until(sim.now() + Duration::from_secs(1));
+    assert!(matches!(written(&mut sim, 3, op), Some(Ok(_))));
+    assert_eq!(read(&mut sim, 9, b"presence").unwrap().len(), 1);
+    sim.stop_node(3);
+    let crashed = sim.now();
+    let live_copies = |sim: &Simulation| {
+        (0..sim.len())
+            .filter_map(|i| sim.kv(i)?.store().get_sub(b"presence", b"n3").cloned())
+            .filter(|stored| stored.is_live())
+            .count()
+    };
+    while live_copies(&sim) > 0 {
+        assert!(sim.now() - crashed <= Duration::from_secs(10), "still live 10 s after the crash");
+        sim.run_until(sim.now() + Duration::from_millis(100));
+    }
+    eprintln!("gone from every replica {:?} after its writer crashed", sim.now() - crashed);
+    assert_eq!(read(&mut sim, 9, b"presence").unwrap(), Vec::new());
+}
+
+#[test]
+fn a_member_writing_10000_entries_a_second_is_refused_and_the_others_keep_working() {
+    let mut sim = routed();
+    let flooder = 5;
+    let mut ops = Vec::new();
+    let mut refused_at_once = 0;
+    for step in 0..100 {
+        for i in 0..100 {
+            let sub = format!("s{step}-{i}");
+            match sim.with_kv(flooder, |kv, now| kv.set(now, b"flood", sub.as_bytes(), b"x", None, false)).unwrap() {
+                Ok(op) => ops.push(op),
+                Err(error) => {
+                    assert_eq!(error, KvError::Busy);
+                    refused_at_once += 1;
+                }
+            }
+        }
+        sim.run_until(sim.now() + Duration::from_millis(10));
+    }
+    // Meanwhile another member writes and reads as usual.
+    assert!(set(&mut sim, 6, b"calm", b"n6", b"fine").is_ok());
+    assert_eq!(read(&mut sim, 7, b"calm").unwrap(), vec![(b"n6".to_vec(), b"fine".to_vec())]);
+    sim.run_until(sim.now() + Duration::from_secs(4));
+    let results: Vec<Result<u64, KvError>> = sim
+        .kv_events(flooder)
+        .into_iter()
+        .filter_map(|(_, event)| match event {
+            KvEvent::Written { result, .. } => Some(result),
+            _ => None,
+        })
+        .collect();
+    let limited = results.iter().filter(|r| **r == Err(KvError::RateLimited)).count();
+    let stored = results.iter().filter(|r| r.is_ok()).count();
+    eprintln!("{refused_at_once} refused at once (busy), {limited} rate limited, {stored} stored of 10000");
+    assert!(refused_at_once + limited > 9_000, "the flood was mostly refused");
+    // No replica holds more of the flooder's entries than its rate allows in those seconds.
+    let most = (0..sim.len())
+        .filter_map(|i| sim.kv(i))
+        .map(|kv| kv.store().get(b"flood").map_or(0, |subs| subs.len()))
+        .max()
+        .unwrap();
+    let rate = sim.kv(0).unwrap().config().writer_rate;
+    assert!(
+        (most as f64) <= rate.burst + rate.per_second * 2.0,
+        "a replica holds {most} of the flood"
+    );
+}
+
+#[test]
+fn a_full_store_refuses_with_a_clear_error_and_stores_nothing_beyond_its_bound() {
+    let mut config = SimConfig::default();
+    config.kv.limits.max_entries = 20;
+    let mut sim = Simulation::new(common::bundled_planetlab(), &config);
+    sim.run_until(at(40));
+    let mut full = 0;
+    for i in 0..40 {
+        let sub = format!("s{i}");
+        if set(&mut sim, 2, b"one-key", sub.as_bytes(), b"v") == Err(KvError::StoreFull) {
+            full += 1;
+        }
+    }
+    assert_eq!(full, 20, "the first 20 fit, the rest are refused");
+    let most = (0..sim.len())
+        .filter_map(|i| sim.kv(i))
+        .map(|kv| kv.store().entries())
+        .max()
+        .unwrap();
+    assert_eq!(most, 20);
+}

@@ -335,6 +335,30 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
                 e2e.dropped_unexpected,
                 e2e.dropped_unsent
             );
+            let kv = &status.kv;
+            outln!(
+                out,
+                "kv: {} keys, {} entries ({} bytes) held · view {} · writes {} ok, {} failed · \
+                 reads {} ok, {} failed, {} hedged",
+                kv.keys,
+                kv.entries,
+                kv.bytes,
+                kv.view,
+                kv.writes_ok,
+                kv.writes_failed,
+                kv.reads_ok,
+                kv.reads_failed,
+                kv.hedged_reads
+            );
+            outln!(
+                out,
+                "kv refused: not owner {} · store full {} · rate {} · forged {} · malformed {}",
+                kv.refused_not_owner,
+                kv.refused_full,
+                kv.refused_rate,
+                kv.dropped_forged,
+                kv.dropped_malformed
+            );
         }
         Response::Peers { peers } => {
             outln!(

@@ -235,6 +235,13 @@ impl<O: OverlayNode> Host<O> {
             .expect("a handle names a service of its type")
     }
 
+    /// The service on `port`, if one of type `S` is there.
+    pub fn service_at<S: Service>(&self, port: Port) -> Option<&S> {
+        let slot = *self.ports.get(&port)?;
+        let service: &dyn std::any::Any = self.services[slot].as_ref()?.service.as_ref();
+        service.downcast_ref()
+    }
+
     pub fn handle_input(&mut self, input: Input<'_>) {
         let now = match &input {
             Input::Datagram { now, .. } | Input::Timeout(now) => *now,

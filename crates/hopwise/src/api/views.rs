@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 
 use hopwise_proto::e2e::E2eStats;
+use hopwise_proto::kv::Kv;
+use hopwise_proto::service::ports;
 use hopwise_proto::peers::KnownNode;
 use hopwise_proto::{Coordinate, LinkKind, Node, NodeId};
 use serde::{Deserialize, Serialize};
@@ -143,6 +145,53 @@ pub struct Status {
     pub data_relayed: u64,
     pub data_delivered: u64,
     pub end_to_end: EndToEnd,
+    pub kv: KvStatus,
+}
+
+/// The key-value store of this node: what it holds as a replica, its operations, and what it
+/// refused, by cause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct KvStatus {
+    pub keys: usize,
+    pub entries: usize,
+    pub bytes: usize,
+    /// Members in this node's view (those it places keys on).
+    pub view: usize,
+    pub writes_ok: u64,
+    pub writes_failed: u64,
+    pub reads_ok: u64,
+    pub reads_failed: u64,
+    pub hedged_reads: u64,
+    pub refused_not_owner: u64,
+    pub refused_full: u64,
+    pub refused_rate: u64,
+    pub dropped_forged: u64,
+    pub dropped_malformed: u64,
+}
+
+impl KvStatus {
+    fn new(host: &NodeHost) -> Self {
+        let Some(kv) = host.service_at::<Kv>(ports::KV) else {
+            return Self::default();
+        };
+        let stats = kv.stats();
+        Self {
+            keys: kv.store().key_count(),
+            entries: kv.store().entries(),
+            bytes: kv.store().bytes(),
+            view: kv.view().len(),
+            writes_ok: stats.writes_ok,
+            writes_failed: stats.writes_failed,
+            reads_ok: stats.reads_ok,
+            reads_failed: stats.reads_failed,
+            hedged_reads: stats.hedged,
+            refused_not_owner: stats.refused_not_owner,
+            refused_full: stats.refused_full,
+            refused_rate: stats.refused_rate,
+            dropped_forged: stats.forged,
+            dropped_malformed: stats.malformed,
+        }
+    }
 }
 
 /// End-to-end sessions and what their layer dropped, by cause.
@@ -225,6 +274,7 @@ impl Status {
             data_relayed: stats.data_relayed,
             data_delivered: stats.data_delivered,
             end_to_end: EndToEnd::new(host),
+            kv: KvStatus::new(host),
         }
     }
 }
