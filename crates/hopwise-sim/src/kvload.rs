@@ -81,6 +81,9 @@ struct WatchRecord {
     events: HashMap<(Vec<u8>, u64), Instant>,
 }
 
+/// Acknowledged puts by (key, sub-key): when each was acknowledged, and its version.
+type Acknowledged = BTreeMap<(u32, Vec<u8>), Vec<(Instant, u64)>>;
+
 pub struct KvWorkload {
     config: KvWorkloadConfig,
     plan: Vec<Planned>,
@@ -236,7 +239,8 @@ impl KvWorkload {
             Kind::Put => sim.kv(node).map_or(2, |kv| kv.config().write_quorum),
             _ => 1,
         };
-        let replicas = Self::live_replicas(sim, &key, sim.kv(node).map_or(3, |kv| kv.config().replicas));
+        let replicas =
+            Self::live_replicas(sim, &key, sim.kv(node).map_or(3, |kv| kv.config().replicas));
         let reader = sim.node(node).expect("running");
         let mut by_rtt: Vec<(f64, usize)> = replicas
             .iter()
@@ -244,7 +248,9 @@ impl KvWorkload {
                 let rtt = if r == node {
                     0.0
                 } else {
-                    reader.route(&sim.id_of(r)).map_or(f64::MAX, |route| route.metric_ms)
+                    reader
+                        .route(&sim.id_of(r))
+                        .map_or(f64::MAX, |route| route.metric_ms)
                 };
                 (rtt, r)
             })
@@ -320,9 +326,15 @@ impl KvWorkload {
 
     fn take_event(&mut self, node: usize, at: Instant, event: KvEvent) {
         match event {
-            KvEvent::Written { op, result } => self.finish(node, op, at, result.map(|v| (v, Vec::new()))),
+            KvEvent::Written { op, result } => {
+                self.finish(node, op, at, result.map(|v| (v, Vec::new())))
+            }
             KvEvent::Read { op, result } => {
-                if let Some(index) = self.verification.iter().position(|(_, n, o)| *n == node && *o == op) {
+                if let Some(index) = self
+                    .verification
+                    .iter()
+                    .position(|(_, n, o)| *n == node && *o == op)
+                {
                     let key = self.verification[index].0;
                     self.verification_results.insert(key, result);
                     return;
@@ -340,7 +352,13 @@ impl KvWorkload {
         }
     }
 
-    fn finish(&mut self, node: usize, op: OpId, at: Instant, result: Result<(u64, Vec<Entry>), KvError>) {
+    fn finish(
+        &mut self,
+        node: usize,
+        op: OpId,
+        at: Instant,
+        result: Result<(u64, Vec<Entry>), KvError>,
+    ) {
         let Some(number) = self.pending.remove(&(node, op)) else {
             return;
         };
@@ -365,17 +383,22 @@ impl KvWorkload {
             let mut ratios: Vec<f64> = done()
                 .filter(|d| matches!(d.started.kind, Kind::Put) == kind_put)
                 .filter(|d| !matches!(d.started.kind, Kind::Watch) && !d.started.local)
-                .filter_map(|d| Some(d.latency_ms / d.started.compared_rtt_ms.filter(|&r| r > 0.0)?))
+                .filter_map(|d| {
+                    Some(d.latency_ms / d.started.compared_rtt_ms.filter(|&r| r > 0.0)?)
+                })
                 .collect();
             percentiles(&mut ratios)
         };
         // Acknowledged puts: (key, sub) to the acknowledgement times and versions, in order.
-        let mut acked: BTreeMap<(u32, Vec<u8>), Vec<(Instant, u64)>> = BTreeMap::new();
+        let mut acked: Acknowledged = BTreeMap::new();
         let mut put_acks = Vec::new();
         for d in done().filter(|d| matches!(d.started.kind, Kind::Put)) {
             let ack_at = d.started.at + Duration::from_micros((d.latency_ms * 1_000.0) as i64);
             let sub = sub_name(d.started.node);
-            acked.entry((d.started.key, sub.clone())).or_default().push((ack_at, d.version));
+            acked
+                .entry((d.started.key, sub.clone()))
+                .or_default()
+                .push((ack_at, d.version));
             put_acks.push((d.started.key, sub, d.version, ack_at));
         }
         for acks in acked.values_mut() {
@@ -383,7 +406,9 @@ impl KvWorkload {
         }
         // A get is stale if, for a sub-key acknowledged before it started, it read an older
         // version (or nothing).
-        let gets: Vec<&Done> = done().filter(|d| matches!(d.started.kind, Kind::Get)).collect();
+        let gets: Vec<&Done> = done()
+            .filter(|d| matches!(d.started.kind, Kind::Get))
+            .collect();
         let stale = gets
             .iter()
             .filter(|get| {
@@ -395,13 +420,25 @@ impl KvWorkload {
                         let Some(&(_, version)) = before.checked_sub(1).map(|i| &acks[i]) else {
                             return false;
                         };
-                        let read = get.entries.iter().find(|e| &e.sub == sub).map_or(0, |e| e.version);
+                        let read = get
+                            .entries
+                            .iter()
+                            .find(|e| &e.sub == sub)
+                            .map_or(0, |e| e.version);
                         read < version
                     })
             })
             .count();
-        let failed_gets = self.failed.iter().filter(|(k, _)| matches!(k, Kind::Get)).count();
-        let failed_puts = self.failed.iter().filter(|(k, _)| matches!(k, Kind::Put)).count();
+        let failed_gets = self
+            .failed
+            .iter()
+            .filter(|(k, _)| matches!(k, Kind::Get))
+            .count();
+        let failed_puts = self
+            .failed
+            .iter()
+            .filter(|(k, _)| matches!(k, Kind::Put))
+            .count();
         // Lost: the newest acknowledged version of a sub-key that the final read did not find.
         let mut lost = 0;
         let mut verify_failed = 0;
@@ -409,7 +446,10 @@ impl KvWorkload {
             let version = acks.iter().map(|(_, v)| *v).max().unwrap_or(0);
             match self.verification_results.get(key) {
                 Some(Ok(entries)) => {
-                    let read = entries.iter().find(|e| &e.sub == sub).map_or(0, |e| e.version);
+                    let read = entries
+                        .iter()
+                        .find(|e| &e.sub == sub)
+                        .map_or(0, |e| e.version);
                     if read < version {
                         lost += 1;
                     }
@@ -466,7 +506,11 @@ impl KvWorkload {
         let per_datagram = hopwise_proto::e2e::OVERHEAD as u64
             + (hopwise_proto::wire::MAX_DATAGRAM - hopwise_proto::wire::MAX_PAYLOAD) as u64
             + IP_UDP_HEADER_BYTES
-            + if secure { hopwise_proto::secure::OVERHEAD as u64 } else { 0 };
+            + if secure {
+                hopwise_proto::secure::OVERHEAD as u64
+            } else {
+                0
+            };
         let node_seconds = sim.len() as f64 * duration.as_secs_f64();
         let sum = |f: fn(&hopwise_proto::kv::KvStats) -> u64| stats.iter().map(f).sum::<u64>();
         KvReport {

@@ -10,8 +10,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::datagrams::{DatagramWorkload, E2eReport};
-use crate::kvload::{KvReport, KvWorkload, KvWorkloadConfig};
 use crate::flows::{FLOW_INTERVAL, Flows};
+use crate::kvload::{KvReport, KvWorkload, KvWorkloadConfig};
 use crate::matrix::Matrix;
 use crate::metrics::{Accuracy, coordinate_accuracy, percentile};
 use crate::paths::{PairResult, WARM_UP, choose_pairs, evaluate};

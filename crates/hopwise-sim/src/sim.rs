@@ -9,11 +9,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use hopwise_proto::e2e::{E2eStats, Port};
-use hopwise_proto::secure::{Keys, SecureNode, SecureStats, crypto};
 use hopwise_proto::kv::{Kv, KvConfig, KvStats};
-use hopwise_proto::service::{
-    Host, OverlayNode, RegisterError, Service, ServiceHandle, ports,
-};
+use hopwise_proto::secure::{Keys, SecureNode, SecureStats, crypto};
+use hopwise_proto::service::{Host, OverlayNode, RegisterError, Service, ServiceHandle, ports};
 use hopwise_proto::{
     Algorithm, Config, Coordinate, Duration, Event, Input, Instant, Node, NodeId, NodeStats,
     Output, PayloadTooLarge, ZoneConfig,
@@ -561,7 +559,11 @@ impl Simulation {
 
     /// Runs a user call on the key-value store of node `index` now (see
     /// [`Simulation::with_service`]).
-    pub fn with_kv<R>(&mut self, index: usize, call: impl FnOnce(&mut Kv, Instant) -> R) -> Option<R> {
+    pub fn with_kv<R>(
+        &mut self,
+        index: usize,
+        call: impl FnOnce(&mut Kv, Instant) -> R,
+    ) -> Option<R> {
         let handle = self.kv_handles[index]?;
         let now = self.now;
         self.with_service(index, handle, |kv| call(kv, now))

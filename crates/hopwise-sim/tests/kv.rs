@@ -18,14 +18,22 @@ fn routed() -> Simulation {
 }
 
 fn written(sim: &mut Simulation, node: usize, op: OpId) -> Option<Result<u64, KvError>> {
-    sim.kv_events(node).into_iter().find_map(|(_, event)| match event {
-        KvEvent::Written { op: done, result } if done == op => Some(result),
-        _ => None,
-    })
+    sim.kv_events(node)
+        .into_iter()
+        .find_map(|(_, event)| match event {
+            KvEvent::Written { op: done, result } if done == op => Some(result),
+            _ => None,
+        })
 }
 
-fn read(sim: &mut Simulation, node: usize, key: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
-    let op = sim.with_kv(node, |kv, now| kv.get(now, key, None)).unwrap().unwrap();
+/// Sub-keys and values.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn read(sim: &mut Simulation, node: usize, key: &[u8]) -> Result<Entries, KvError> {
+    let op = sim
+        .with_kv(node, |kv, now| kv.get(now, key, None))
+        .unwrap()
+        .unwrap();
     let until = sim.now() + Duration::from_secs(4);
     while sim.now() < until {
         let step = sim.now() + Duration::from_millis(10);
@@ -34,16 +42,21 @@ fn read(sim: &mut Simulation, node: usize, key: &[u8]) -> Result<Vec<(Vec<u8>, V
             if let KvEvent::Read { op: done, result } = event
                 && done == op
             {
-                return result.map(|entries| {
-                    entries.into_iter().map(|e| (e.sub, e.value)).collect()
-                });
+                return result
+                    .map(|entries| entries.into_iter().map(|e| (e.sub, e.value)).collect());
             }
         }
     }
     panic!("no answer to a read");
 }
 
-fn set(sim: &mut Simulation, node: usize, key: &[u8], sub: &[u8], value: &[u8]) -> Result<u64, KvError> {
+fn set(
+    sim: &mut Simulation,
+    node: usize,
+    key: &[u8],
+    sub: &[u8],
+    value: &[u8],
+) -> Result<u64, KvError> {
     let op = sim
         .with_kv(node, |kv, now| kv.set(now, key, sub, value, None, false))
         .unwrap()
@@ -65,25 +78,42 @@ fn a_value_set_on_one_node_is_read_on_every_other() {
     set(&mut sim, 3, b"colour", b"n3", b"blue").unwrap();
     for node in 0..sim.len() {
         let entries = read(&mut sim, node, b"colour").unwrap();
-        assert_eq!(entries, vec![(b"n3".to_vec(), b"blue".to_vec())], "node {node}");
+        assert_eq!(
+            entries,
+            vec![(b"n3".to_vec(), b"blue".to_vec())],
+            "node {node}"
+        );
     }
     let holders = (0..sim.len())
         .filter(|&i| sim.kv(i).unwrap().store().get(b"colour").is_some())
         .count();
-    assert_eq!(holders, 3, "the key is on its three replicas and nowhere else");
+    assert_eq!(
+        holders, 3,
+        "the key is on its three replicas and nowhere else"
+    );
 }
 
 #[test]
 fn only_the_writer_changes_its_entry() {
     let mut sim = routed();
     set(&mut sim, 3, b"k", b"s", b"mine").unwrap();
-    assert_eq!(set(&mut sim, 4, b"k", b"s", b"theirs"), Err(KvError::NotOwner));
-    assert_eq!(read(&mut sim, 9, b"k").unwrap(), vec![(b"s".to_vec(), b"mine".to_vec())]);
+    assert_eq!(
+        set(&mut sim, 4, b"k", b"s", b"theirs"),
+        Err(KvError::NotOwner)
+    );
+    assert_eq!(
+        read(&mut sim, 9, b"k").unwrap(),
+        vec![(b"s".to_vec(), b"mine".to_vec())]
+    );
     set(&mut sim, 3, b"k", b"s", b"changed").unwrap();
-    assert_eq!(read(&mut sim, 9, b"k").unwrap(), vec![(b"s".to_vec(), b"changed".to_vec())]);
+    assert_eq!(
+        read(&mut sim, 9, b"k").unwrap(),
+        vec![(b"s".to_vec(), b"changed".to_vec())]
+    );
     let too_long = vec![b'x'; 1_025];
     assert!(matches!(
-        sim.with_kv(3, |kv, now| kv.set(now, b"k", b"s", &too_long, None, false)).unwrap(),
+        sim.with_kv(3, |kv, now| kv.set(now, b"k", b"s", &too_long, None, false))
+            .unwrap(),
         Err(KvError::TooLarge { .. })
     ));
 }
@@ -93,7 +123,10 @@ fn a_key_survives_losing_two_of_its_three_replicas_and_is_back_on_three_within_1
     let mut sim = routed();
     set(&mut sim, 0, b"precious", b"n0", b"data").unwrap();
     let replicas = sim.kv(0).unwrap().replicas_of(b"precious");
-    let index: Vec<usize> = replicas.iter().map(|id| sim.index_of_id(id).unwrap()).collect();
+    let index: Vec<usize> = replicas
+        .iter()
+        .map(|id| sim.index_of_id(id).unwrap())
+        .collect();
     let reader = (0..sim.len()).find(|i| !index.contains(i)).unwrap();
     sim.stop_node(index[0]);
     sim.stop_node(index[1]);
@@ -106,7 +139,10 @@ fn a_key_survives_losing_two_of_its_three_replicas_and_is_back_on_three_within_1
     while sim.now() < killed + Duration::from_secs(30) {
         sim.run_until(sim.now() + Duration::from_millis(250));
         let live_holders = (0..sim.len())
-            .filter(|&i| sim.kv(i).is_some_and(|kv| kv.store().get(b"precious").is_some()))
+            .filter(|&i| {
+                sim.kv(i)
+                    .is_some_and(|kv| kv.store().get(b"precious").is_some())
+            })
             .count();
         if live_holders >= 3 {
             back_after = Some(sim.now() - killed);
@@ -115,29 +151,45 @@ fn a_key_survives_losing_two_of_its_three_replicas_and_is_back_on_three_within_1
     }
     let back_after = back_after.expect("the key is back on three live replicas");
     eprintln!("back on three live replicas after {back_after:?}");
-    assert!(back_after <= Duration::from_secs(10), "back on three after {back_after:?}");
+    assert!(
+        back_after <= Duration::from_secs(10),
+        "back on three after {back_after:?}"
+    );
 }
 
 #[test]
 fn a_watch_sees_set_del_and_expire_in_version_order() {
     let mut sim = routed();
-    let watch = sim.with_kv(7, |kv, now| kv.watch(now, b"w")).unwrap().unwrap();
+    let watch = sim
+        .with_kv(7, |kv, now| kv.watch(now, b"w"))
+        .unwrap()
+        .unwrap();
     sim.run_until(sim.now() + Duration::from_secs(1));
     set(&mut sim, 1, b"w", b"a", b"1").unwrap();
     let op = sim
-        .with_kv(2, |kv, now| kv.set(now, b"w", b"b", b"2", Some(Duration::from_secs(3)), false))
+        .with_kv(2, |kv, now| {
+            kv.set(now, b"w", b"b", b"2", Some(Duration::from_secs(3)), false)
+        })
         .unwrap()
         .unwrap();
     sim.run_until(sim.now() + Duration::from_secs(1));
     assert!(matches!(written(&mut sim, 2, op), Some(Ok(_))));
-    let del = sim.with_kv(1, |kv, now| kv.del(now, b"w", b"a")).unwrap().unwrap();
+    let del = sim
+        .with_kv(1, |kv, now| kv.del(now, b"w", b"a"))
+        .unwrap()
+        .unwrap();
     sim.run_until(sim.now() + Duration::from_secs(6));
     assert!(matches!(written(&mut sim, 1, del), Some(Ok(_))));
     let events: Vec<(EventKind, Vec<u8>)> = sim
         .kv_events(7)
         .into_iter()
         .filter_map(|(_, e)| match e {
-            KvEvent::Watched { watch: w, kind, entry, .. } if w == watch => Some((kind, entry.sub)),
+            KvEvent::Watched {
+                watch: w,
+                kind,
+                entry,
+                ..
+            } if w == watch => Some((kind, entry.sub)),
             _ => None,
         })
         .collect();
@@ -157,7 +209,9 @@ fn a_watch_sees_set_del_and_expire_in_version_order() {
 fn an_ephemeral_entry_expires_within_10_s_of_its_writer_crashing() {
     let mut sim = routed();
     let op = sim
-        .with_kv(3, |kv, now| kv.set(now, b"presence", b"n3", b"here", None, true))
+        .with_kv(3, |kv, now| {
+            kv.set(now, b"presence", b"n3", b"here", None, true)
+        })
         .unwrap()
         .unwrap();
     sim.run_until(sim.now() + Duration::from_secs(1));
@@ -172,10 +226,16 @@ fn an_ephemeral_entry_expires_within_10_s_of_its_writer_crashing() {
             .count()
     };
     while live_copies(&sim) > 0 {
-        assert!(sim.now() - crashed <= Duration::from_secs(10), "still live 10 s after the crash");
+        assert!(
+            sim.now() - crashed <= Duration::from_secs(10),
+            "still live 10 s after the crash"
+        );
         sim.run_until(sim.now() + Duration::from_millis(100));
     }
-    eprintln!("gone from every replica {:?} after its writer crashed", sim.now() - crashed);
+    eprintln!(
+        "gone from every replica {:?} after its writer crashed",
+        sim.now() - crashed
+    );
     assert_eq!(read(&mut sim, 9, b"presence").unwrap(), Vec::new());
 }
 
@@ -188,7 +248,12 @@ fn a_member_writing_10000_entries_a_second_is_refused_and_the_others_keep_workin
     for step in 0..100 {
         for i in 0..100 {
             let sub = format!("s{step}-{i}");
-            match sim.with_kv(flooder, |kv, now| kv.set(now, b"flood", sub.as_bytes(), b"x", None, false)).unwrap() {
+            match sim
+                .with_kv(flooder, |kv, now| {
+                    kv.set(now, b"flood", sub.as_bytes(), b"x", None, false)
+                })
+                .unwrap()
+            {
                 Ok(op) => ops.push(op),
                 Err(error) => {
                     assert_eq!(error, KvError::Busy);
@@ -200,7 +265,10 @@ fn a_member_writing_10000_entries_a_second_is_refused_and_the_others_keep_workin
     }
     // Meanwhile another member writes and reads as usual.
     assert!(set(&mut sim, 6, b"calm", b"n6", b"fine").is_ok());
-    assert_eq!(read(&mut sim, 7, b"calm").unwrap(), vec![(b"n6".to_vec(), b"fine".to_vec())]);
+    assert_eq!(
+        read(&mut sim, 7, b"calm").unwrap(),
+        vec![(b"n6".to_vec(), b"fine".to_vec())]
+    );
     sim.run_until(sim.now() + Duration::from_secs(4));
     let results: Vec<Result<u64, KvError>> = sim
         .kv_events(flooder)
@@ -210,10 +278,18 @@ fn a_member_writing_10000_entries_a_second_is_refused_and_the_others_keep_workin
             _ => None,
         })
         .collect();
-    let limited = results.iter().filter(|r| **r == Err(KvError::RateLimited)).count();
+    let limited = results
+        .iter()
+        .filter(|r| **r == Err(KvError::RateLimited))
+        .count();
     let stored = results.iter().filter(|r| r.is_ok()).count();
-    eprintln!("{refused_at_once} refused at once (busy), {limited} rate limited, {stored} stored of 10000");
-    assert!(refused_at_once + limited > 9_000, "the flood was mostly refused");
+    eprintln!(
+        "{refused_at_once} refused at once (busy), {limited} rate limited, {stored} stored of 10000"
+    );
+    assert!(
+        refused_at_once + limited > 9_000,
+        "the flood was mostly refused"
+    );
     // No replica holds more of the flooder's entries than its rate allows in those seconds.
     let most = (0..sim.len())
         .filter_map(|i| sim.kv(i))

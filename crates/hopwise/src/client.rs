@@ -461,7 +461,11 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
             }
             for node in nodes {
                 let rtt = node.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1} ms"));
-                let how = if node.measured { "measured" } else { "predicted" };
+                let how = if node.measured {
+                    "measured"
+                } else {
+                    "predicted"
+                };
                 outln!(out, "{}  {rtt} ({how})", node.id);
             }
         }

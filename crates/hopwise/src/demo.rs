@@ -157,7 +157,10 @@ fn print_how_to_talk(net: &Testnet) {
     );
     println!("  hopwise trace {far} --api {}", first.api);
     println!("  hopwise resolve {far} --api {}", first.api);
-    println!("  hopwise kv watch greeting --api {}        (in another terminal)", last.api);
+    println!(
+        "  hopwise kv watch greeting --api {}        (in another terminal)",
+        last.api
+    );
     println!("  hopwise kv set greeting {here} hello --api {}", first.api);
     println!("  hopwise kv get greeting --api {}", last.api);
 }

@@ -160,7 +160,10 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
     }
     let listed = args.alias.join(",").len();
     if listed > hopwise_proto::kv::MAX_VALUE {
-        bail!("the aliases take {listed} bytes; at most {} in all", hopwise_proto::kv::MAX_VALUE);
+        bail!(
+            "the aliases take {listed} bytes; at most {} in all",
+            hopwise_proto::kv::MAX_VALUE
+        );
     }
     let store_file = args.data_dir.as_deref().map(StoreFile::open).transpose()?;
     let listen = args.listen.unwrap_or(DEFAULT_LISTEN.parse()?);

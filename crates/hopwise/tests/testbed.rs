@@ -2,37 +2,23 @@
 //! encryption, with the latencies of the bundled city matrix applied by the testbed delays.
 //! Each test uses its own loopback subnet, so they may run at the same time.
 
+mod common;
+
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hopwise::api::{Request, Response, TraceReport};
 use hopwise::client::call;
 use hopwise::testnet::Testnet;
 use hopwise_sim::paths::measure_overlay;
-use hopwise_sim::{Matrix, SimConfig, Simulation, Unit};
+use hopwise_sim::{Matrix, SimConfig, Simulation};
+
+use common::{binary, cities, scratch};
 use tokio::task::JoinSet;
 
-const CITIES: &str = include_str!("../data/cities30.csv");
 const NETWORK_KEY: [u8; 32] = [7; 32];
 /// Seconds the demo also waits after full routes, for relays to be chosen.
 const SETTLE: Duration = Duration::from_secs(10);
-
-fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_hopwise"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hopwise-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn cities(n: usize) -> Matrix {
-    Matrix::parse(CITIES, Unit::Milliseconds)
-        .expect("bundled matrix")
-        .truncated(n)
-}
 
 /// The fastest of three traces for every pair, traced concurrently.
 async fn fastest_traces(net: &Testnet, pairs: &[(usize, usize)]) -> Vec<Option<TraceReport>> {
@@ -501,9 +487,20 @@ async fn the_control_api_speaks_netloc_and_survives_bad_requests() {
         .collect();
     assert_eq!(
         reasons,
-        ["bad request", "bad request", "bad node address", "bad request", "node not found"]
+        [
+            "bad request",
+            "bad request",
+            "bad node address",
+            "bad request",
+            "node not found"
+        ]
     );
-    assert!(answers[5]["error"].as_str().unwrap().contains("not an address"));
+    assert!(
+        answers[5]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an address")
+    );
     // netloc's shapes: a location, a node's info by address, the most recent nodes, the map.
     let loc = &answers[0]["loc"];
     for field in ["x1", "x2", "height", "pos_err", "iteration"] {

@@ -434,7 +434,11 @@ fn write_response(
 ) -> Option<Vec<u8>> {
     let mut message = vec![0; wire::RESPONSE_MESSAGE_LEN + answer.len()];
     let len = state.write_message(answer, &mut message).ok()?;
-    Some(wire::response(initiator_index, responder_index, &message[..len]))
+    Some(wire::response(
+        initiator_index,
+        responder_index,
+        &message[..len],
+    ))
 }
 
 /// Whether the peer of a handshake proved the static key of `peer`'s id.

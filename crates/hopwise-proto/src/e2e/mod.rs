@@ -445,7 +445,13 @@ impl EndToEnd {
         }
     }
 
-    fn queue(&mut self, now: Instant, to: NodeId, plain: Vec<u8>, early: bool) -> Result<(), SendError> {
+    fn queue(
+        &mut self,
+        now: Instant,
+        to: NodeId,
+        plain: Vec<u8>,
+        early: bool,
+    ) -> Result<(), SendError> {
         if self.queued >= MAX_QUEUED {
             return Err(SendError::QueueFull);
         }

@@ -307,7 +307,10 @@ fn an_early_request_is_answered_in_the_response_and_arrives_again_authenticated(
     let early = pair.received(1);
     assert_eq!(early.len(), 1);
     assert!(early[0].early);
-    assert_eq!((early[0].from, early[0].data.as_slice()), (a, &b"read k"[..]));
+    assert_eq!(
+        (early[0].from, early[0].data.as_slice()),
+        (a, &b"read k"[..])
+    );
     // b's answer rides the response: a has it, authenticated, after one round trip.
     pair.ends[1]
         .send_early(pair.now, a, Port(9), Port(7), b"k = 1")
@@ -316,7 +319,10 @@ fn an_early_request_is_answered_in_the_response_and_arrives_again_authenticated(
     let answer = pair.received(0);
     assert_eq!(answer.len(), 1);
     assert!(!answer[0].early);
-    assert_eq!((answer[0].from, answer[0].data.as_slice()), (b, &b"k = 1"[..]));
+    assert_eq!(
+        (answer[0].from, answer[0].data.as_slice()),
+        (b, &b"k = 1"[..])
+    );
     // The finish proves a: the request arrives again, authenticated, and only once.
     pair.exchange();
     let again = pair.received(1);

@@ -108,9 +108,9 @@ impl<'a> Datagram<'a> {
             }),
             Some(&TYPE_RESPONSE) if (RESPONSE_LEN..=MAX_PAYLOAD).contains(&bytes.len()) => {
                 Ok(Self::Response {
-                initiator: u32_at(bytes, 1),
-                responder: u32_at(bytes, 5),
-                message: &bytes[9..],
+                    initiator: u32_at(bytes, 1),
+                    responder: u32_at(bytes, 5),
+                    message: &bytes[9..],
                 })
             }
             Some(&TYPE_FINISH) if bytes.len() >= FINISH_HEADER_LEN + FINISH_MESSAGE_MIN => {

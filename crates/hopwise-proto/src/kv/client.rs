@@ -218,10 +218,13 @@ impl super::Kv {
                     let (op, version) = (put.op, put.entry.version);
                     self.remember_own(now, req);
                     self.stats.writes_ok += 1;
-                    self.emit(now, KvEvent::Written {
-                        op,
-                        result: Ok(version),
-                    });
+                    self.emit(
+                        now,
+                        KvEvent::Written {
+                            op,
+                            result: Ok(version),
+                        },
+                    );
                 }
                 let put = self.puts.get(&req).expect("present");
                 if put.acked.len() == put.targets.len() {
@@ -248,10 +251,13 @@ impl super::Kv {
         let put = self.puts.remove(&req).expect("present");
         if !put.answered {
             self.stats.writes_failed += 1;
-            self.emit(now, KvEvent::Written {
-                op: put.op,
-                result: Err(error),
-            });
+            self.emit(
+                now,
+                KvEvent::Written {
+                    op: put.op,
+                    result: Err(error),
+                },
+            );
         }
     }
 
@@ -335,10 +341,7 @@ impl super::Kv {
         let Some(get) = self.gets.get_mut(&req) else {
             return;
         };
-        if !get.targets[..get.asked].iter().any(|m| m.id == from)
-            || parts == 0
-            || part >= parts
-        {
+        if !get.targets[..get.asked].iter().any(|m| m.id == from) || parts == 0 || part >= parts {
             return;
         }
         let received = get
@@ -378,10 +381,13 @@ impl super::Kv {
                 get.next_hedge = Instant::MAX;
                 get.give_up_at = now + READ_REPAIR_WINDOW;
                 self.stats.reads_ok += 1;
-                self.emit(now, KvEvent::Read {
-                    op,
-                    result: Ok(live),
-                });
+                self.emit(
+                    now,
+                    KvEvent::Read {
+                        op,
+                        result: Ok(live),
+                    },
+                );
                 for node in silent {
                     self.send(from, KvMessage::Suspect { node });
                 }
@@ -409,10 +415,13 @@ impl super::Kv {
                 for (to, entries) in [(first, to_first), (from, to_second)] {
                     if !entries.is_empty() {
                         self.stats.read_repairs += 1;
-                        self.send(to, KvMessage::Push {
-                            key: key.clone(),
-                            entries,
-                        });
+                        self.send(
+                            to,
+                            KvMessage::Push {
+                                key: key.clone(),
+                                entries,
+                            },
+                        );
                     }
                 }
             }
@@ -455,7 +464,9 @@ impl super::Kv {
 
     /// Attaches a watch to the nearest replica that has not failed it (or renews it there).
     fn attach(&mut self, now: Instant, id: u64) {
-        let replicas = self.view.by_rtt(key_hash(&self.watches[&id].key), self.config.replicas);
+        let replicas = self
+            .view
+            .by_rtt(key_hash(&self.watches[&id].key), self.config.replicas);
         let state = self.watches.get_mut(&id).expect("present");
         let keep = state
             .attached
@@ -512,8 +523,11 @@ impl super::Kv {
         if state.sync_parts.iter().any(Option::is_none) {
             return;
         }
-        let entries: Vec<WireEntry> =
-            std::mem::take(&mut state.sync_parts).into_iter().flatten().flatten().collect();
+        let entries: Vec<WireEntry> = std::mem::take(&mut state.sync_parts)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
         state.awaiting = None;
         state.failed.clear();
         for entry in entries {
@@ -567,12 +581,15 @@ impl super::Kv {
         // A tombstone of something this watch never saw alive is no news to its user.
         if kind == EventKind::Set || was_live {
             let key = state.key.clone();
-            self.emit(now, KvEvent::Watched {
-                watch: WatchId(watch),
-                key,
-                kind,
-                entry: entry_of(&entry),
-            });
+            self.emit(
+                now,
+                KvEvent::Watched {
+                    watch: WatchId(watch),
+                    key,
+                    kind,
+                    entry: entry_of(&entry),
+                },
+            );
         }
     }
 
@@ -628,10 +645,13 @@ impl super::Kv {
                     } else {
                         KvError::TimedOut
                     };
-                    self.emit(now, KvEvent::Written {
-                        op: put.op,
-                        result: Err(error),
-                    });
+                    self.emit(
+                        now,
+                        KvEvent::Written {
+                            op: put.op,
+                            result: Err(error),
+                        },
+                    );
                 }
                 continue;
             }
@@ -669,10 +689,13 @@ impl super::Kv {
                 let get = self.gets.remove(&req).expect("present");
                 if get.answer.is_none() {
                     self.stats.reads_failed += 1;
-                    self.emit(now, KvEvent::Read {
-                        op: get.op,
-                        result: Err(KvError::TimedOut),
-                    });
+                    self.emit(
+                        now,
+                        KvEvent::Read {
+                            op: get.op,
+                            result: Err(KvError::TimedOut),
+                        },
+                    );
                 }
                 continue;
             }

@@ -35,11 +35,10 @@ use crate::service::{Message, Service, ServiceTransmit, ports};
 use crate::{Duration, Instant, NodeId};
 use client::{PendingGet, PendingPut, WatchState};
 use placement::View;
-pub use store::{Change, Limits, Stored};
 use store::Store;
+pub use store::{Change, Limits, Stored};
 pub use wire::State;
 use wire::{KvMessage, PutStatus};
-
 
 pub const MAX_KEY: usize = 255;
 pub const MAX_SUB: usize = 255;
@@ -104,7 +103,11 @@ impl Default for KvConfig {
 #[non_exhaustive]
 pub enum KvError {
     /// A key, sub-key or value longer than its bound.
-    TooLarge { what: &'static str, len: usize, max: usize },
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     /// Another node wrote the live entry.
     NotOwner,
     StoreFull,
@@ -171,9 +174,15 @@ impl EventKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvEvent {
     /// A `set` or `del` finished: the version written, or why not.
-    Written { op: OpId, result: Result<u64, KvError> },
+    Written {
+        op: OpId,
+        result: Result<u64, KvError>,
+    },
     /// A `get` finished with the live entries it found.
-    Read { op: OpId, result: Result<Vec<Entry>, KvError> },
+    Read {
+        op: OpId,
+        result: Result<Vec<Entry>, KvError>,
+    },
     /// A watched key changed (`value` is empty for `del` and `expire`).
     Watched {
         watch: WatchId,
@@ -371,12 +380,19 @@ impl Kv {
 
     /// The changes to store on disk since the last call.
     pub fn poll_persist(&mut self) -> Vec<Change> {
-        self.persist.as_mut().map(std::mem::take).unwrap_or_default()
+        self.persist
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Loads entries kept from an earlier run (before the node has any traffic). Repair then
     /// brings them up to date with the other replicas.
-    pub fn restore(&mut self, now: Instant, entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>, Stored)>) {
+    pub fn restore(
+        &mut self,
+        now: Instant,
+        entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>, Stored)>,
+    ) {
         for (key, sub, stored) in entries {
             self.clock = self.clock.max(stored.version);
             self.store.merge(&key, &sub, stored, now);

@@ -98,7 +98,11 @@ impl View {
 
     /// This view less `gone`.
     pub fn without(&self, gone: &[NodeId]) -> Self {
-        let members = self.members.iter().filter(|m| !gone.contains(&m.id)).copied();
+        let members = self
+            .members
+            .iter()
+            .filter(|m| !gone.contains(&m.id))
+            .copied();
         Self::from_members(members.collect())
     }
 
@@ -124,7 +128,11 @@ mod tests {
     #[test]
     fn the_closest_by_xor_in_order() {
         let view = View::from_members((0..64).map(member).collect());
-        let ids: Vec<u64> = view.closest(0b1010, 3).iter().map(|m| m.rtt_ms as u64).collect();
+        let ids: Vec<u64> = view
+            .closest(0b1010, 3)
+            .iter()
+            .map(|m| m.rtt_ms as u64)
+            .collect();
         assert_eq!(ids, vec![0b1010, 0b1011, 0b1000]);
         let all = view.closest(5, 100);
         assert_eq!(all.len(), 64);

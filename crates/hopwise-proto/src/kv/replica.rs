@@ -5,9 +5,7 @@ use std::collections::BTreeSet;
 
 use super::store::{Merged, Stored};
 use super::wire::{KvMessage, PutStatus, WireEntry};
-use super::{
-    MAX_WATCHERS, MAX_WATCHERS_PER_NODE, into_parts, key_hash,
-};
+use super::{MAX_WATCHERS, MAX_WATCHERS_PER_NODE, into_parts, key_hash};
 use crate::{Duration, Instant, NodeId};
 
 /// A replica keeps a watcher this long after its last renewal.
@@ -49,7 +47,11 @@ impl super::Kv {
             self.stats.forged += 1;
             return;
         }
-        let expected = if early { None } else { self.early.take(from, req) };
+        let expected = if early {
+            None
+        } else {
+            self.early.take(from, req)
+        };
         let rate_checked = expected.is_some();
         let status = if early {
             let status = self.check_write(now, from, &key, &entry, false);
@@ -117,7 +119,10 @@ impl super::Kv {
         if entry.ephemeral {
             self.store.renew_lease(from, now);
         }
-        match self.store.merge(key, &entry.sub, Stored::from_wire(entry, now), now) {
+        match self
+            .store
+            .merge(key, &entry.sub, Stored::from_wire(entry, now), now)
+        {
             Merged::Applied => PutStatus::Stored,
             Merged::Older(version) if version == entry.version => PutStatus::Stored,
             Merged::Older(_) => PutStatus::Stale,
@@ -182,10 +187,20 @@ impl super::Kv {
         }
     }
 
-    pub(super) fn on_watch(&mut self, now: Instant, from: NodeId, watch: u64, key: Vec<u8>, digest: u64) {
+    pub(super) fn on_watch(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        watch: u64,
+        key: Vec<u8>,
+        digest: u64,
+    ) {
         let until = now + WATCHER_LEASE;
         let watchers = self.watchers.entry(key.clone()).or_default();
-        if let Some(existing) = watchers.iter_mut().find(|w| w.node == from && w.watch == watch) {
+        if let Some(existing) = watchers
+            .iter_mut()
+            .find(|w| w.node == from && w.watch == watch)
+        {
             existing.until = until;
         } else {
             let from_node = self
@@ -231,7 +246,13 @@ impl super::Kv {
         self.watchers.retain(|_, watchers| !watchers.is_empty());
     }
 
-    pub(super) fn notify_watchers(&mut self, now: Instant, key: &[u8], sub: &[u8], stored: &Stored) {
+    pub(super) fn notify_watchers(
+        &mut self,
+        now: Instant,
+        key: &[u8],
+        sub: &[u8],
+        stored: &Stored,
+    ) {
         let Some(watchers) = self.watchers.get(key) else {
             return;
         };
@@ -372,7 +393,10 @@ impl super::Kv {
         for keys in chunks {
             self.send(peer, KvMessage::Digest { keys });
         }
-        let entry = self.awaiting_ack.entry(peer).or_insert((now + timeout, hinted));
+        let entry = self
+            .awaiting_ack
+            .entry(peer)
+            .or_insert((now + timeout, hinted));
         entry.0 = entry.0.min(now + timeout);
         entry.1 |= hinted;
     }
@@ -403,7 +427,12 @@ impl super::Kv {
             self.push_key(now, &key, &[from]);
         }
         for chunk in pull.chunks(DIGEST_ITEMS) {
-            self.send(from, KvMessage::Pull { keys: chunk.to_vec() });
+            self.send(
+                from,
+                KvMessage::Pull {
+                    keys: chunk.to_vec(),
+                },
+            );
         }
     }
 
@@ -433,7 +462,9 @@ impl super::Kv {
             let replicas = self.replicas_of(key);
             if !replicas.contains(&self.id) {
                 // Pushed here by a node whose view differs: keep it for a grace period only.
-                self.handoff.entry(key.to_vec()).or_insert(now + HANDOFF_GRACE);
+                self.handoff
+                    .entry(key.to_vec())
+                    .or_insert(now + HANDOFF_GRACE);
             }
             self.placed.insert(key.to_vec(), replicas);
         }

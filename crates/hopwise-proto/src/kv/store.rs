@@ -330,9 +330,7 @@ impl Store {
 }
 
 /// The digest of a key's entries (as [`Store::digest`], for a watcher's own view as well).
-pub fn digest_of<'a>(
-    entries: impl Iterator<Item = (&'a Vec<u8>, &'a Stored)>,
-) -> u64 {
+pub fn digest_of<'a>(entries: impl Iterator<Item = (&'a Vec<u8>, &'a Stored)>) -> u64 {
     let mut hasher = Blake2s256::new();
     let mut any = false;
     for (sub, stored) in entries {
@@ -368,14 +366,23 @@ mod tests {
     fn the_newer_version_wins_and_a_tombstone_beats_its_own_version() {
         let mut store = Store::new(Limits::default());
         let now = Instant::ZERO;
-        assert_eq!(store.merge(b"k", b"s", live(1, 5, b"a"), now), Merged::Applied);
-        assert_eq!(store.merge(b"k", b"s", live(1, 4, b"old"), now), Merged::Older(5));
+        assert_eq!(
+            store.merge(b"k", b"s", live(1, 5, b"a"), now),
+            Merged::Applied
+        );
+        assert_eq!(
+            store.merge(b"k", b"s", live(1, 4, b"old"), now),
+            Merged::Older(5)
+        );
         let tombstone = Stored {
             state: State::Expired,
             ..live(1, 5, b"")
         };
         assert_eq!(store.merge(b"k", b"s", tombstone, now), Merged::Applied);
-        assert_eq!(store.merge(b"k", b"s", live(1, 5, b"a"), now), Merged::Older(5));
+        assert_eq!(
+            store.merge(b"k", b"s", live(1, 5, b"a"), now),
+            Merged::Older(5)
+        );
         assert_eq!(store.entries(), 1);
     }
 
@@ -388,10 +395,19 @@ mod tests {
         };
         let mut store = Store::new(limits);
         let now = Instant::ZERO;
-        assert_eq!(store.merge(b"k", b"1", live(1, 1, b"a"), now), Merged::Applied);
-        assert_eq!(store.merge(b"k", b"2", live(1, 1, b"a"), now), Merged::Applied);
+        assert_eq!(
+            store.merge(b"k", b"1", live(1, 1, b"a"), now),
+            Merged::Applied
+        );
+        assert_eq!(
+            store.merge(b"k", b"2", live(1, 1, b"a"), now),
+            Merged::Applied
+        );
         assert_eq!(store.merge(b"k", b"3", live(1, 1, b"a"), now), Merged::Full);
-        assert_eq!(store.merge(b"k", b"1", live(1, 2, b"b"), now), Merged::Applied);
+        assert_eq!(
+            store.merge(b"k", b"1", live(1, 2, b"b"), now),
+            Merged::Applied
+        );
         assert_eq!(store.entries(), 2);
     }
 

@@ -60,26 +60,68 @@ pub enum PutStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvMessage {
-    Put { req: u64, key: Vec<u8>, entry: WireEntry },
-    PutReply { req: u64, status: PutStatus, current: u64 },
-    Get { req: u64, key: Vec<u8>, sub: Option<Vec<u8>> },
+    Put {
+        req: u64,
+        key: Vec<u8>,
+        entry: WireEntry,
+    },
+    PutReply {
+        req: u64,
+        status: PutStatus,
+        current: u64,
+    },
+    Get {
+        req: u64,
+        key: Vec<u8>,
+        sub: Option<Vec<u8>>,
+    },
     /// One part of the answer: entries travel in parts of a bounded size.
-    GetReply { req: u64, part: u8, parts: u8, entries: Vec<WireEntry> },
+    GetReply {
+        req: u64,
+        part: u8,
+        parts: u8,
+        entries: Vec<WireEntry>,
+    },
     /// Attach (or renew) a watch; `digest` is the watcher's view, to skip an unneeded resync.
-    Watch { watch: u64, key: Vec<u8>, digest: u64 },
-    WatchSync { watch: u64, part: u8, parts: u8, entries: Vec<WireEntry> },
-    WatchAlive { watch: u64 },
-    Event { watch: u64, entry: WireEntry },
-    Unwatch { watch: u64 },
+    Watch {
+        watch: u64,
+        key: Vec<u8>,
+        digest: u64,
+    },
+    WatchSync {
+        watch: u64,
+        part: u8,
+        parts: u8,
+        entries: Vec<WireEntry>,
+    },
+    WatchAlive {
+        watch: u64,
+    },
+    Event {
+        watch: u64,
+        entry: WireEntry,
+    },
+    Unwatch {
+        watch: u64,
+    },
     /// Repair: (key hash, digest of the key's entries) for keys both ends should hold.
-    Digest { keys: Vec<(u64, u64)> },
+    Digest {
+        keys: Vec<(u64, u64)>,
+    },
     DigestAck,
-    Pull { keys: Vec<u64> },
-    Push { key: Vec<u8>, entries: Vec<WireEntry> },
+    Pull {
+        keys: Vec<u64>,
+    },
+    Push {
+        key: Vec<u8>,
+        entries: Vec<WireEntry>,
+    },
     /// The sender is alive: its ephemeral entries live on.
     Lease,
     /// The sender could not reach `node`, another replica of a key this node holds.
-    Suspect { node: NodeId },
+    Suspect {
+        node: NodeId,
+    },
 }
 
 const PUT: u8 = 1;
@@ -320,9 +362,9 @@ fn put_entry(out: &mut Vec<u8>, entry: &WireEntry) {
     out.extend_from_slice(&entry.version.to_be_bytes());
     let flags = if entry.ephemeral { EPHEMERAL_BIT } else { 0 };
     out.push(entry.state.rank() | flags);
-    let ttl_ms = entry
-        .ttl
-        .map_or(0, |ttl| (ttl.as_micros() / 1_000).clamp(1, i64::from(u32::MAX)) as u32);
+    let ttl_ms = entry.ttl.map_or(0, |ttl| {
+        (ttl.as_micros() / 1_000).clamp(1, i64::from(u32::MAX)) as u32
+    });
     out.extend_from_slice(&ttl_ms.to_be_bytes());
     if let State::Live(value) = &entry.state {
         out.extend_from_slice(&(value.len() as u16).to_be_bytes());

@@ -74,15 +74,13 @@ fn kv_error(error: KvError) -> Response {
 }
 
 /// The value of a `kv_set`: `value` as text or `value_b64`.
-pub fn value_of(value: Option<String>, value_b64: Option<String>) -> Result<Vec<u8>, Response> {
+pub fn value_of(value: Option<String>, value_b64: Option<String>) -> Result<Vec<u8>, String> {
     match (value, value_b64) {
         (Some(text), None) => Ok(text.into_bytes()),
         (None, Some(b64)) => BASE64
             .decode(b64)
-            .map_err(|error| Response::error(format!("bad request: value_b64: {error}"))),
-        _ => Err(Response::error(
-            "bad request: give exactly one of value and value_b64",
-        )),
+            .map_err(|error| format!("bad request: value_b64: {error}")),
+        _ => Err("bad request: give exactly one of value and value_b64".to_string()),
     }
 }
 
@@ -265,7 +263,8 @@ async fn names(context: &ApiContext) -> std::collections::HashMap<String, String
     let mut reads = tokio::task::JoinSet::new();
     for shard in 0..alias::DIRECTORY_SHARDS {
         let context = context.clone();
-        reads.spawn(async move { get_entries(&context, alias::directory_shard(shard), None).await });
+        reads
+            .spawn(async move { get_entries(&context, alias::directory_shard(shard), None).await });
     }
     let mut names = std::collections::HashMap::new();
     while let Some(read) = reads.join_next().await {

@@ -76,23 +76,49 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
-    Location { loc: Location },
-    NodeInfo { info: NodeInfo },
-    RecentNodes { nodes: Vec<MapNode> },
-    FullMap { nodes: Vec<MapNode> },
+    Location {
+        loc: Location,
+    },
+    NodeInfo {
+        info: NodeInfo,
+    },
+    RecentNodes {
+        nodes: Vec<MapNode>,
+    },
+    FullMap {
+        nodes: Vec<MapNode>,
+    },
     Status(Box<Status>),
-    Peers { peers: Vec<Peer> },
-    Routes { routes: Vec<Route> },
+    Peers {
+        peers: Vec<Peer>,
+    },
+    Routes {
+        routes: Vec<Route>,
+    },
     Trace(TraceReport),
-    KvSet { version: u64 },
-    KvDel { version: u64 },
-    KvGet { entries: Vec<KvEntry> },
+    KvSet {
+        version: u64,
+    },
+    KvDel {
+        version: u64,
+    },
+    KvGet {
+        entries: Vec<KvEntry>,
+    },
     KvEvent(KvEventView),
-    Resolve { name: String, nodes: Vec<Claimant> },
-    Error { error: String },
+    Resolve {
+        name: String,
+        nodes: Vec<Claimant>,
+    },
+    Error {
+        error: String,
+    },
     /// netloc's failure, for the netloc actions and for lines that do not parse: one of
     /// netloc's reasons, and hopwise's detailed error.
-    Failure { reason: String, error: String },
+    Failure {
+        reason: String,
+        error: String,
+    },
 }
 
 /// netloc's failure reasons.

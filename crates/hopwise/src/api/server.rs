@@ -13,8 +13,8 @@ use super::views::{
     self, AliasChoice, Location, MapNode, NodeInfo, Status, TraceReport, WallClock,
 };
 use super::{Request, Response, kv, reasons};
-use hopwise_proto::NodeId;
 use crate::runner::{Clock, ControlRequest, NodeHost};
+use hopwise_proto::NodeId;
 
 /// Longest request line accepted; longer ones are answered with an error and skipped.
 const MAX_LINE: usize = 64 * 1024;
@@ -74,7 +74,9 @@ async fn serve_connection(stream: TcpStream, context: &ApiContext) -> std::io::R
                     kv::name_nodes(context, &mut response).await;
                     response
                 }
-                Err(error) => Response::failure(reasons::BAD_REQUEST, format!("bad request: {error}")),
+                Err(error) => {
+                    Response::failure(reasons::BAD_REQUEST, format!("bad request: {error}"))
+                }
             },
         };
         kv::write_line(&mut write, &response).await?;
@@ -244,7 +246,7 @@ async fn answer(context: &ApiContext, request: Request) -> Response {
             ephemeral,
         } => match kv::value_of(value, value_b64) {
             Ok(value) => kv::set(context, key, sub, value, ttl_s, ephemeral).await,
-            Err(error) => Err(error),
+            Err(error) => Err(Response::error(error)),
         },
         Request::KvGet { key, sub } => kv::get(context, key, sub).await,
         Request::KvDel { key, sub } => kv::del(context, key, sub).await,

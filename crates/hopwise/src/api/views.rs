@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 
 use hopwise_proto::e2e::E2eStats;
 use hopwise_proto::kv::Kv;
-use hopwise_proto::service::ports;
 use hopwise_proto::peers::KnownNode;
+use hopwise_proto::service::ports;
 use hopwise_proto::{Coordinate, LinkKind, Node, NodeId};
 use serde::{Deserialize, Serialize};
 

@@ -178,7 +178,8 @@ impl Runner {
 
     /// Claims these aliases for this node (ephemeral entries in the key-value store).
     pub fn with_aliases(mut self, names: &[String]) -> Self {
-        self.kv.publish_aliases(&mut self.host, self.clock.now(), names);
+        self.kv
+            .publish_aliases(&mut self.host, self.clock.now(), names);
         self
     }
 

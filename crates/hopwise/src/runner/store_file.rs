@@ -17,6 +17,9 @@ const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_entries"
 /// The file inside the data directory.
 pub const FILE_NAME: &str = "kv.redb";
 
+/// A kept entry: key, sub-key and the stored copy.
+pub type KeptEntry = (Vec<u8>, Vec<u8>, Stored);
+
 pub struct StoreFile {
     db: Database,
 }
@@ -61,7 +64,7 @@ fn encode(stored: &Stored, wall: WallTime) -> Vec<u8> {
     row
 }
 
-fn decode(row: &[u8], value: &[u8], wall: WallTime) -> Option<(Vec<u8>, Vec<u8>, Stored)> {
+fn decode(row: &[u8], value: &[u8], wall: WallTime) -> Option<KeptEntry> {
     let (&key_len, rest) = row.split_first()?;
     let (key, sub) = rest.split_at_checked(usize::from(key_len))?;
     let (writer, value) = value.split_first_chunk::<8>()?;
@@ -98,14 +101,18 @@ impl StoreFile {
 
     /// Everything kept, with lifetimes mapped to this run's time; entries whose lifetime ended
     /// while the node was down are left out (the next write of changes removes them).
-    pub fn load(&self, wall: WallTime) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>, Stored)>> {
+    pub fn load(&self, wall: WallTime) -> anyhow::Result<Vec<KeptEntry>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ENTRIES)?;
         let mut entries = Vec::new();
         for row in table.iter()? {
             let (key, value) = row?;
             if let Some(entry) = decode(key.value(), value.value(), wall) {
-                if entry.2.deadline.is_none_or(|at| at > wall.now + Duration::ZERO) {
+                if entry
+                    .2
+                    .deadline
+                    .is_none_or(|at| at > wall.now + Duration::ZERO)
+                {
                     entries.push(entry);
                 }
             }
@@ -189,12 +196,19 @@ mod tests {
         let subs: Vec<&[u8]> = loaded.iter().map(|(_, sub, _)| sub.as_slice()).collect();
         assert_eq!(subs, vec![&b"a"[..], &b"b"[..]]);
         assert_eq!(loaded[0].2, live(b"kept", None));
-        assert_eq!(loaded[1].2.deadline, Some(Instant::ZERO + Duration::from_secs(50)));
+        assert_eq!(
+            loaded[1].2.deadline,
+            Some(Instant::ZERO + Duration::from_secs(50))
+        );
         let later = WallTime {
             now: Instant::ZERO,
             unix_ms: 1_070_000,
         };
-        assert_eq!(file.load(later).unwrap().len(), 1, "an entry whose time ran out stays out");
+        assert_eq!(
+            file.load(later).unwrap().len(),
+            1,
+            "an entry whose time ran out stays out"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
