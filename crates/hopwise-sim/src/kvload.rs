@@ -180,11 +180,14 @@ impl KvWorkload {
             .find(|&other| sim.is_running(other))
     }
 
-    /// The live replicas of `key` by the ground truth: the closest running node ids.
+    /// The live replicas of `key` by the ground truth: the closest running node ids (zone
+    /// heads only, in zoned routing).
     fn live_replicas(sim: &Simulation, key: &[u8], count: usize) -> Vec<usize> {
         let point = key_hash(key);
+        let zoning = (0..sim.len()).find_map(|i| sim.node(i)?.zoning().copied());
         let mut nodes: Vec<(u64, usize)> = (0..sim.len())
             .filter(|&i| sim.is_running(i))
+            .filter(|&i| zoning.is_none_or(|zones| zones.is_head(&sim.id_of(i))))
             .map(|i| (u64::from_be_bytes(*sim.id_of(i).as_bytes()) ^ point, i))
             .collect();
         nodes.sort_unstable();

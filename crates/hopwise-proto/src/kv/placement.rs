@@ -3,6 +3,11 @@
 //! members it suspects of being dead. Every node evaluates the rule on its own view; in a flat
 //! network the views agree once routing has converged, and repair covers the moments they do
 //! not.
+//!
+//! In zoned routing a node's routes cover its own zone and the zone heads only, so views of all
+//! members would differ from zone to zone. There the candidates are the zone heads alone: every
+//! node routes to every head, so all views agree again (the overlay keeps its own directory on
+//! the heads the same way).
 
 use std::collections::BTreeMap;
 
@@ -33,13 +38,15 @@ impl View {
     /// The view of `node`, leaving out `suspects` whose suspicion has not expired.
     pub fn of(node: &Node, suspects: &BTreeMap<NodeId, Instant>, now: Instant) -> Self {
         let suspected = |id: &NodeId| suspects.get(id).is_some_and(|&until| until > now);
-        let mut members = vec![Member {
+        let candidate = |id: &NodeId| node.zoning().is_none_or(|zones| zones.is_head(id));
+        let own = Member {
             id: node.id(),
             rtt_ms: 0.0,
-        }];
+        };
+        let mut members: Vec<Member> = candidate(&own.id).then_some(own).into_iter().collect();
         members.extend(
             node.routes()
-                .filter(|(id, _)| !suspected(id))
+                .filter(|(id, _)| candidate(id) && !suspected(id))
                 .map(|(id, route)| Member {
                     id,
                     rtt_ms: route.metric_ms,
