@@ -324,3 +324,55 @@ fn a_full_store_refuses_with_a_clear_error_and_stores_nothing_beyond_its_bound()
         .unwrap();
     assert_eq!(most, 20);
 }
+
+#[test]
+fn entries_written_before_any_route_reach_their_replicas() {
+    let mut sim = Simulation::new(
+        common::bundled_planetlab().truncated(30),
+        &SimConfig::default(),
+    );
+    // Every node claims a name as soon as it runs, alone in its view.
+    let mut claimed = vec![false; sim.len()];
+    while claimed.iter().any(|c| !c) {
+        sim.run_until(sim.now() + Duration::from_millis(50));
+        for (node, done) in claimed.iter_mut().enumerate() {
+            if !*done && sim.is_running(node) {
+                let key = format!("alias/n{node}");
+                sim.with_kv(node, |kv, now| {
+                    kv.set(now, key.as_bytes(), b"me", b"", None, true)
+                })
+                .unwrap()
+                .unwrap();
+                *done = true;
+            }
+        }
+    }
+    sim.run_until(at(45));
+    for node in 0..sim.len() {
+        let key = format!("alias/n{node}");
+        let reader = (node + 7) % sim.len();
+        let entries = read(&mut sim, reader, key.as_bytes()).unwrap();
+        let holders: Vec<(usize, String)> = (0..sim.len())
+            .filter_map(|i| {
+                Some((
+                    i,
+                    format!(
+                        "{:?}",
+                        sim.kv(i).unwrap().store().get_sub(key.as_bytes(), b"me")?
+                    ),
+                ))
+            })
+            .collect();
+        assert_eq!(
+            entries.len(),
+            1,
+            "{key} unreadable; held by {holders:?}, replicas {:?}",
+            sim.kv(0)
+                .unwrap()
+                .replicas_of(key.as_bytes())
+                .iter()
+                .map(|id| sim.index_of_id(id).unwrap())
+                .collect::<Vec<_>>()
+        );
+    }
+}

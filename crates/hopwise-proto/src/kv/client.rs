@@ -751,6 +751,45 @@ impl super::Kv {
         }
     }
 
+    /// A replica expired some of this node's ephemeral entries for a lapsed lease (it did not
+    /// hear from this node in time, during a change of replicas): those still held live here
+    /// are written again, with a new version, to the key's replicas.
+    pub(super) fn on_lease_lost(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) {
+        for id in entries {
+            let Some(version) = self
+                .own
+                .get(&id)
+                .filter(|own| own.entry.ephemeral && own.entry.writer == self.id)
+                .map(|_| ())
+                .map(|()| self.next_version(now))
+            else {
+                continue;
+            };
+            let own = self.own.get_mut(&id).expect("present");
+            own.entry.version = version;
+            let mut entry = own.entry.clone();
+            entry.ttl = own.expires.map(|at| at.saturating_since(now));
+            let replicas = self.replicas_of(&id.0);
+            let own = self.own.get_mut(&id).expect("present");
+            own.placed_on = replicas.clone();
+            for to in replicas.into_iter().chain([from]) {
+                self.send(
+                    to,
+                    KvMessage::Put {
+                        req: 0,
+                        key: id.0.clone(),
+                        entry: entry.clone(),
+                    },
+                );
+            }
+        }
+    }
+
     /// This node is leaving: its ephemeral entries are deleted now rather than when their
     /// lease runs out.
     pub fn leave(&mut self, now: Instant) {

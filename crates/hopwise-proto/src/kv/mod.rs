@@ -54,6 +54,8 @@ const MAX_WATCHERS: usize = 10_000;
 const MAX_WATCHERS_PER_NODE: usize = 256;
 /// A suspected member stays out of the view this long.
 const SUSPICION: Duration = Duration::from_secs(30);
+/// Lapsed entries remembered per writer (the rest are found by the next lapse).
+const MAX_LEASE_LOST: usize = 256;
 /// Entries per part of a reply: parts stay well inside one fragmented message.
 const PART_BYTES: usize = 8 * 1024;
 
@@ -218,6 +220,9 @@ pub struct KvStats {
     pub bytes_sent: u64,
 }
 
+/// A key and one of its sub-keys.
+type EntryName = (Vec<u8>, Vec<u8>);
+
 /// The hash of a key: where it sits among the node ids.
 pub fn key_hash(key: &[u8]) -> u64 {
     let hash = Blake2s256::digest(key);
@@ -268,6 +273,9 @@ pub struct Kv {
     write_limiter: HandshakeLimiter,
     request_limiter: HandshakeLimiter,
     reassembler: Reassembler,
+    /// Ephemeral entries expired here for a lapsed lease, by writer: a writer that turns out
+    /// to be alive is told, and writes them again.
+    lease_lost: BTreeMap<NodeId, Vec<EntryName>>,
     /// Requests answered in a handshake's first flight, and the reads waiting for their
     /// writes.
     early: early::EarlyRequests,
@@ -328,6 +336,7 @@ impl Kv {
             ),
             reassembler: Reassembler::default(),
             early: early::EarlyRequests::default(),
+            lease_lost: BTreeMap::new(),
             loopback: VecDeque::new(),
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
@@ -498,7 +507,8 @@ impl Kv {
             KvMessage::DigestAck => self.on_digest_ack(from),
             KvMessage::Pull { keys } => self.on_pull(now, from, &keys),
             KvMessage::Push { key, entries } => self.on_push(now, &key, entries),
-            KvMessage::Lease => self.store.renew_lease(from, now),
+            KvMessage::Lease => self.on_lease(now, from),
+            KvMessage::LeaseLost { entries } => self.on_lease_lost(now, from, entries),
             KvMessage::Suspect { node } => self.on_suspect_hint(now, node),
         }
     }
@@ -533,6 +543,13 @@ impl Kv {
         let changes = self.store.take_changes();
         if changes.is_empty() {
             return;
+        }
+        for change in &changes {
+            // A key new here is placed at once, so that its leases are judged.
+            if change.stored.is_some() && !self.placed.contains_key(&change.key) {
+                let replicas = self.replicas_of(&change.key);
+                self.placed.insert(change.key.clone(), replicas);
+            }
         }
         for change in &changes {
             if let Some(stored) = &change.stored {
@@ -606,7 +623,16 @@ impl Service for Kv {
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.refresh_view(now, overlay);
-            self.store.expire(now);
+            let (placed, id) = (&self.placed, self.id);
+            let lapsed = self
+                .store
+                .expire(now, |key| placed.get(key).is_some_and(|r| r.contains(&id)));
+            for (writer, key, sub) in lapsed {
+                let lost = self.lease_lost.entry(writer).or_default();
+                if lost.len() < MAX_LEASE_LOST {
+                    lost.push((key, sub));
+                }
+            }
             self.expire_own(now);
             self.expire_watchers(now);
             self.early.expire(now);

@@ -470,6 +470,15 @@ impl super::Kv {
         }
     }
 
+    /// The writer of ephemeral entries is alive; if some of its entries expired here for a
+    /// lapsed lease, it is told.
+    pub(super) fn on_lease(&mut self, now: Instant, from: NodeId) {
+        self.store.renew_lease(from, now);
+        if let Some(entries) = self.lease_lost.remove(&from) {
+            self.send(from, KvMessage::LeaseLost { entries });
+        }
+    }
+
     /// A reader could not reach `node`: check it now, and suspect it if it stays silent.
     pub(super) fn on_suspect_hint(&mut self, now: Instant, node: NodeId) {
         if node == self.id || !self.view.contains(&node) || self.awaiting_ack.contains_key(&node) {

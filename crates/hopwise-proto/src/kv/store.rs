@@ -282,18 +282,32 @@ impl Store {
         self.leases.insert(writer, now + LEASE_LIFETIME);
     }
 
-    /// Expires live entries whose time is up (and ephemeral entries whose writer went silent),
-    /// and drops tombstones that are due.
-    pub fn expire(&mut self, now: Instant) {
+    /// Expires live entries whose time is up, and ephemeral entries whose writer went silent
+    /// where `holds_place` says this node is one of the key's replicas (a node that only keeps
+    /// a key until it hands it off hears no leases); drops tombstones that are due. Returns
+    /// the entries that expired for a lapsed lease, by writer.
+    pub fn expire(
+        &mut self,
+        now: Instant,
+        holds_place: impl Fn(&[u8]) -> bool,
+    ) -> Vec<(NodeId, Vec<u8>, Vec<u8>)> {
         self.leases.retain(|_, until| *until > now);
         let mut expired = Vec::new();
+        let mut lapsed = Vec::new();
         let mut dropped = Vec::new();
         for (key, subs) in &self.keys {
             for (sub, stored) in subs {
                 let due = stored.deadline.is_some_and(|at| at <= now);
-                let lease_gone = stored.ephemeral && !self.leases.contains_key(&stored.writer);
+                let lease_gone = stored.ephemeral
+                    && !self.leases.contains_key(&stored.writer)
+                    && holds_place(key);
                 match stored.state {
-                    State::Live(_) if due || lease_gone => expired.push((key.clone(), sub.clone())),
+                    State::Live(_) if due || lease_gone => {
+                        if !due {
+                            lapsed.push((stored.writer, key.clone(), sub.clone()));
+                        }
+                        expired.push((key.clone(), sub.clone()));
+                    }
                     State::Deleted | State::Expired if due => {
                         dropped.push((key.clone(), sub.clone()));
                     }
@@ -313,13 +327,7 @@ impl Store {
         for (key, sub) in dropped {
             self.remove(&key, &sub);
         }
-    }
-
-    /// When [`Store::expire`] next has something to do.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        let entries = self.iter().filter_map(|(_, _, stored)| stored.deadline);
-        let leases = self.leases.values().copied();
-        entries.chain(leases).min()
+        lapsed
     }
 
     /// A digest of a key's entries (sub-keys, writers, versions, states): equal digests mean
@@ -417,9 +425,12 @@ mod tests {
         let mut entry = live(1, 1, b"v");
         entry.deadline = Some(Instant::ZERO + Duration::from_secs(5));
         store.merge(b"k", b"s", entry, Instant::ZERO);
-        store.expire(Instant::ZERO + Duration::from_secs(5));
+        store.expire(Instant::ZERO + Duration::from_secs(5), |_| true);
         assert_eq!(store.get_sub(b"k", b"s").unwrap().state, State::Expired);
-        store.expire(Instant::ZERO + Duration::from_secs(5) + TOMBSTONE_LIFETIME);
+        store.expire(
+            Instant::ZERO + Duration::from_secs(5) + TOMBSTONE_LIFETIME,
+            |_| true,
+        );
         assert!(store.get(b"k").is_none());
         assert_eq!((store.entries(), store.bytes()), (0, 0));
     }
@@ -431,9 +442,23 @@ mod tests {
         entry.ephemeral = true;
         store.renew_lease(entry.writer, Instant::ZERO);
         store.merge(b"k", b"s", entry, Instant::ZERO);
-        store.expire(Instant::ZERO + LEASE_LIFETIME - Duration::from_millis(1));
+        store.expire(
+            Instant::ZERO + LEASE_LIFETIME - Duration::from_millis(1),
+            |_| true,
+        );
         assert!(store.get_sub(b"k", b"s").unwrap().is_live());
-        store.expire(Instant::ZERO + LEASE_LIFETIME);
+        // A node that only keeps the key for a hand-off hears no leases: it does not judge.
+        assert!(
+            store
+                .expire(Instant::ZERO + LEASE_LIFETIME, |_| false)
+                .is_empty()
+        );
+        assert!(store.get_sub(b"k", b"s").unwrap().is_live());
+        let lapsed = store.expire(Instant::ZERO + LEASE_LIFETIME, |_| true);
+        assert_eq!(
+            lapsed,
+            vec![(NodeId::from_bytes([7; 8]), b"k".to_vec(), b"s".to_vec())]
+        );
         assert_eq!(store.get_sub(b"k", b"s").unwrap().state, State::Expired);
     }
 }

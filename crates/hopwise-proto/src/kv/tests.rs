@@ -76,6 +76,9 @@ fn examples() -> Vec<KvMessage> {
         KvMessage::Suspect {
             node: NodeId::from_bytes([1; 8]),
         },
+        KvMessage::LeaseLost {
+            entries: vec![(b"alias/x".to_vec(), vec![1; 8])],
+        },
     ]
 }
 

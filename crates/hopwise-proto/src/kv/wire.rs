@@ -122,6 +122,11 @@ pub enum KvMessage {
     Suspect {
         node: NodeId,
     },
+    /// To a writer whose lease lapsed here while it lives: these (key, sub-key) entries of its
+    /// expired, and it writes them again.
+    LeaseLost {
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
 const PUT: u8 = 1;
@@ -139,6 +144,7 @@ const PULL: u8 = 12;
 const PUSH: u8 = 13;
 const LEASE: u8 = 14;
 const SUSPECT: u8 = 15;
+const LEASE_LOST: u8 = 16;
 
 const EPHEMERAL_BIT: u8 = 0x10;
 /// Bound on the items of one message (entries, digests, pulls), whatever its size.
@@ -258,6 +264,14 @@ impl KvMessage {
                 out.push(SUSPECT);
                 out.extend_from_slice(node.as_bytes());
             }
+            Self::LeaseLost { entries } => {
+                out.push(LEASE_LOST);
+                out.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+                for (key, sub) in entries {
+                    put_key(&mut out, key);
+                    put_key(&mut out, sub);
+                }
+            }
         }
         out
     }
@@ -343,6 +357,17 @@ impl KvMessage {
             SUSPECT => Self::Suspect {
                 node: NodeId::from_bytes(reader.bytes()?),
             },
+            LEASE_LOST => {
+                let count = read_count(&mut reader, 2)?;
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    entries.push((
+                        read_key(&mut reader, MAX_KEY)?,
+                        read_key(&mut reader, MAX_SUB)?,
+                    ));
+                }
+                Self::LeaseLost { entries }
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         reader.finish()?;
