@@ -101,6 +101,12 @@ fn only_the_writer_changes_its_entry() {
         set(&mut sim, 4, b"k", b"s", b"theirs"),
         Err(KvError::NotOwner)
     );
+    let del = sim
+        .with_kv(4, |kv, now| kv.del(now, b"k", b"s"))
+        .unwrap()
+        .unwrap();
+    sim.run_until(sim.now() + Duration::from_secs(1));
+    assert_eq!(written(&mut sim, 4, del), Some(Err(KvError::NotOwner)));
     assert_eq!(
         read(&mut sim, 9, b"k").unwrap(),
         vec![(b"s".to_vec(), b"mine".to_vec())]
