@@ -688,6 +688,10 @@ impl super::Kv {
             if get.give_up_at <= now {
                 let get = self.gets.remove(&req).expect("present");
                 if get.answer.is_none() {
+                    // Every replica asked stayed silent: the next read asks others.
+                    for target in &get.targets[..get.asked] {
+                        self.suspect(target.id, now);
+                    }
                     self.stats.reads_failed += 1;
                     self.emit(
                         now,
