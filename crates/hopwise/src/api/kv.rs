@@ -243,8 +243,10 @@ pub async fn write_line(write: &mut OwnedWriteHalf, response: &Response) -> std:
     write.write_all(&out).await
 }
 
-/// How long the names of nodes (their first aliases) are reused before they are read again.
+/// How long the names of nodes (their first aliases) are reused before they are read again;
+/// when a node asked about has no name yet, they are read again after the shorter time.
 const NAMES_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+const NAMES_FRESH_IF_MISSING: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Each node's first alias, from the reverse directory, by id (hex).
 #[derive(Default)]
@@ -253,10 +255,16 @@ pub struct NameCache {
     names: std::collections::HashMap<String, String>,
 }
 
-async fn names(context: &ApiContext) -> std::collections::HashMap<String, String> {
+async fn names(context: &ApiContext, ids: &[&str]) -> std::collections::HashMap<String, String> {
     {
         let cache = context.names.lock().expect("not poisoned");
-        if cache.read_at.is_some_and(|at| at.elapsed() < NAMES_FRESH) {
+        let missing = ids.iter().any(|id| !cache.names.contains_key(*id));
+        let fresh = if missing {
+            NAMES_FRESH_IF_MISSING
+        } else {
+            NAMES_FRESH
+        };
+        if cache.read_at.is_some_and(|at| at.elapsed() < fresh) {
             return cache.names.clone();
         }
     }
@@ -290,7 +298,15 @@ pub async fn name_nodes(context: &ApiContext, response: &mut Response) {
     if !has_nodes {
         return;
     }
-    let names = names(context).await;
+    let ids: Vec<String> = match &*response {
+        Response::NodeInfo { info } => vec![info.id.clone()],
+        Response::RecentNodes { nodes } | Response::FullMap { nodes } => {
+            nodes.iter().map(|n| n.id.clone()).collect()
+        }
+        _ => Vec::new(),
+    };
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let names = names(context, &ids).await;
     match response {
         Response::NodeInfo { info } => {
             if let Some(name) = names.get(&info.id) {
