@@ -30,6 +30,14 @@ const WATCH_ANSWER_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// Stale-version retries of one write.
 const MAX_STALE_RETRIES: u8 = 3;
 
+/// A user call not yet started (see [`super::Kv::start_operations`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Unstarted {
+    Put(u64),
+    Get(u64),
+    Watch(u64),
+}
+
 pub(super) struct PendingPut {
     op: OpId,
     key: Vec<u8>,
@@ -152,12 +160,12 @@ impl super::Kv {
             ttl,
         };
         let req = self.request_id();
-        let targets = self.view.closest(key_hash(key), self.config.replicas);
         let put = PendingPut {
             op: OpId(req),
             key: key.to_vec(),
             entry,
-            targets,
+            // Placed when it starts, on a view of that moment (see `start_operations`).
+            targets: Vec::new(),
             acked: BTreeSet::new(),
             answered: false,
             started: now,
@@ -167,9 +175,38 @@ impl super::Kv {
             stale_retries: 0,
         };
         self.puts.insert(req, put);
-        self.send_put(now, req);
-        self.after_changes(now);
+        self.unstarted.push(Unstarted::Put(req));
+        self.last_now = now;
         Ok(OpId(req))
+    }
+
+    /// Starts the operations of the user's calls since the last timeout, on `self.view`, which
+    /// the caller has just rebuilt: a store that is idle does not wake its node to keep a
+    /// view, so a call waits for the next timeout (at once) to place its key.
+    pub(super) fn start_operations(&mut self, now: Instant) {
+        for unstarted in std::mem::take(&mut self.unstarted) {
+            match unstarted {
+                Unstarted::Put(req) => {
+                    let Some(put) = self.puts.get_mut(&req) else {
+                        continue;
+                    };
+                    put.targets = self.view.closest(key_hash(&put.key), self.config.replicas);
+                    self.send_put(now, req);
+                }
+                Unstarted::Get(req) => {
+                    let Some(get) = self.gets.get_mut(&req) else {
+                        continue;
+                    };
+                    get.targets = self.view.by_rtt(key_hash(&get.key), self.config.replicas);
+                    self.ask_next(now, req);
+                }
+                Unstarted::Watch(id) => {
+                    if self.watches.contains_key(&id) {
+                        self.attach(now, id);
+                    }
+                }
+            }
+        }
     }
 
     /// Sends the write to every replica that has not acknowledged it.
@@ -287,14 +324,13 @@ impl super::Kv {
             return Err(KvError::Busy);
         }
         let req = self.request_id();
-        let targets = self.view.by_rtt(key_hash(key), self.config.replicas);
         self.gets.insert(
             req,
             PendingGet {
                 op: OpId(req),
                 key: key.to_vec(),
                 sub: sub.map(<[u8]>::to_vec),
-                targets,
+                targets: Vec::new(),
                 asked: 0,
                 parts: BTreeMap::new(),
                 answer: None,
@@ -302,8 +338,8 @@ impl super::Kv {
                 give_up_at: now + self.config.operation_timeout,
             },
         );
-        self.ask_next(now, req);
-        self.after_changes(now);
+        self.unstarted.push(Unstarted::Get(req));
+        self.last_now = now;
         Ok(OpId(req))
     }
 
@@ -448,8 +484,8 @@ impl super::Kv {
                 renew_at: now,
             },
         );
-        self.attach(now, id);
-        self.after_changes(now);
+        self.unstarted.push(Unstarted::Watch(id));
+        self.last_now = now;
         Ok(WatchId(id))
     }
 

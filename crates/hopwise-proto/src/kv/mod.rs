@@ -33,7 +33,7 @@ use crate::node::Node;
 use crate::service::fragment::{self, Reassembler};
 use crate::service::{Message, Service, ServiceTransmit, ports};
 use crate::{Duration, Instant, NodeId};
-use client::{PendingGet, PendingPut, WatchState};
+use client::{PendingGet, PendingPut, Unstarted, WatchState};
 use placement::View;
 use store::Store;
 pub use store::{Change, Limits, Stored};
@@ -279,6 +279,9 @@ pub struct Kv {
     /// Requests answered in a handshake's first flight, and the reads waiting for their
     /// writes.
     early: early::EarlyRequests,
+    /// User calls waiting for the next timeout to start, and the latest time a call gave.
+    unstarted: Vec<Unstarted>,
+    last_now: Instant,
     /// Messages to this node itself, handled without the network.
     loopback: VecDeque<KvMessage>,
     outgoing: VecDeque<ServiceTransmit>,
@@ -336,6 +339,8 @@ impl Kv {
             ),
             reassembler: Reassembler::default(),
             early: early::EarlyRequests::default(),
+            unstarted: Vec::new(),
+            last_now: now,
             lease_lost: BTreeMap::new(),
             loopback: VecDeque::new(),
             outgoing: VecDeque::new(),
@@ -562,10 +567,31 @@ impl Kv {
         self.drain_loopback(now);
     }
 
-    fn next_deadline(&self) -> Instant {
+    fn next_deadline(&self) -> Option<Instant> {
+        if !self.unstarted.is_empty() {
+            return Some(self.last_now);
+        }
+        if self.is_idle() {
+            return None;
+        }
         let puts = self.puts.values().map(PendingPut::deadline);
         let gets = self.gets.values().map(PendingGet::deadline);
-        puts.chain(gets).fold(self.next_tick, Instant::min)
+        Some(puts.chain(gets).fold(self.next_tick, Instant::min))
+    }
+
+    /// Nothing stored, written, watched or under way: the store needs no timer (an idle store
+    /// costs its node no wake-ups and sends nothing).
+    fn is_idle(&self) -> bool {
+        self.store.entries() == 0
+            && self.own.is_empty()
+            && self.puts.is_empty()
+            && self.gets.is_empty()
+            && self.watches.is_empty()
+            && self.watcher_count == 0
+            && self.handoff.is_empty()
+            && self.dirty.is_empty()
+            && self.awaiting_ack.is_empty()
+            && self.lease_lost.is_empty()
     }
 }
 
@@ -617,9 +643,10 @@ impl Service for Kv {
     }
 
     fn handle_timeout(&mut self, now: Instant, overlay: &Node) {
-        if overlay.route_count() != self.view_routes {
+        if !self.unstarted.is_empty() || overlay.route_count() != self.view_routes {
             self.refresh_view(now, overlay);
         }
+        self.start_operations(now);
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.refresh_view(now, overlay);
@@ -649,7 +676,7 @@ impl Service for Kv {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        Some(self.next_deadline())
+        self.next_deadline()
     }
 }
 

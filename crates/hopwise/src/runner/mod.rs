@@ -223,6 +223,8 @@ impl Runner {
         // Goodbyes go out at once, without the testbed's delay: nobody waits for them.
         self.testbed = None;
         self.kv.leave(&mut self.host, self.clock.now());
+        // The deletes start at the store's next timeout, which is now.
+        self.host.handle_input(Input::Timeout(self.clock.now()));
         self.drain_outputs();
         self.host.overlay_mut().node_mut().leave(self.clock.now());
         self.drain_outputs();
