@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use super::server::{ask, inspect};
-use super::{ApiContext, Response};
+use super::Response;
+use super::context::{ApiContext, ask, inspect};
 use crate::runner::{ControlRequest, KvRequest, Watched, claimants, watch_channel};
 
 /// An entry as the API shows it: a UTF-8 value as `value`, anything else as `value_b64`.

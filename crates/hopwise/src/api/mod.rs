@@ -9,12 +9,14 @@
 //! cannot be served gets `{"type": "error", "error": "..."}`; a line that cannot be parsed gets
 //! netloc's `failure` with reason `bad request`. The connection stays open either way.
 
+mod context;
 mod kv;
 mod server;
 mod views;
 
+pub use context::ApiContext;
 pub use kv::{Claimant, KvEntry, KvEventView, NameCache};
-pub use server::{ApiContext, serve};
+pub use server::serve;
 pub use views::*;
 
 use serde::{Deserialize, Serialize};

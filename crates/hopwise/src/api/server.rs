@@ -3,17 +3,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hopwise_proto::Node;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::Semaphore;
 use tracing::debug;
 
+use super::context::{ApiContext, ask, inspect, inspect_host};
 use super::views::{
     self, AliasChoice, Location, MapNode, NodeInfo, Status, TraceReport, WallClock,
 };
 use super::{Request, Response, kv, reasons};
-use crate::runner::{Clock, ControlRequest, NodeHost};
+use crate::runner::ControlRequest;
 use hopwise_proto::NodeId;
 
 /// Longest request line accepted; longer ones are answered with an error and skipped.
@@ -22,15 +22,6 @@ const MAX_LINE: usize = 64 * 1024;
 const MAX_CONNECTIONS: usize = 64;
 /// `get_recent_nodes` without `max_nodes`, as in netloc.
 const DEFAULT_RECENT_NODES: usize = 10;
-
-#[derive(Clone)]
-pub struct ApiContext {
-    pub requests: mpsc::Sender<ControlRequest>,
-    pub listen: SocketAddr,
-    pub clock: Clock,
-    /// Nodes' names for netloc's answers, read from the store now and then.
-    pub names: Arc<std::sync::Mutex<kv::NameCache>>,
-}
 
 pub async fn serve(listener: TcpListener, context: ApiContext) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -120,42 +111,6 @@ async fn read_line(
             }
         }
     }
-}
-
-/// Runs `inspect` on the runner's task, where the node lives.
-pub(super) async fn inspect<T: Send + 'static>(
-    context: &ApiContext,
-    inspect: impl FnOnce(&Node) -> T + Send + 'static,
-) -> Result<T, Response> {
-    inspect_host(context, |host| inspect(host.node())).await
-}
-
-/// Like [`inspect`], with the secure layer, the end-to-end layer and the services in view.
-async fn inspect_host<T: Send + 'static>(
-    context: &ApiContext,
-    inspect: impl FnOnce(&NodeHost) -> T + Send + 'static,
-) -> Result<T, Response> {
-    ask(context, |reply| {
-        ControlRequest::Inspect(Box::new(move |node| {
-            let _ = reply.send(inspect(node));
-        }))
-    })
-    .await
-}
-
-/// Sends the runner a request carrying a reply channel, and waits for the reply.
-pub(super) async fn ask<T>(
-    context: &ApiContext,
-    request: impl FnOnce(oneshot::Sender<T>) -> ControlRequest,
-) -> Result<T, Response> {
-    let (reply, answer) = oneshot::channel();
-    let stopped = || Response::error("the node is shutting down");
-    context
-        .requests
-        .send(request(reply))
-        .await
-        .map_err(|_| stopped())?;
-    answer.await.map_err(|_| stopped())
 }
 
 async fn answer(context: &ApiContext, request: Request) -> Response {
