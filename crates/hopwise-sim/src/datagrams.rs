@@ -17,8 +17,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::metrics::percentile;
-use crate::report::Percentiles;
+use crate::report::{Percentiles, percentiles_of};
 use crate::sim::{Recorded, Simulation};
 
 /// The port of the workload's service on every node.
@@ -317,13 +316,13 @@ impl DatagramWorkload {
             delivered,
             twins_delivered,
             first_payloads_lost: first_lost,
-            first_payload_ms: percentiles(&mut first_ms),
-            first_payload_plain_ms: percentiles(&mut first_plain_ms),
-            first_payload_extra_ms: percentiles(&mut extra_ms),
-            first_payload_extra_rtts: percentiles(&mut extra_rtts),
+            first_payload_ms: percentiles_of(&mut first_ms),
+            first_payload_plain_ms: percentiles_of(&mut first_plain_ms),
+            first_payload_extra_ms: percentiles_of(&mut extra_ms),
+            first_payload_extra_rtts: percentiles_of(&mut extra_rtts),
             first_payload_extra_max_rtts: extra_rtts.iter().copied().fold(0.0, f64::max),
             first_within_one_rtt_fraction: within_one_rtt as f64 / extra_within.len().max(1) as f64,
-            later_payload_ratio: percentiles(&mut later_ratio),
+            later_payload_ratio: percentiles_of(&mut later_ratio),
             later_payload_ratio_max: later_ratio.iter().copied().fold(0.0, f64::max),
             later_slower_than_1pct_fraction: later_slower as f64 / later_ratio.len().max(1) as f64,
             bytes_added_per_payload: hopwise_proto::e2e::OVERHEAD,
@@ -342,14 +341,6 @@ impl DatagramWorkload {
                 unsent: stats.dropped_unsent,
             },
         }
-    }
-}
-
-fn percentiles(values: &mut [f64]) -> Percentiles {
-    Percentiles {
-        median: percentile(values, 0.5),
-        p95: percentile(values, 0.95),
-        p99: percentile(values, 0.99),
     }
 }
 

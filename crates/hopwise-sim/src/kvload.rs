@@ -15,8 +15,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::metrics::percentile;
-use crate::report::{IP_UDP_HEADER_BYTES, Percentiles};
+use crate::report::{IP_UDP_HEADER_BYTES, MeanMax, Percentiles, percentiles_of};
 use crate::sim::{Recorded, Simulation};
 
 /// Ping tokens of the workload: this tag, and the operation's number.
@@ -549,19 +548,15 @@ impl KvWorkload {
     }
 }
 
+/// Percentiles, 0 where there is nothing to measure (a run without the workload).
 fn percentiles(values: &mut [f64]) -> Percentiles {
     let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
+    let p = percentiles_of(values);
     Percentiles {
-        median: finite(percentile(values, 0.5)),
-        p95: finite(percentile(values, 0.95)),
-        p99: finite(percentile(values, 0.99)),
+        median: finite(p.median),
+        p95: finite(p.p95),
+        p99: finite(p.p99),
     }
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct MeanMax {
-    pub mean: f64,
-    pub max: f64,
 }
 
 /// The `kv` section of `report.json`.

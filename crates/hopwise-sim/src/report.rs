@@ -75,6 +75,15 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
+/// The median, p95 and p99 of `values` (NaN where there are none).
+pub(crate) fn percentiles_of(values: &mut [f64]) -> Percentiles {
+    Percentiles {
+        median: crate::metrics::percentile(values, 0.5),
+        p95: crate::metrics::percentile(values, 0.95),
+        p99: crate::metrics::percentile(values, 0.99),
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RoutingReport {
     pub pairs_measured: usize,

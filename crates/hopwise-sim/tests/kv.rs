@@ -29,25 +29,31 @@ fn written(sim: &mut Simulation, node: usize, op: OpId) -> Option<Result<u64, Kv
 /// Sub-keys and values.
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Runs the simulation in 10 ms steps until `pick` finds the answer it waits for among
+/// `node`'s store events (at most 4 s).
+fn answer<T>(sim: &mut Simulation, node: usize, mut pick: impl FnMut(KvEvent) -> Option<T>) -> T {
+    let until = sim.now() + Duration::from_secs(4);
+    while sim.now() < until {
+        let step = sim.now() + Duration::from_millis(10);
+        sim.run_until(step);
+        if let Some(found) = sim.kv_events(node).into_iter().find_map(|(_, e)| pick(e)) {
+            return found;
+        }
+    }
+    panic!("no answer from node {node}'s store");
+}
+
 fn read(sim: &mut Simulation, node: usize, key: &[u8]) -> Result<Entries, KvError> {
     let op = sim
         .with_kv(node, |kv, now| kv.get(now, key, None))
         .unwrap()
         .unwrap();
-    let until = sim.now() + Duration::from_secs(4);
-    while sim.now() < until {
-        let step = sim.now() + Duration::from_millis(10);
-        sim.run_until(step);
-        for (_, event) in sim.kv_events(node) {
-            if let KvEvent::Read { op: done, result } = event
-                && done == op
-            {
-                return result
-                    .map(|entries| entries.into_iter().map(|e| (e.sub, e.value)).collect());
-            }
+    answer(sim, node, |event| match event {
+        KvEvent::Read { op: done, result } if done == op => {
+            Some(result.map(|entries| entries.into_iter().map(|e| (e.sub, e.value)).collect()))
         }
-    }
-    panic!("no answer to a read");
+        _ => None,
+    })
 }
 
 fn set(
@@ -61,15 +67,10 @@ fn set(
         .with_kv(node, |kv, now| kv.set(now, key, sub, value, None, false))
         .unwrap()
         .unwrap();
-    let until = sim.now() + Duration::from_secs(4);
-    while sim.now() < until {
-        let step = sim.now() + Duration::from_millis(10);
-        sim.run_until(step);
-        if let Some(result) = written(sim, node, op) {
-            return result;
-        }
-    }
-    panic!("no answer to a write");
+    answer(sim, node, |event| match event {
+        KvEvent::Written { op: done, result } if done == op => Some(result),
+        _ => None,
+    })
 }
 
 #[test]
