@@ -154,7 +154,7 @@ impl ServiceSocket {
     }
 
     /// Sends `data` to port `port` of node `to`, end-to-end encrypted, from this socket's port.
-    /// At most [`hopwise_proto::service::MAX_DATA`] bytes.
+    /// At most [`hopwise_proto::service::BASE_DATA`] bytes.
     pub async fn send_to(
         &self,
         to: NodeId,

@@ -172,9 +172,9 @@ fn datagram_workload(args: &SimArgs) -> anyhow::Result<Option<DatagramConfig>> {
         return Ok(None);
     }
     anyhow::ensure!(
-        args.e2e_bytes <= hopwise_proto::e2e::MAX_DATA,
+        args.e2e_bytes <= hopwise_proto::e2e::BASE_DATA,
         "--e2e-bytes must be at most {}",
-        hopwise_proto::e2e::MAX_DATA
+        hopwise_proto::e2e::BASE_DATA
     );
     let interval = to_duration(args.e2e_interval, "--e2e-interval")?;
     anyhow::ensure!(interval > Duration::ZERO, "--e2e-interval must be positive");

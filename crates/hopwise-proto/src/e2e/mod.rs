@@ -33,7 +33,7 @@ mod handshake;
 mod session;
 pub mod wire;
 
-pub use wire::{MAX_DATA, OVERHEAD, Port};
+pub use wire::{BASE_DATA, MAX_DATA, OVERHEAD, Port};
 
 use std::collections::VecDeque;
 
@@ -43,6 +43,7 @@ use tracing::trace;
 
 use crate::keyed::{self, Map};
 use crate::limit::{HandshakeLimiter, Rate};
+use crate::wire::{BASE_PAYLOAD, MAX_PAYLOAD};
 use crate::{Duration, Instant, NodeId};
 use handshake::{Initiation, Responding};
 use session::{OpenError, Session};
@@ -101,7 +102,7 @@ const INIT_OVERALL: Rate = Rate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SendError {
-    /// More bytes than one datagram carries ([`MAX_DATA`]).
+    /// More bytes than one datagram carries ([`EndToEnd::max_data`]).
     TooLarge { len: usize, max: usize },
     /// No session yet, and no room to hold the payload (or to start a handshake) until there is.
     QueueFull,
@@ -266,6 +267,8 @@ pub struct EndToEnd {
     next_sweep: Instant,
     /// Reused for every opened plaintext.
     scratch: Vec<u8>,
+    /// The largest payload sent, from the overlay's payload limit.
+    max_data: usize,
     stats: E2eStats,
 }
 
@@ -286,8 +289,24 @@ impl EndToEnd {
             received: VecDeque::new(),
             next_sweep: now + SWEEP_INTERVAL,
             scratch: Vec::new(),
+            max_data: BASE_DATA,
             stats: E2eStats::default(),
         }
+    }
+
+    /// Sends payloads up to what an overlay payload of `overlay_payload` bytes carries (the
+    /// node's [`Node::payload_limit`](crate::node::Node::payload_limit)) instead of
+    /// [`BASE_DATA`].
+    #[must_use]
+    pub fn with_payload_limit(mut self, overlay_payload: usize) -> Self {
+        self.max_data = overlay_payload.clamp(BASE_PAYLOAD, MAX_PAYLOAD) - OVERHEAD;
+        self
+    }
+
+    /// The largest payload [`EndToEnd::send`] takes.
+    #[must_use]
+    pub fn max_data(&self) -> usize {
+        self.max_data
     }
 
     pub fn stats(&self) -> &E2eStats {
@@ -365,10 +384,10 @@ impl EndToEnd {
         data: &[u8],
         early: bool,
     ) -> Result<(), SendError> {
-        if data.len() > MAX_DATA {
+        if data.len() > self.max_data {
             return Err(SendError::TooLarge {
                 len: data.len(),
-                max: MAX_DATA,
+                max: self.max_data,
             });
         }
         if to == self.local {

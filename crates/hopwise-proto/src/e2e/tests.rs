@@ -257,31 +257,42 @@ fn a_flood_of_inits_from_one_neighbour_is_bounded_and_others_still_get_in() {
 
 #[test]
 fn the_largest_datagram_goes_through_and_a_larger_one_is_refused() {
-    let mut pair = Pair::new();
-    let (b, now) = (pair.ids[1], pair.now);
-    let too_large = vec![7; MAX_DATA + 1];
-    assert_eq!(
-        pair.ends[0].send(now, b, Port(7), Port(9), &too_large),
-        Err(SendError::TooLarge {
-            len: MAX_DATA + 1,
-            max: MAX_DATA
-        })
-    );
-    // The first payload is too large to ride the finish: it follows it.
-    let largest = vec![7; MAX_DATA];
-    pair.ends[0]
-        .send(now, b, Port(7), Port(9), &largest)
-        .unwrap();
-    pair.exchange();
-    assert_eq!(pair.received(1)[0].data, largest);
-    let mut overlay_limit = 0;
-    pair.ends[0]
-        .send(now, b, Port(7), Port(9), &largest)
-        .unwrap();
-    while let Some((_, datagram)) = pair.ends[0].poll_transmit() {
-        overlay_limit = overlay_limit.max(datagram.len());
+    // By default an end keeps to the base size; on a node whose path carries more, to that.
+    for (overlay_payload, max) in [
+        (None, BASE_DATA),
+        (Some(MAX_PAYLOAD), MAX_DATA),
+        (Some(1_300), 1_300 - OVERHEAD),
+    ] {
+        let mut pair = Pair::new();
+        if let Some(limit) = overlay_payload {
+            for end in &mut pair.ends {
+                let (id, private) = (end.local, end.private_key);
+                *end = EndToEnd::new(id, private, 3, pair.now).with_payload_limit(limit);
+            }
+        }
+        let (b, now) = (pair.ids[1], pair.now);
+        assert_eq!(pair.ends[0].max_data(), max);
+        let too_large = vec![7; max + 1];
+        assert_eq!(
+            pair.ends[0].send(now, b, Port(7), Port(9), &too_large),
+            Err(SendError::TooLarge { len: max + 1, max })
+        );
+        // The first payload is too large to ride the finish: it follows it.
+        let largest = vec![7; max];
+        pair.ends[0]
+            .send(now, b, Port(7), Port(9), &largest)
+            .unwrap();
+        pair.exchange();
+        assert_eq!(pair.received(1)[0].data, largest);
+        let mut overlay_limit = 0;
+        pair.ends[0]
+            .send(now, b, Port(7), Port(9), &largest)
+            .unwrap();
+        while let Some((_, datagram)) = pair.ends[0].poll_transmit() {
+            overlay_limit = overlay_limit.max(datagram.len());
+        }
+        assert_eq!(overlay_limit, max + OVERHEAD);
     }
-    assert_eq!(overlay_limit, crate::wire::MAX_PAYLOAD);
 }
 
 /// Hands one datagram of `from` to the other end; false if it had none.

@@ -20,7 +20,7 @@
 //! random, so a message for a handshake that is over, or for another one, is told apart without
 //! any cryptography. All integers are big-endian.
 
-use crate::wire::MAX_PAYLOAD;
+use crate::wire::{BASE_PAYLOAD, MAX_PAYLOAD};
 
 const TYPE_INIT: u8 = 1;
 const TYPE_RESPONSE: u8 = 2;
@@ -42,14 +42,18 @@ const PORTS_LEN: usize = 4;
 /// Bytes a data datagram adds to the application bytes it carries: type, counter, tag and the
 /// two ports.
 pub const OVERHEAD: usize = DATA_HEADER_LEN + TAG_LEN + PORTS_LEN;
-/// The largest application datagram one end-to-end datagram carries.
+/// The largest application datagram one end-to-end datagram carries, on a node whose path
+/// carries the overlay's largest datagrams ([`crate::wire::MAX_DATAGRAM`]).
 pub const MAX_DATA: usize = MAX_PAYLOAD - OVERHEAD;
+/// What every node carries ([`crate::wire::BASE_DATAGRAM`]): the size services that split
+/// their messages keep to.
+pub const BASE_DATA: usize = BASE_PAYLOAD - OVERHEAD;
 /// The largest first plaintext (ports and bytes) a finish message carries; a larger one
-/// follows it as data.
-pub(super) const MAX_FINISH_PLAIN: usize = MAX_PAYLOAD - FINISH_HEADER_LEN - FINISH_MESSAGE_MIN;
+/// follows it as data. Handshake messages keep to the base size, which every path carries.
+pub(super) const MAX_FINISH_PLAIN: usize = BASE_PAYLOAD - FINISH_HEADER_LEN - FINISH_MESSAGE_MIN;
 /// The largest early plaintext an init carries, and the largest early answer a response does.
-pub(super) const MAX_INIT_PLAIN: usize = MAX_PAYLOAD - INIT_LEN;
-pub(super) const MAX_RESPONSE_PLAIN: usize = MAX_PAYLOAD - RESPONSE_LEN;
+pub(super) const MAX_INIT_PLAIN: usize = BASE_PAYLOAD - INIT_LEN;
+pub(super) const MAX_RESPONSE_PLAIN: usize = BASE_PAYLOAD - RESPONSE_LEN;
 
 /// A service port: which service on the destination node a datagram is for, and which one on
 /// the source node sent it.
@@ -251,7 +255,7 @@ mod tests {
             &[][..],
             &[0; 37][..],
             &[1; 36][..],
-            &[1; 1_200][..],
+            &[1; MAX_PAYLOAD + 1][..],
             &[2; 104][..],
             &[3; 52][..],
             &[4; 24][..],

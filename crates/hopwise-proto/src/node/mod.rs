@@ -76,6 +76,11 @@ pub struct Config {
     pub max_tagged_links: usize,
     pub vivaldi: VivaldiConfig,
     pub routing: RoutingConfig,
+    /// The largest datagram this node sends (before the secure layer seals it), from
+    /// [`crate::wire::BASE_DATAGRAM`] to [`crate::wire::MAX_DATAGRAM`]: what the path MTU
+    /// carries ([`crate::wire::datagram_for_path_mtu`]). It bounds the payloads the node
+    /// originates; it forwards and accepts datagrams up to `MAX_DATAGRAM` from anyone.
+    pub max_datagram: usize,
 }
 
 /// How a node chooses its routing links and exchanges routes.
@@ -162,6 +167,7 @@ impl Config {
             max_tagged_links: 16,
             vivaldi: VivaldiConfig::default(),
             routing: RoutingConfig::default(),
+            max_datagram: crate::wire::BASE_DATAGRAM,
         }
     }
 }

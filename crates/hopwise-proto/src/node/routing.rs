@@ -7,8 +7,8 @@ use super::links::{RoutingLink, hop_costs};
 use super::{Event, Node, Output};
 use crate::routing::{Metric, SeqnoWanted};
 use crate::wire::{
-    Data, DataBody, MAX_PAYLOAD, MAX_ROUTE_ENTRIES, Message, RouteEntry, RouteUpdate, SeqnoRequest,
-    Trace,
+    BASE_DATAGRAM, Data, DataBody, MAX_DATAGRAM, MAX_ROUTE_ENTRIES, Message, RouteEntry,
+    RouteUpdate, SeqnoRequest, Trace, payload_for_datagram,
 };
 use crate::{Duration, Instant, NodeId};
 
@@ -24,11 +24,15 @@ const MAX_RECENT_REQUESTS: usize = 4_096;
 
 /// [`Node::send_data`] refused a payload of this many bytes: more than one datagram carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PayloadTooLarge(pub usize);
+pub struct PayloadTooLarge {
+    pub len: usize,
+    /// This node's limit ([`Node::payload_limit`]).
+    pub max: usize,
+}
 
 impl std::fmt::Display for PayloadTooLarge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "a payload of {} bytes exceeds {MAX_PAYLOAD}", self.0)
+        write!(f, "a payload of {} bytes exceeds {}", self.len, self.max)
     }
 }
 
@@ -74,8 +78,15 @@ impl Node {
         self.originate(destination, DataBody::Trace(trace));
     }
 
+    /// The largest payload this node originates: what its `max_datagram` carries, at most
+    /// [`crate::wire::MAX_PAYLOAD`].
+    #[must_use]
+    pub fn payload_limit(&self) -> usize {
+        payload_for_datagram(self.config.max_datagram.clamp(BASE_DATAGRAM, MAX_DATAGRAM))
+    }
+
     /// Sends `payload` through the overlay; it arrives as [`Event::Delivered`]. A payload must
-    /// fit one datagram ([`MAX_PAYLOAD`] bytes).
+    /// fit one datagram ([`Node::payload_limit`] bytes).
     pub fn send_data(
         &mut self,
         now: Instant,
@@ -86,7 +97,7 @@ impl Node {
     }
 
     /// Sends an end-to-end sealed datagram through the overlay; it arrives as
-    /// [`Event::Sealed`]. It must fit one datagram ([`MAX_PAYLOAD`] bytes).
+    /// [`Event::Sealed`]. It must fit one datagram ([`Node::payload_limit`] bytes).
     pub fn send_sealed(
         &mut self,
         now: Instant,
@@ -103,8 +114,12 @@ impl Node {
         bytes: Vec<u8>,
         body: fn(Vec<u8>) -> DataBody,
     ) -> Result<(), PayloadTooLarge> {
-        if bytes.len() > MAX_PAYLOAD {
-            return Err(PayloadTooLarge(bytes.len()));
+        let max = self.payload_limit();
+        if bytes.len() > max {
+            return Err(PayloadTooLarge {
+                len: bytes.len(),
+                max,
+            });
         }
         self.advance(now);
         self.originate(destination, body(bytes));

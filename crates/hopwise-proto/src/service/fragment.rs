@@ -1,5 +1,5 @@
 //! Messages larger than one end-to-end datagram, for services that need them (a key-value entry
-//! with a long key, sub-key and value is larger than [`MAX_DATA`]).
+//! with a long key, sub-key and value is larger than [`BASE_DATA`], the size every node carries).
 //!
 //! Each datagram carries `[message id u32][index u8][count u8]` and a chunk. The receiver keeps
 //! partial messages in a bounded table (per peer and in all) for a short time; a lost chunk
@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use super::MAX_DATA;
+use super::BASE_DATA;
 use crate::{Duration, Instant, NodeId};
 
 /// The header each datagram of a message carries.
 pub const FRAGMENT_HEADER: usize = 6;
 /// Bytes of a message each datagram carries.
-pub const CHUNK: usize = MAX_DATA - FRAGMENT_HEADER;
+pub const CHUNK: usize = BASE_DATA - FRAGMENT_HEADER;
 /// The most datagrams one message takes.
 pub const MAX_FRAGMENTS: usize = 16;
 /// The largest message.

@@ -133,7 +133,8 @@ impl<O: OverlayNode> Host<O> {
             "a host needs the node's own keys"
         );
         Self {
-            e2e: EndToEnd::new(id, keys.private_key, rng_seed, now),
+            e2e: EndToEnd::new(id, keys.private_key, rng_seed, now)
+                .with_payload_limit(overlay.node().payload_limit()),
             overlay,
             services: Vec::new(),
             ports: Map::with_hasher(keyed::hash_key(rng_seed)),
@@ -152,6 +153,13 @@ impl<O: OverlayNode> Host<O> {
 
     pub fn node(&self) -> &Node {
         self.overlay.node()
+    }
+
+    /// The largest datagram a service on this host may send: what the node's path carries
+    /// (at least [`super::BASE_DATA`]).
+    #[must_use]
+    pub fn max_data(&self) -> usize {
+        self.e2e.max_data()
     }
 
     pub fn e2e_stats(&self) -> &E2eStats {

@@ -25,7 +25,7 @@ pub use socket::{DatagramSocket, SocketDatagram};
 
 use std::any::Any;
 
-pub use crate::e2e::{MAX_DATA, Port, SendError};
+pub use crate::e2e::{BASE_DATA, MAX_DATA, Port, SendError};
 use crate::node::Node;
 use crate::{Instant, NodeId};
 

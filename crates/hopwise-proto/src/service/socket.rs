@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::{MAX_DATA, Message, Port, SendError, Service, ServiceTransmit};
+use super::{BASE_DATA, Message, Port, SendError, Service, ServiceTransmit};
 use crate::node::Node;
 use crate::{Instant, NodeId};
 
@@ -39,10 +39,10 @@ impl DatagramSocket {
 
     /// Queues `data` for port `port` of node `to`; the host sends it when it is next polled.
     pub fn send_to(&mut self, to: NodeId, port: Port, data: &[u8]) -> Result<(), SendError> {
-        if data.len() > MAX_DATA {
+        if data.len() > BASE_DATA {
             return Err(SendError::TooLarge {
                 len: data.len(),
-                max: MAX_DATA,
+                max: BASE_DATA,
             });
         }
         if self.outgoing.len() >= self.capacity {

@@ -40,8 +40,19 @@ use crate::NodeId;
 /// TTL a source gives every packet: far above any useful path length.
 pub const INITIAL_TTL: u8 = 32;
 
-/// The largest application payload one data packet carries.
-pub const MAX_PAYLOAD: usize = super::MAX_DATAGRAM - super::HEADER_LEN - 4 * NodeId::LEN - 3 - 2;
+/// Bytes a data packet adds to its payload.
+const DATA_OVERHEAD: usize = super::HEADER_LEN + 4 * NodeId::LEN + 3 + 2;
+/// The largest application payload one data packet carries (in a datagram of
+/// [`super::MAX_DATAGRAM`]).
+pub const MAX_PAYLOAD: usize = payload_for_datagram(super::MAX_DATAGRAM);
+/// The payload of a datagram of [`super::BASE_DATAGRAM`], which every node carries.
+pub const BASE_PAYLOAD: usize = payload_for_datagram(super::BASE_DATAGRAM);
+
+/// The largest payload of a data packet in a datagram of `datagram` bytes.
+#[must_use]
+pub const fn payload_for_datagram(datagram: usize) -> usize {
+    datagram.saturating_sub(DATA_OVERHEAD)
+}
 
 const BODY_PING: u8 = 1;
 const BODY_PONG: u8 = 2;

@@ -25,7 +25,10 @@ pub mod route;
 use std::fmt;
 
 use crate::NodeId;
-pub use data::{Data, DataBody, INITIAL_TTL, MAX_PAYLOAD, MAX_TRACE_HOPS, Trace, TraceHop};
+pub use data::{
+    BASE_PAYLOAD, Data, DataBody, INITIAL_TTL, MAX_PAYLOAD, MAX_TRACE_HOPS, Trace, TraceHop,
+    payload_for_datagram,
+};
 pub use probe::{GossipEntry, MAX_GOSSIP, Probe, WireCoord};
 pub use route::{LinkOp, MAX_ROUTE_ENTRIES, RouteEntry, RouteUpdate, SeqnoRequest};
 
@@ -33,8 +36,24 @@ pub const MAGIC: u8 = 0x68;
 pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 4 + NodeId::LEN;
 
-/// The largest datagram the core emits or accepts.
-pub const MAX_DATAGRAM: usize = 1200;
+/// The largest datagram the core accepts, and the most a node sends: what a 1,500-byte IPv6
+/// path carries under the UDP and IPv6 headers and the secure layer's
+/// [`crate::secure::OVERHEAD`]. A node sends at most its own [`crate::node::Config`]
+/// `max_datagram`, which its path MTU sets.
+pub const MAX_DATAGRAM: usize = datagram_for_path_mtu(1500);
+/// What every node sends by default, and the size the services that split their messages
+/// (the key-value store) keep to, so that any path a node may be configured for carries them:
+/// a 1,280-byte path (the IPv6 minimum) carries it.
+pub const BASE_DATAGRAM: usize = 1200;
+
+/// IPv6 and UDP headers, the larger of the two families' costs.
+const IP_UDP_HEADERS: usize = 40 + 8;
+
+/// The largest overlay datagram a path of `mtu` bytes carries, sealed by the secure layer.
+#[must_use]
+pub const fn datagram_for_path_mtu(mtu: usize) -> usize {
+    mtu.saturating_sub(IP_UDP_HEADERS + crate::secure::OVERHEAD)
+}
 
 const KIND_PROBE_REQUEST: u8 = 1;
 const KIND_PROBE_REPLY: u8 = 2;
