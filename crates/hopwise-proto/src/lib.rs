@@ -20,6 +20,7 @@ pub mod secure;
 pub mod service;
 pub mod tags;
 mod time;
+pub mod vpn;
 pub mod wire;
 
 pub use coords::{Algorithm, Coordinate, VivaldiConfig};

@@ -37,6 +37,8 @@ pub mod ports {
     pub const FIRST_USER_PORT: Port = Port(1024);
     /// The key-value store (and the aliases kept in it).
     pub const KV: Port = Port(2);
+    /// The VPN: IP packets between the members' interfaces.
+    pub const VPN: Port = Port(3);
 }
 
 /// An authenticated datagram for a service: `from` proved the static key of its id.
