@@ -359,6 +359,34 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
                 kv.dropped_forged,
                 kv.dropped_malformed
             );
+            if let Some(vpn) = &status.vpn {
+                outln!(
+                    out,
+                    "vpn: {} · {} · mtu {} · sent {} packets ({} bytes) · received {} packets \
+                     ({} bytes) · ICMP errors {}",
+                    vpn.ipv6,
+                    vpn.ipv4.as_deref().unwrap_or("no IPv4 yet"),
+                    vpn.mtu,
+                    vpn.packets_sent,
+                    vpn.bytes_sent,
+                    vpn.packets_received,
+                    vpn.bytes_received,
+                    vpn.icmp_errors
+                );
+                outln!(
+                    out,
+                    "vpn dropped: malformed {} · unknown destination {} · too big {} · \
+                     unresolved {} · not allowed {} · spoofed {} · invalid {} · interface full {}",
+                    vpn.dropped_malformed,
+                    vpn.dropped_unknown_destination,
+                    vpn.dropped_too_big,
+                    vpn.dropped_unresolved,
+                    vpn.dropped_not_allowed,
+                    vpn.dropped_spoofed,
+                    vpn.dropped_invalid,
+                    vpn.dropped_interface_full
+                );
+            }
         }
         Response::Peers { peers } => {
             outln!(

@@ -43,7 +43,8 @@ pub struct RunningNode {
     requests: mpsc::Sender<ControlRequest>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
-    api_task: JoinHandle<()>,
+    /// The control API's task, and the VPN's DNS responder's: they end with the node.
+    side_tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningNode {
@@ -54,7 +55,7 @@ impl RunningNode {
         requests: mpsc::Sender<ControlRequest>,
         stop: oneshot::Sender<()>,
         task: JoinHandle<()>,
-        api_task: JoinHandle<()>,
+        side_tasks: Vec<JoinHandle<()>>,
     ) -> Self {
         Self {
             id,
@@ -63,7 +64,7 @@ impl RunningNode {
             requests,
             stop: Some(stop),
             task: Some(task),
-            api_task,
+            side_tasks,
         }
     }
 
@@ -130,14 +131,14 @@ impl RunningNode {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        self.api_task.abort();
+        self.side_tasks.iter().for_each(JoinHandle::abort);
     }
 }
 
 impl Drop for RunningNode {
     fn drop(&mut self) {
         // The runner leaves when its stop channel closes; the API goes with it.
-        self.api_task.abort();
+        self.side_tasks.iter().for_each(JoinHandle::abort);
     }
 }
 

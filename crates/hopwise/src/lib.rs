@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod demo;
+pub mod dns;
 pub mod embed;
 pub mod keys;
 pub mod node_command;

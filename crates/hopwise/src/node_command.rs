@@ -17,7 +17,11 @@ use tracing::info;
 use crate::api::{self, ApiContext};
 use crate::embed::RunningNode;
 use crate::keys::{NodeKey, load_network_key};
-use crate::runner::{Capture, Clock, Runner, StoreFile, Testbed, load_delays};
+use crate::runner::{
+    Capture, Clock, Ipv4Setting, Runner, StoreFile, Testbed, VpnOptions, load_delays,
+};
+use hopwise_proto::NodeId;
+use hopwise_proto::vpn::Ipv4Prefix;
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
 const DEFAULT_API: &str = "127.0.0.1:4001";
@@ -74,6 +78,32 @@ pub struct NodeArgs {
     #[arg(long = "alias")]
     #[serde(default)]
     pub alias: Vec<String>,
+    /// The MTU of the path to other nodes (1,280 to 1,500) [default: 1500]: the overlay's
+    /// datagrams are sized to fit it under the UDP, IP and encryption headers.
+    #[arg(long)]
+    pub mtu: Option<u16>,
+    /// Run the VPN: a TUN interface with this node's IPv6 address (from the network key and
+    /// the node id) and an IPv4 address claimed in the store, carrying IP packets to every
+    /// member end to end; a DNS responder on the VPN addresses answers NAME.hopwise. Needs
+    /// root or CAP_NET_ADMIN.
+    #[arg(long)]
+    #[serde(default)]
+    pub vpn: bool,
+    /// The VPN interface's name [default: hopwise0].
+    #[arg(long)]
+    pub vpn_interface: Option<String>,
+    /// `auto` (an address derived from the id, the next on a collision), an address
+    /// A.B.C.D inside --vpn-ipv4-prefix, or `off` [default: auto].
+    #[arg(long)]
+    pub vpn_ipv4: Option<String>,
+    /// The network-wide IPv4 prefix; every member must use the same [default: 100.64.0.0/10].
+    #[arg(long)]
+    pub vpn_ipv4_prefix: Option<String>,
+    /// Members that may send into this node's VPN interface, by node id or alias,
+    /// comma-separated [default: every member].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub vpn_allow: Vec<String>,
     /// TESTBED ONLY: delay every outgoing datagram by a one-way latency per destination, read
     /// from a JSON file {"ip:port": milliseconds}; a negative delay drops every datagram to
     /// that destination. Emulates a wide-area network on one machine.
@@ -105,6 +135,12 @@ impl NodeArgs {
             testbed_delays: self.testbed_delays.or(file.testbed_delays),
             data_dir: self.data_dir.or(file.data_dir),
             alias: command_line_or(self.alias, file.alias),
+            mtu: self.mtu.or(file.mtu),
+            vpn: self.vpn || file.vpn,
+            vpn_interface: self.vpn_interface.or(file.vpn_interface),
+            vpn_ipv4: self.vpn_ipv4.or(file.vpn_ipv4),
+            vpn_ipv4_prefix: self.vpn_ipv4_prefix.or(file.vpn_ipv4_prefix),
+            vpn_allow: command_line_or(self.vpn_allow, file.vpn_allow),
         })
     }
 }
@@ -193,6 +229,8 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
     config.landmark = args.landmark;
     config.tags = checked_tags(&args.tags)?;
     config.connect_tags = checked_tags(&args.connect_tags)?;
+    config.max_datagram = datagram_for_path_mtu(args.mtu.unwrap_or(DEFAULT_MTU))?;
+    let vpn = args.vpn.then(|| vpn_options(&args)).transpose()?;
     let node = SecureNode::new(config, &keys, clock.now());
     let host = Host::new(node, &keys, seed.rotate_left(29), clock.now());
     info!(id = %key.id(), %listen, api = %api_addr, "hopwise node started");
@@ -204,6 +242,7 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
         clock,
         names: Default::default(),
     };
+    let context_for_dns = context.clone();
     let api = tokio::spawn(api::serve(api_listener, context));
     let mut runner = Runner::new(
         host,
@@ -214,6 +253,16 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
         store_file,
     )?
     .with_aliases(&args.alias);
+    let dns = match vpn {
+        Some(options) => {
+            runner = runner.with_vpn(options, &keys.network_key, seed.rotate_left(41))?;
+            Some(tokio::spawn(crate::dns::serve(
+                context_for_dns,
+                keys.network_key,
+            )))
+        }
+        None => None,
+    };
     if let Some(path) = &args.capture {
         runner = runner.with_capture(Capture::create(path, listen)?);
     }
@@ -229,8 +278,59 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
         requests,
         stop,
         task,
-        api,
+        [api].into_iter().chain(dns).collect(),
     ))
+}
+
+const DEFAULT_MTU: u16 = 1500;
+/// The path MTU the VPN needs for an interface MTU of 1,280 (the IPv6 minimum).
+const VPN_MIN_MTU: u16 = 1431;
+
+/// The overlay datagram a path of `mtu` bytes carries.
+fn datagram_for_path_mtu(mtu: u16) -> anyhow::Result<usize> {
+    if !(1280..=1500).contains(&mtu) {
+        bail!("--mtu {mtu}: the path MTU must be 1280 to 1500");
+    }
+    Ok(hopwise_proto::wire::datagram_for_path_mtu(usize::from(mtu)))
+}
+
+fn vpn_options(args: &NodeArgs) -> anyhow::Result<VpnOptions> {
+    let mtu = args.mtu.unwrap_or(DEFAULT_MTU);
+    if mtu < VPN_MIN_MTU {
+        bail!("--vpn needs --mtu {VPN_MIN_MTU} or more, for an interface MTU of 1280");
+    }
+    let ipv4_prefix: Ipv4Prefix = match &args.vpn_ipv4_prefix {
+        Some(text) => text.parse()?,
+        None => Ipv4Prefix::DEFAULT,
+    };
+    let ipv4 = match args.vpn_ipv4.as_deref() {
+        None | Some("auto") => Ipv4Setting::Auto,
+        Some("off") => Ipv4Setting::Off,
+        Some(text) => {
+            let address = text
+                .parse()
+                .with_context(|| format!("--vpn-ipv4 {text}: use auto, off or A.B.C.D"))?;
+            if !ipv4_prefix.is_host(address) {
+                bail!("--vpn-ipv4 {address} is not a host address of {ipv4_prefix}");
+            }
+            Ipv4Setting::Fixed(address)
+        }
+    };
+    for entry in &args.vpn_allow {
+        if NodeId::from_hex(entry).is_none() {
+            hopwise_proto::alias::validate(entry)
+                .with_context(|| format!("--vpn-allow {entry}: neither a node id nor an alias"))?;
+        }
+    }
+    Ok(VpnOptions {
+        interface: args
+            .vpn_interface
+            .clone()
+            .unwrap_or_else(|| "hopwise0".into()),
+        ipv4,
+        ipv4_prefix,
+        allow: args.vpn_allow.clone(),
+    })
 }
 
 fn checked_tags(tags: &[String]) -> anyhow::Result<Vec<String>> {

@@ -152,6 +152,11 @@ impl Vpn {
         self.ipv4 = Some(address);
     }
 
+    /// From now on only these members may send into the interface.
+    pub fn set_allow(&mut self, allowed: Vec<NodeId>) {
+        self.config.allow = Some(allowed);
+    }
+
     /// A packet read from the interface.
     pub fn send_packet(&mut self, now: Instant, packet: &[u8]) {
         let Ok(header) = Header::parse(packet) else {

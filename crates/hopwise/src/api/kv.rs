@@ -129,7 +129,7 @@ pub async fn del(context: &ApiContext, key: String, sub: String) -> Result<Respo
         .map_err(kv_error)
 }
 
-async fn get_entries(
+pub async fn get_entries(
     context: &ApiContext,
     key: Vec<u8>,
     sub: Option<Vec<u8>>,

@@ -14,8 +14,8 @@ mod kv;
 mod server;
 mod views;
 
-pub use context::ApiContext;
-pub use kv::{Claimant, KvEntry, KvEventView, NameCache};
+pub use context::{ApiContext, inspect_host};
+pub use kv::{Claimant, KvEntry, KvEventView, NameCache, claimants_of, get_entries};
 pub use server::serve;
 pub use views::*;
 

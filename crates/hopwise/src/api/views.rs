@@ -6,6 +6,7 @@ use hopwise_proto::e2e::E2eStats;
 use hopwise_proto::kv::Kv;
 use hopwise_proto::peers::KnownNode;
 use hopwise_proto::service::ports;
+use hopwise_proto::vpn::Vpn;
 use hopwise_proto::{Coordinate, LinkKind, Node, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +147,56 @@ pub struct Status {
     pub data_delivered: u64,
     pub end_to_end: EndToEnd,
     pub kv: KvStatus,
+    /// Present when the node runs `--vpn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpn: Option<VpnStatus>,
+}
+
+/// The VPN of this node: its addresses, packets each way, and drops by cause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct VpnStatus {
+    pub ipv6: String,
+    /// Once claimed.
+    pub ipv4: Option<String>,
+    pub mtu: usize,
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    pub icmp_errors: u64,
+    pub dropped_malformed: u64,
+    pub dropped_unknown_destination: u64,
+    pub dropped_too_big: u64,
+    pub dropped_unresolved: u64,
+    pub dropped_not_allowed: u64,
+    pub dropped_spoofed: u64,
+    pub dropped_invalid: u64,
+    pub dropped_interface_full: u64,
+}
+
+impl VpnStatus {
+    fn new(host: &NodeHost) -> Option<Self> {
+        let vpn = host.service_at::<Vpn>(ports::VPN)?;
+        let stats = vpn.stats();
+        Some(Self {
+            ipv6: vpn.ipv6().to_string(),
+            ipv4: vpn.ipv4().map(|a| a.to_string()),
+            mtu: vpn.config().mtu,
+            packets_sent: stats.packets_sent,
+            bytes_sent: stats.bytes_sent,
+            packets_received: stats.packets_received,
+            bytes_received: stats.bytes_received,
+            icmp_errors: stats.icmp_errors,
+            dropped_malformed: stats.dropped_malformed,
+            dropped_unknown_destination: stats.dropped_unknown_destination,
+            dropped_too_big: stats.dropped_too_big,
+            dropped_unresolved: stats.dropped_unresolved,
+            dropped_not_allowed: stats.dropped_not_allowed,
+            dropped_spoofed: stats.dropped_spoofed,
+            dropped_invalid: stats.dropped_invalid,
+            dropped_interface_full: stats.dropped_interface_full,
+        })
+    }
 }
 
 /// The key-value store of this node: what it holds as a replica, its operations, and what it
@@ -275,6 +326,7 @@ impl Status {
             data_delivered: stats.data_delivered,
             end_to_end: EndToEnd::new(host),
             kv: KvStatus::new(host),
+            vpn: VpnStatus::new(host),
         }
     }
 }

@@ -12,6 +12,7 @@ mod clock;
 mod kv;
 mod store_file;
 mod testbed;
+mod vpn;
 
 use batch::BatchReceiver;
 pub use capture::Capture;
@@ -19,6 +20,8 @@ pub use clock::Clock;
 pub use kv::{KvBridge, KvRequest, Watched, claimants, watch_channel};
 pub use store_file::StoreFile;
 pub use testbed::{Testbed, load_delays};
+pub use vpn::{Ipv4Setting, VpnOptions};
+use vpn::{VpnAnswer, VpnBridge};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -131,6 +134,8 @@ pub struct Runner {
     /// The socket is IPv6 and reaches IPv4 peers through v4-mapped addresses.
     dual_stack: bool,
     capture: Option<Capture>,
+    vpn: Option<VpnBridge>,
+    vpn_answers: mpsc::UnboundedReceiver<VpnAnswer>,
 }
 
 /// The address the node sees: an IPv4 peer that reached a dual-stack socket as
@@ -173,6 +178,8 @@ impl Runner {
             traces: HashMap::new(),
             next_token: 1,
             capture: None,
+            vpn: None,
+            vpn_answers: mpsc::unbounded_channel().1,
         })
     }
 
@@ -181,6 +188,19 @@ impl Runner {
         self.kv
             .publish_aliases(&mut self.host, self.clock.now(), names);
         self
+    }
+
+    /// Runs the VPN (`--vpn`): creates its interface, which needs CAP_NET_ADMIN.
+    pub fn with_vpn(
+        mut self,
+        options: VpnOptions,
+        network_key: &[u8; 32],
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        let (vpn, answers) = VpnBridge::start(&mut self.host, options, network_key, seed)?;
+        self.vpn = Some(vpn);
+        self.vpn_answers = answers;
+        Ok(self)
     }
 
     /// Writes every packet the node handles, decrypted, to `capture` (`--capture`).
@@ -207,13 +227,25 @@ impl Runner {
                 .traces
                 .values()
                 .map(|t| t.deadline)
+                .chain(self.vpn.as_ref().map(VpnBridge::deadline))
                 .min()
-                .map_or(node_deadline, |trace| trace.min(node_deadline));
+                .map_or(node_deadline, |other| other.min(node_deadline));
+            let interface = async {
+                match &self.vpn {
+                    Some(vpn) => vpn.readable().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 readable = self.socket.readable() => match readable {
                     Ok(()) => self.receive_all(&mut receiver),
                     Err(error) => debug!(%error, "socket not readable"),
                 },
+                readable = interface => match readable {
+                    Ok(()) => self.read_interface(),
+                    Err(error) => debug!(%error, "VPN interface not readable"),
+                },
+                Some(answer) = self.vpn_answers.recv() => self.on_vpn_answer(answer),
                 () = tokio::time::sleep_until(deadline) => self.on_deadline(),
                 Some(request) = self.requests.recv() => self.on_request(request),
                 () = &mut shutdown => break,
@@ -256,6 +288,18 @@ impl Runner {
         }
     }
 
+    fn read_interface(&mut self) {
+        if let Some(vpn) = &mut self.vpn {
+            vpn.read_all(&mut self.host, self.clock.now());
+        }
+    }
+
+    fn on_vpn_answer(&mut self, answer: VpnAnswer) {
+        if let Some(vpn) = &mut self.vpn {
+            vpn.on_answer(&mut self.host, &mut self.kv, self.clock.now(), answer);
+        }
+    }
+
     fn on_deadline(&mut self) {
         let now = tokio::time::Instant::now();
         let expired: Vec<u64> = self
@@ -276,6 +320,10 @@ impl Runner {
         self.poll_host();
         // Answers and events of the store; ending a watch sends, so the host is polled again.
         self.kv.pump(&mut self.host, self.clock.now());
+        if let Some(vpn) = &mut self.vpn {
+            // Received packets go to the interface; lookups and claims go to the store.
+            vpn.pump(&mut self.host, &mut self.kv, self.clock.now());
+        }
         self.poll_host();
         self.deliver_to_sockets();
         self.write_capture();
