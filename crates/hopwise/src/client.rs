@@ -375,10 +375,11 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
                 );
                 outln!(
                     out,
-                    "vpn dropped: malformed {} · unknown destination {} · too big {} · \
+                    "vpn dropped: malformed {} · unknown destination {} · no route {} · too big {} · \
                      unresolved {} · not allowed {} · spoofed {} · invalid {} · interface full {}",
                     vpn.dropped_malformed,
                     vpn.dropped_unknown_destination,
+                    vpn.dropped_no_route,
                     vpn.dropped_too_big,
                     vpn.dropped_unresolved,
                     vpn.dropped_not_allowed,

@@ -41,6 +41,8 @@ pub struct Member {
     pub program: Option<(PathBuf, Vec<String>)>,
     /// More node options, after the usual ones.
     pub options: Vec<String>,
+    /// The network namespace the member runs in (through `ip netns exec`), if not this one.
+    pub netns: Option<String>,
     process: Option<Child>,
 }
 
@@ -102,13 +104,28 @@ impl Testnet {
         network_key: &[u8; keys::KEY_LEN],
         subnet: u8,
     ) -> anyhow::Result<Self> {
+        let hosts: Vec<IpAddr> = (0..matrix.len()).map(|i| host(subnet, i)).collect();
+        Self::create_on(binary, matrix, dir, network_key, &hosts)
+    }
+
+    /// Like [`Testnet::create`], with member `i` on `hosts[i]` (its UDP port and its control
+    /// API there), such as the address of a network namespace it will run in.
+    pub fn create_on(
+        binary: &Path,
+        matrix: &Matrix,
+        dir: &Path,
+        network_key: &[u8; keys::KEY_LEN],
+        hosts: &[IpAddr],
+    ) -> anyhow::Result<Self> {
+        assert_eq!(hosts.len(), matrix.len(), "one host per member");
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let network_key_file = dir.join("network.key");
         let _ = std::fs::remove_file(&network_key_file);
         keys::save_network_key(network_key, &network_key_file)?;
         let n = matrix.len();
-        let listen: Vec<SocketAddr> = (0..n)
-            .map(|i| SocketAddr::new(host(subnet, i), UDP_PORT))
+        let listen: Vec<SocketAddr> = hosts
+            .iter()
+            .map(|host| SocketAddr::new(*host, UDP_PORT))
             .collect();
         let mut members = Vec::with_capacity(n);
         for (i, name) in matrix.names().iter().enumerate() {
@@ -130,7 +147,7 @@ impl Testnet {
                 name: name.clone(),
                 id: key.id(),
                 listen: listen[i],
-                api: SocketAddr::new(host(subnet, i), API_PORT),
+                api: SocketAddr::new(hosts[i], API_PORT),
                 key_file,
                 delays_file,
                 network_key_file: network_key_file.clone(),
@@ -140,6 +157,7 @@ impl Testnet {
                 options: alias_of(name)
                     .map(|alias| vec!["--alias".to_string(), alias])
                     .unwrap_or_default(),
+                netns: None,
                 process: None,
             });
         }
@@ -157,18 +175,20 @@ impl Testnet {
     /// Starts (or restarts) member `index` with its key.
     pub fn launch(&mut self, index: usize) -> anyhow::Result<()> {
         let member = &mut self.members[index];
-        let mut command = match &member.program {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args);
-                command
-            }
-            None => {
-                let mut command = Command::new(&self.binary);
-                command.arg("node");
-                command
-            }
+        let (program, args) = match &member.program {
+            Some((program, args)) => (program.clone(), args.clone()),
+            None => (self.binary.clone(), vec!["node".to_string()]),
         };
+        let mut command = match &member.netns {
+            // `ip netns exec` execs the program: the child is the node itself.
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&program);
+                command
+            }
+            None => Command::new(&program),
+        };
+        command.args(&args);
         command
             .args(["--listen", &member.listen.to_string()])
             .args(["--api", &member.api.to_string()])

@@ -222,14 +222,21 @@ impl<O: OverlayNode> Host<O> {
 
     /// The service for its user's calls; drain [`Host::poll_output`] after calls that send.
     pub fn service_mut<S: Service>(&mut self, handle: ServiceHandle<S>) -> &mut S {
-        let service: &mut dyn std::any::Any = self.services[handle.slot]
+        self.service_with_node(handle).0
+    }
+
+    /// Like [`Host::service_mut`], with the overlay node in view, for user calls that need
+    /// it (where a packet can go).
+    pub fn service_with_node<S: Service>(&mut self, handle: ServiceHandle<S>) -> (&mut S, &Node) {
+        let node = self.overlay.node();
+        let registered = self.services[handle.slot]
             .as_mut()
-            .expect("a handle names a registered service")
-            .service
-            .as_mut();
-        service
+            .expect("a handle names a registered service");
+        let service: &mut dyn std::any::Any = registered.service.as_mut();
+        let service = service
             .downcast_mut()
-            .expect("a handle names a service of its type")
+            .expect("a handle names a service of its type");
+        (service, node)
     }
 
     pub fn service<S: Service>(&self, handle: ServiceHandle<S>) -> &S {

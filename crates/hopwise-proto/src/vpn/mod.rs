@@ -65,6 +65,8 @@ pub struct VpnStats {
     pub dropped_malformed: u64,
     /// From the interface: to an address outside the network's prefixes, or to no member.
     pub dropped_unknown_destination: u64,
+    /// From the interface: to a member this node has no route to.
+    pub dropped_no_route: u64,
     /// From the interface: larger than the MTU, without a way to say so (IPv4 that may be
     /// fragmented, or an ICMP error).
     pub dropped_too_big: u64,
@@ -90,6 +92,9 @@ enum Resolution {
         since: Instant,
     },
 }
+
+/// Which nodes the overlay has a route to.
+type Routed<'a> = &'a dyn Fn(&NodeId) -> bool;
 
 /// A packet held while the address it depends on is resolved.
 enum Waiting {
@@ -157,8 +162,13 @@ impl Vpn {
         self.config.allow = Some(allowed);
     }
 
-    /// A packet read from the interface.
-    pub fn send_packet(&mut self, now: Instant, packet: &[u8]) {
+    /// A packet read from the interface; `overlay` tells where it can go.
+    pub fn send_packet(&mut self, now: Instant, packet: &[u8], overlay: &Node) {
+        self.route_packet(now, packet, &|node| overlay.route(node).is_some());
+    }
+
+    /// [`Vpn::send_packet`], with `routed` telling which nodes have a route.
+    fn route_packet(&mut self, now: Instant, packet: &[u8], routed: Routed<'_>) {
         let Ok(header) = Header::parse(packet) else {
             self.stats.dropped_malformed += 1;
             return;
@@ -169,12 +179,12 @@ impl Vpn {
         }
         match header.destination {
             IpAddr::V6(destination) => match self.config.ipv6_prefix.node_of(destination) {
-                Some(node) if node != self.local => self.transmit(node, packet),
+                Some(node) if node != self.local => self.transmit(node, packet, routed),
                 _ => self.stats.dropped_unknown_destination += 1,
             },
             IpAddr::V4(destination) if self.config.ipv4_prefix.is_host(destination) => {
                 match self.resolution(now, destination) {
-                    Some(Some(node)) if node != self.local => self.transmit(node, packet),
+                    Some(Some(node)) if node != self.local => self.transmit(node, packet, routed),
                     Some(_) => self.stats.dropped_unknown_destination += 1,
                     None => self.hold(now, destination, Waiting::Outgoing(packet.to_vec())),
                 }
@@ -195,7 +205,23 @@ impl Vpn {
     }
 
     /// What the store says of `address`: the node that claimed it, or nobody.
-    pub fn resolved(&mut self, now: Instant, address: Ipv4Addr, node: Option<NodeId>) {
+    pub fn resolved(
+        &mut self,
+        now: Instant,
+        address: Ipv4Addr,
+        node: Option<NodeId>,
+        overlay: &Node,
+    ) {
+        self.resolved_with(now, address, node, &|node| overlay.route(node).is_some());
+    }
+
+    fn resolved_with(
+        &mut self,
+        now: Instant,
+        address: Ipv4Addr,
+        node: Option<NodeId>,
+        routed: Routed<'_>,
+    ) {
         let until = now
             + if node.is_some() {
                 RESOLVED_FOR
@@ -210,7 +236,7 @@ impl Vpn {
         for held in waiting {
             match (held, node) {
                 (Waiting::Outgoing(packet), Some(to)) if to != self.local => {
-                    self.transmit(to, &packet)
+                    self.transmit(to, &packet, routed);
                 }
                 (Waiting::Outgoing(_), _) => self.stats.dropped_unknown_destination += 1,
                 (Waiting::Incoming { from, packet }, Some(owner)) if owner == from => {
@@ -272,7 +298,11 @@ impl Vpn {
         self.stats.dropped_unresolved += dropped as u64;
     }
 
-    fn transmit(&mut self, to: NodeId, packet: &[u8]) {
+    fn transmit(&mut self, to: NodeId, packet: &[u8], routed: Routed<'_>) {
+        if !routed(&to) {
+            self.stats.dropped_no_route += 1;
+            return;
+        }
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += packet.len() as u64;
         self.transmits.push_back(ServiceTransmit {

@@ -6,6 +6,8 @@ use super::packet::tests::{echo_v6, udp_v4};
 use super::*;
 
 const MTU: usize = 1_349;
+/// Every member has a route to every other.
+const ROUTED: Routed<'static> = &|_| true;
 
 fn id(n: u8) -> NodeId {
     NodeId::from_bytes([n, 0, 0, 0, 0, 0, 0, n])
@@ -47,18 +49,18 @@ fn addr6(members: &[Vpn], i: usize) -> Ipv6Addr {
 fn an_ipv6_packet_reaches_the_node_its_address_names() {
     let mut members = [vpn(1, None), vpn(2, None)];
     let packet = echo_v6(addr6(&members, 0), addr6(&members, 1), 200);
-    members[0].send_packet(Instant::ZERO, &packet);
+    members[0].route_packet(Instant::ZERO, &packet, ROUTED);
     assert_eq!(carry(&mut members, 0, Instant::ZERO), 1);
     assert_eq!(members[1].poll_packet(), Some(packet.clone()));
     assert_eq!(members[0].stats().bytes_sent, 200);
     assert_eq!(members[1].stats().packets_received, 1);
     // The largest packet goes through; a larger one is answered with Packet Too Big.
     let largest = echo_v6(addr6(&members, 0), addr6(&members, 1), MTU);
-    members[0].send_packet(Instant::ZERO, &largest);
+    members[0].route_packet(Instant::ZERO, &largest, ROUTED);
     assert_eq!(carry(&mut members, 0, Instant::ZERO), 1);
     assert_eq!(members[1].poll_packet().map(|p| p.len()), Some(MTU));
     let too_big = echo_v6(addr6(&members, 0), addr6(&members, 1), MTU + 1);
-    members[0].send_packet(Instant::ZERO, &too_big);
+    members[0].route_packet(Instant::ZERO, &too_big, ROUTED);
     assert_eq!(carry(&mut members, 0, Instant::ZERO), 0);
     let error = members[0].poll_packet().expect("an ICMP error");
     let header = Header::parse(&error).unwrap();
@@ -72,31 +74,37 @@ fn an_ipv6_packet_reaches_the_node_its_address_names() {
 fn bad_packets_from_the_interface_are_counted() {
     let mut members = [vpn(1, None), vpn(2, None)];
     let me = addr6(&members, 0);
-    members[0].send_packet(Instant::ZERO, &[0x60, 1, 2]);
-    members[0].send_packet(
+    members[0].route_packet(Instant::ZERO, &[0x60, 1, 2], ROUTED);
+    members[0].route_packet(
         Instant::ZERO,
         &echo_v6(me, "2001:db8::1".parse().unwrap(), 80),
+        ROUTED,
     );
-    members[0].send_packet(Instant::ZERO, &echo_v6(me, me, 80));
+    members[0].route_packet(Instant::ZERO, &echo_v6(me, me, 80), ROUTED);
     let outside = udp_v4(
         Ipv4Addr::new(100, 64, 0, 1),
         Ipv4Addr::new(8, 8, 8, 8),
         60,
         true,
     );
-    members[0].send_packet(Instant::ZERO, &outside);
+    members[0].route_packet(Instant::ZERO, &outside, ROUTED);
     let big = udp_v4(
         Ipv4Addr::new(100, 64, 0, 1),
         Ipv4Addr::new(100, 64, 0, 2),
         MTU + 1,
         false,
     );
-    members[0].send_packet(Instant::ZERO, &big);
+    members[0].route_packet(Instant::ZERO, &big, ROUTED);
     let stats = *members[0].stats();
     assert_eq!(stats.dropped_malformed, 1);
     assert_eq!(stats.dropped_unknown_destination, 3);
     // May be fragmented, so there is nothing to answer; the interface MTU prevents it anyway.
     assert_eq!(stats.dropped_too_big, 1);
+    assert_eq!(carry(&mut members, 0, Instant::ZERO), 0);
+    // A member the overlay has no route to.
+    let packet = echo_v6(me, addr6(&members, 1), 80);
+    members[0].route_packet(Instant::ZERO, &packet, &|_| false);
+    assert_eq!(members[0].stats().dropped_no_route, 1);
     assert_eq!(carry(&mut members, 0, Instant::ZERO), 0);
 }
 
@@ -106,38 +114,40 @@ fn ipv4_is_resolved_once_held_meanwhile_and_checked_on_arrival() {
     let (a, b) = (Ipv4Addr::new(100, 64, 0, 1), Ipv4Addr::new(100, 64, 0, 2));
     let now = Instant::ZERO;
     for _ in 0..3 {
-        members[0].send_packet(now, &udp_v4(a, b, 100, true));
+        members[0].route_packet(now, &udp_v4(a, b, 100, true), ROUTED);
     }
     assert_eq!(members[0].poll_lookup(), Some(b));
     assert_eq!(members[0].poll_lookup(), None, "one lookup per address");
     assert_eq!(carry(&mut members, 0, now), 0);
-    members[0].resolved(now, b, Some(id(2)));
+    members[0].resolved_with(now, b, Some(id(2)), ROUTED);
     assert_eq!(carry(&mut members, 0, now), 3);
     // The receiver checks that the source address is the sender's claim.
     assert_eq!(members[1].poll_lookup(), Some(a));
     assert_eq!(members[1].poll_packet(), None);
-    members[1].resolved(now, a, Some(id(1)));
+    members[1].resolved_with(now, a, Some(id(1)), ROUTED);
     assert_eq!((0..3).filter_map(|_| members[1].poll_packet()).count(), 3);
     // A member that sends from another member's address is caught.
-    members[2].send_packet(now, &udp_v4(a, b, 100, true));
-    members[2].resolved(now, b, Some(id(2)));
+    members[2].route_packet(now, &udp_v4(a, b, 100, true), ROUTED);
+    members[2].resolved_with(now, b, Some(id(2)), ROUTED);
     assert_eq!(carry(&mut members, 2, now), 1);
     assert_eq!(members[1].poll_packet(), None);
     assert_eq!(members[1].stats().dropped_spoofed, 1);
     // Nobody claimed it: dropped, and not asked again for a while.
     let unclaimed = Ipv4Addr::new(100, 64, 0, 9);
-    members[0].send_packet(now, &udp_v4(a, unclaimed, 100, true));
+    members[0].route_packet(now, &udp_v4(a, unclaimed, 100, true), ROUTED);
     assert_eq!(members[0].poll_lookup(), Some(unclaimed));
-    members[0].resolved(now, unclaimed, None);
-    members[0].send_packet(
+    members[0].resolved_with(now, unclaimed, None, ROUTED);
+    members[0].route_packet(
         now + Duration::from_secs(1),
         &udp_v4(a, unclaimed, 100, true),
+        ROUTED,
     );
     assert_eq!(members[0].poll_lookup(), None);
     assert_eq!(members[0].stats().dropped_unknown_destination, 2);
-    members[0].send_packet(
+    members[0].route_packet(
         now + Duration::from_secs(6),
         &udp_v4(a, unclaimed, 100, true),
+        ROUTED,
     );
     assert_eq!(
         members[0].poll_lookup(),
@@ -152,12 +162,12 @@ fn the_allow_list_and_spoofed_or_misaddressed_packets_are_refused() {
     let now = Instant::ZERO;
     let to_b = |members: &[Vpn], from: usize| echo_v6(addr6(members, from), addr6(members, 1), 80);
     let packet = to_b(&members, 0);
-    members[0].send_packet(now, &packet);
+    members[0].route_packet(now, &packet, ROUTED);
     carry(&mut members, 0, now);
     assert_eq!(members[1].poll_packet(), None);
     assert_eq!(members[1].stats().dropped_not_allowed, 1);
     let packet = to_b(&members, 2);
-    members[2].send_packet(now, &packet);
+    members[2].route_packet(now, &packet, ROUTED);
     carry(&mut members, 2, now);
     assert_eq!(members[1].poll_packet(), Some(packet));
     // Straight into the service: from 3, claiming 1's address, or for someone else.
@@ -176,15 +186,20 @@ fn waiting_packets_are_bounded_and_given_up() {
     let mut member = vpn(1, None);
     let a = Ipv4Addr::new(100, 64, 0, 1);
     for n in 0..20 {
-        member.send_packet(
+        member.route_packet(
             Instant::ZERO,
             &udp_v4(a, Ipv4Addr::new(100, 64, 1, 1), 60 + n, true),
+            ROUTED,
         );
     }
     assert_eq!(member.stats().dropped_unresolved, 12);
     // The lookup is never answered: the next packet after the timeout drops the old ones.
     let later = Instant::ZERO + LOOKUP_TIMEOUT + Duration::from_millis(1);
-    member.send_packet(later, &udp_v4(a, Ipv4Addr::new(100, 64, 2, 2), 60, true));
+    member.route_packet(
+        later,
+        &udp_v4(a, Ipv4Addr::new(100, 64, 2, 2), 60, true),
+        ROUTED,
+    );
     assert_eq!(member.stats().dropped_unresolved, 20);
 }
 
@@ -201,7 +216,7 @@ proptest::proptest! {
             if let Some(first) = packet.first_mut() {
                 *first = (version << 4) | (*first & 0x0f);
             }
-            member.send_packet(Instant::ZERO, &packet);
+            member.route_packet(Instant::ZERO, &packet, ROUTED);
             member.accept(Instant::ZERO, id(2), &packet);
         }
         while member.poll_transmit().is_some() {}

@@ -149,10 +149,10 @@ impl VpnBridge {
 
     /// Hands what the interface holds to the service, up to [`READS_PER_WAKE`] packets.
     pub fn read_all(&mut self, host: &mut NodeHost, now: Instant) {
-        let vpn = host.service_mut(self.handle);
+        let (vpn, node) = host.service_with_node(self.handle);
         for _ in 0..READS_PER_WAKE {
             match self.device.try_recv(&mut self.read_buffer) {
-                Ok(len) => vpn.send_packet(now, &self.read_buffer[..len]),
+                Ok(len) => vpn.send_packet(now, &self.read_buffer[..len], node),
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(error) => {
                     warn!(%error, "reading the VPN interface failed");
@@ -302,7 +302,8 @@ impl VpnBridge {
                 // A failed read is no answer: the packets wait for the lookup's timeout.
                 if let Ok(entries) = read {
                     let owner = claim_owner(&entries);
-                    host.service_mut(self.handle).resolved(now, address, owner);
+                    let (vpn, node) = host.service_with_node(self.handle);
+                    vpn.resolved(now, address, owner, node);
                 }
             }
             VpnAnswer::Claimed(address, result) => {
