@@ -323,18 +323,17 @@ impl Vpn {
         self.to_interface.push_back(packet);
     }
 
-    /// Tells the sender of an oversized packet the MTU, where the protocol has a way to.
+    /// Tells the sender of an oversized packet the MTU, where the protocol has a way to. The
+    /// error comes from the packet's destination, as if the path to it said so: the kernel
+    /// drops an IPv4 packet from one of its own addresses arriving on an interface.
     fn answer_too_big(&mut self, packet: &[u8], header: Header) {
         let mtu = self.config.mtu;
-        let error = match (header.source, self.ipv4) {
+        let error = match (header.source, header.destination) {
             _ if header.icmp_error => None,
-            (IpAddr::V6(source), _) => Some(packet::packet_too_big(
-                self.ipv6(),
-                packet,
-                source,
-                mtu as u32,
-            )),
-            (IpAddr::V4(source), Some(router)) if header.dont_fragment => {
+            (IpAddr::V6(source), IpAddr::V6(router)) => {
+                Some(packet::packet_too_big(router, packet, source, mtu as u32))
+            }
+            (IpAddr::V4(source), IpAddr::V4(router)) if header.dont_fragment => {
                 Some(packet::fragmentation_needed(
                     router,
                     packet,
@@ -342,7 +341,7 @@ impl Vpn {
                     mtu.min(usize::from(u16::MAX)) as u16,
                 ))
             }
-            (IpAddr::V4(_), _) => None,
+            _ => None,
         };
         match error {
             Some(error) if self.to_interface.len() < MAX_TO_INTERFACE => {

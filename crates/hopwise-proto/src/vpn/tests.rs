@@ -66,6 +66,11 @@ fn an_ipv6_packet_reaches_the_node_its_address_names() {
     let header = Header::parse(&error).unwrap();
     assert!(header.icmp_error);
     assert_eq!(header.destination, IpAddr::V6(addr6(&members, 0)));
+    assert_eq!(
+        header.source,
+        IpAddr::V6(addr6(&members, 1)),
+        "from the destination"
+    );
     assert_eq!(&error[44..48], &(MTU as u32).to_be_bytes());
     assert_eq!(members[0].stats().icmp_errors, 1);
 }

@@ -218,7 +218,14 @@ impl VpnBridge {
         // The store places a claim among the nodes this one routes to: claim once there are some.
         let joined = host.node().routes().next().is_some();
         match self.claim {
-            Claim::Due { at, attempt } if wall >= at && joined => {
+            Claim::Due { at, attempt } if wall >= at && !joined => {
+                // Looked at again in a while (arriving routes wake the runner anyway).
+                self.claim = Claim::Due {
+                    at: wall + CLAIM_RETRY,
+                    attempt,
+                };
+            }
+            Claim::Due { at, attempt } if wall >= at => {
                 let address = match self.options.ipv4 {
                     Ipv4Setting::Fixed(address) => address,
                     _ => self.options.ipv4_prefix.candidate(self.local, attempt),

@@ -2,6 +2,8 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 
 use hopwise_sim::{Matrix, Unit};
