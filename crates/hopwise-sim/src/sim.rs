@@ -249,6 +249,10 @@ impl SimNode {
         on_host!(self, host => host.service_mut(handle))
     }
 
+    fn service_with_node<S: Service>(&mut self, handle: ServiceHandle<S>) -> (&mut S, &Node) {
+        on_host!(self, host => host.service_with_node(handle))
+    }
+
     fn service<S: Service>(&self, handle: ServiceHandle<S>) -> &S {
         on_host!(self, host => host.service(handle))
     }
@@ -543,6 +547,22 @@ impl Simulation {
         let node = self.nodes[index].as_mut()?;
         node.handle_input(Input::Timeout(now));
         let result = call(node.service_mut(handle));
+        self.drain(index);
+        Some(result)
+    }
+
+    /// Like [`Simulation::with_service`], for calls that need the overlay node in view.
+    pub fn with_service_and_node<S: Service, R>(
+        &mut self,
+        index: usize,
+        handle: ServiceHandle<S>,
+        call: impl FnOnce(&mut S, &Node, Instant) -> R,
+    ) -> Option<R> {
+        let now = self.now;
+        let node = self.nodes[index].as_mut()?;
+        node.handle_input(Input::Timeout(now));
+        let (service, overlay) = node.service_with_node(handle);
+        let result = call(service, overlay, now);
         self.drain(index);
         Some(result)
     }
