@@ -22,6 +22,10 @@ declare -A address=([a]=10.55.0.1 [b]=10.55.0.2 [r]=10.55.0.3)
 pids=()
 
 cleanup() {
+    local status=$?
+    if ((status != 0)); then
+        for log in "$work"/*.log; do echo "--- $log"; grep -v "^ *[0-9]*: \|^ *at " "$log" | tail -n 12; done
+    fi
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     sleep 0.5
     for n in "${names[@]}"; do ip netns del "$tag$n" 2>/dev/null || true; done
@@ -30,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-in() { local n=$1; shift; ip netns exec "$tag$n" "$@"; }
+inside() { local n=$1; shift; ip netns exec "$tag$n" "$@"; }
 
 ip netns add "$hub"
 ip -n "$hub" link add br0 type bridge
@@ -65,7 +69,7 @@ race() {
     local from=$1 to=$2; shift 2
     local before after json
     before=$(cpu_seconds "$@")
-    json=$(in "$from" iperf3 -c "$to" -t "$duration" -J)
+    json=$(inside "$from" iperf3 -c "$to" -t "$duration" -J)
     after=$(cpu_seconds "$@")
     python3 - "$json" "$before" "$after" <<'EOF'
 import json, sys
@@ -78,14 +82,15 @@ EOF
 
 start_node() {
     local n=$1; shift
-    in "$n" "$hopwise" node --listen "${address[$n]}:4000" --key "$work/$n.key" \
+    # Not through `inside`: a function in the background is a subshell, and $! would be its pid.
+    ip netns exec "$tag$n" "$hopwise" node --listen "${address[$n]}:4000" --key "$work/$n.key" \
         --network-key-file "$work/network.key" --vpn --alias "node-$n" "$@" \
         >"$work/$n.log" 2>&1 &
     pids+=($!)
     eval "pid_$n=$!"
 }
 
-vpn_ipv4() { in "$1" "$hopwise" status --json | python3 -c 'import json,sys; print((json.load(sys.stdin).get("vpn") or {}).get("ipv4") or "")'; }
+vpn_ipv4() { inside "$1" "$hopwise" status --json | python3 -c 'import json,sys; print((json.load(sys.stdin).get("vpn") or {}).get("ipv4") or "")'; }
 
 wait_ipv4() {
     local n=$1 ip=""
@@ -107,9 +112,10 @@ stop_nodes() {
 # Median of the overlay RTT (hopwise ping) and of ICMP pings over the VPN, in ms.
 latency() {
     local from=$1 node=$2 ip=$3 overlay icmp
-    overlay=$(for _ in $(seq 50); do in "$from" "$hopwise" ping "$node" --json; done |
-        python3 -c 'import json,sys,statistics; print(statistics.median(json.loads(l)["rtt_ms"] for l in sys.stdin))')
-    icmp=$(in "$from" ping -n -q -c 200 -i 0.01 "$ip" >/dev/null; in "$from" ping -n -c 200 -i 0.01 "$ip" |
+    overlay=$(for _ in $(seq 50); do
+        inside "$from" "$hopwise" ping "$node" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["rtt_ms"])'
+    done | python3 -c 'import sys,statistics; print(statistics.median(float(l) for l in sys.stdin))')
+    icmp=$(inside "$from" ping -n -q -c 200 -i 0.01 "$ip" >/dev/null; inside "$from" ping -n -c 200 -i 0.01 "$ip" |
         python3 -c 'import re,sys,statistics; print(statistics.median(float(m) for m in re.findall(r"time=([0-9.]+)", sys.stdin.read())))')
     echo "$overlay $icmp"
 }
@@ -119,17 +125,19 @@ start_node a
 start_node b --seed "${address[a]}:4000"
 ip_b=$(wait_ipv4 b)
 wait_ipv4 a >/dev/null
-in b iperf3 -s -D -B "$ip_b" >/dev/null
+inside b iperf3 -s -D -I "$work/iperf3.pid" -B "$ip_b" >/dev/null
 sleep 1
 read -r direct_gbps direct_cpu < <(race a "$ip_b" "$pid_a" "$pid_b")
 read -r overlay_ms icmp_ms < <(latency a node-b "$ip_b")
 stop_nodes
-in b pkill iperf3 || true
+kill "$(cat "$work/iperf3.pid")"
 
 echo "== hopwise, through a relay"
-in a nft -f - <<EOF
-table inet hopwise_bench { chain input { type filter hook input priority 0; ip saddr ${address[b]} drop; }
-                           chain output { type filter hook output priority 0; ip daddr ${address[b]} drop; } }
+inside a nft -f - <<EOF
+table inet hopwise_bench {
+    chain input { type filter hook input priority 0; ip saddr ${address[b]} drop; }
+    chain output { type filter hook output priority 0; ip daddr ${address[b]} drop; }
+}
 EOF
 start_node a
 start_node r --seed "${address[a]}:4000"
@@ -137,22 +145,22 @@ start_node b --seed "${address[r]}:4000"
 ip_b=$(wait_ipv4 b)
 wait_ipv4 a >/dev/null
 for _ in $(seq 60); do
-    hops=$(in a "$hopwise" ping node-b --json 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["outbound"]))' || echo 0)
+    hops=$(inside a "$hopwise" ping node-b --json 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["outbound"]))' 2>/dev/null || echo 0)
     [[ $hops == 3 ]] && break
     sleep 0.5
 done
-in b iperf3 -s -D -B "$ip_b" >/dev/null
+inside b iperf3 -s -D -I "$work/iperf3.pid" -B "$ip_b" >/dev/null
 sleep 1
 read -r relay_gbps relay_cpu < <(race a "$ip_b" "$pid_a" "$pid_r" "$pid_b")
 stop_nodes
-in b pkill iperf3 || true
-in a nft delete table inet hopwise_bench
+kill "$(cat "$work/iperf3.pid")"
+inside a nft delete table inet hopwise_bench
 
 echo "== wireguard-go, direct path"
 for n in a b; do
-    wg genkey >"$work/$n.wg"
+    (umask 077; wg genkey >"$work/$n.wg")
     wg pubkey <"$work/$n.wg" >"$work/$n.wgpub"
-    in "$n" env WG_PROCESS_FOREGROUND=1 wireguard-go wg0 >"$work/$n.wg.log" 2>&1 &
+    ip netns exec "$tag$n" env WG_PROCESS_FOREGROUND=1 wireguard-go "wg$n" >"$work/$n.wg.log" 2>&1 &
     pids+=($!)
     eval "wgpid_$n=$!"
 done
@@ -160,17 +168,18 @@ sleep 1
 declare -A wg_ip=([a]=10.66.0.1 [b]=10.66.0.2)
 for n in a b; do
     peer=$([[ $n == a ]] && echo b || echo a)
-    in "$n" wg set wg0 listen-port 51820 private-key "$work/$n.wg" \
+    # Each its own name: wireguard-go's control sockets share one directory across namespaces.
+    inside "$n" wg set "wg$n" listen-port 51820 private-key "$work/$n.wg" \
         peer "$(cat "$work/$peer.wgpub")" endpoint "${address[$peer]}:51820" allowed-ips "${wg_ip[$peer]}/32"
-    in "$n" ip addr add "${wg_ip[$n]}/24" dev wg0
-    in "$n" ip link set wg0 up
+    inside "$n" ip addr add "${wg_ip[$n]}/24" dev "wg$n"
+    inside "$n" ip link set "wg$n" up
 done
-in b iperf3 -s -D -B "${wg_ip[b]}" >/dev/null
+inside b iperf3 -s -D -I "$work/iperf3.pid" -B "${wg_ip[b]}" >/dev/null
 sleep 1
 read -r wg_gbps wg_cpu < <(race a "${wg_ip[b]}" "$wgpid_a" "$wgpid_b")
-wg_icmp=$(in a ping -n -c 200 -i 0.01 "${wg_ip[b]}" |
+wg_icmp=$(inside a ping -n -c 200 -i 0.01 "${wg_ip[b]}" |
     python3 -c 'import re,sys,statistics; print(statistics.median(float(m) for m in re.findall(r"time=([0-9.]+)", sys.stdin.read())))')
-in b pkill iperf3 || true
+kill "$(cat "$work/iperf3.pid")"
 
 echo
 printf '%-28s %10s %12s\n' "" "Gbit/s" "CPU s/GB"
