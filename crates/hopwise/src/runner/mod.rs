@@ -14,7 +14,7 @@ mod store_file;
 mod testbed;
 mod vpn;
 
-use batch::BatchReceiver;
+use batch::{BatchReceiver, BatchSender};
 pub use capture::Capture;
 pub use clock::Clock;
 pub use kv::{KvBridge, KvRequest, Watched, claimants, watch_channel};
@@ -136,6 +136,9 @@ pub struct Runner {
     capture: Option<Capture>,
     vpn: Option<VpnBridge>,
     vpn_answers: mpsc::UnboundedReceiver<VpnAnswer>,
+    /// What the host sent during a drain, sent in batches at its end.
+    outbox: Vec<Transmit>,
+    sender: BatchSender,
 }
 
 /// The address the node sees: an IPv4 peer that reached a dual-stack socket as
@@ -166,6 +169,7 @@ impl Runner {
     ) -> anyhow::Result<Self> {
         let dual_stack = socket.local_addr().is_ok_and(|a| a.is_ipv6());
         let kv = KvBridge::new(&mut host, store_file, clock.now())?;
+        let sender = BatchSender::new(&socket)?;
         Ok(Self {
             host,
             kv,
@@ -180,6 +184,8 @@ impl Runner {
             capture: None,
             vpn: None,
             vpn_answers: mpsc::unbounded_channel().1,
+            outbox: Vec::new(),
+            sender,
         })
     }
 
@@ -327,6 +333,10 @@ impl Runner {
         self.poll_host();
         self.deliver_to_sockets();
         self.write_capture();
+        let dual_stack = self.dual_stack;
+        self.sender.send_all(&self.socket, &mut self.outbox, |to| {
+            for_socket(to, dual_stack)
+        });
     }
 
     fn poll_host(&mut self) {
@@ -385,16 +395,7 @@ impl Runner {
     fn transmit(&mut self, transmit: Transmit) {
         match &self.testbed {
             Some(testbed) => testbed.send(transmit.destination, transmit.contents),
-            None => self.send_now(transmit.destination, &transmit.contents),
-        }
-    }
-
-    /// A UDP send never blocks for long; a full socket buffer drops the datagram, like the
-    /// network would.
-    fn send_now(&self, destination: SocketAddr, contents: &[u8]) {
-        let to = for_socket(destination, self.dual_stack);
-        if let Err(error) = self.socket.try_send_to(contents, to) {
-            debug!(%destination, %error, "send failed");
+            None => self.outbox.push(transmit),
         }
     }
 
