@@ -9,6 +9,7 @@
 mod batch;
 mod capture;
 mod clock;
+mod interface;
 mod kv;
 mod store_file;
 mod testbed;

@@ -13,9 +13,9 @@ use hopwise_proto::vpn::{
 use hopwise_proto::{Instant, NodeId, alias};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
-use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use super::NodeHost;
+use super::interface::Interface;
 use super::kv::{KvBridge, KvRequest, claimants};
 
 /// How this node takes an IPv4 address.
@@ -36,8 +36,9 @@ pub struct VpnOptions {
     pub allow: Vec<String>,
 }
 
-/// Packets read from the interface per wake, before the node's output goes out.
-const READS_PER_WAKE: usize = 64;
+/// Reads of the interface per wake (each up to a batch of packets), before the node's
+/// output goes out.
+const READS_PER_WAKE: usize = 16;
 /// A claim that failed for a passing reason (no replica yet) is tried again after this long;
 /// a held claim is checked this often.
 const CLAIM_RETRY: StdDuration = StdDuration::from_secs(1);
@@ -72,14 +73,13 @@ enum Claim {
 
 pub struct VpnBridge {
     handle: ServiceHandle<Vpn>,
-    device: AsyncDevice,
+    device: Interface,
     options: VpnOptions,
     local: NodeId,
     claim: Claim,
     allowed_ids: Vec<NodeId>,
     allow_refresh_at: tokio::time::Instant,
     answers: mpsc::UnboundedSender<VpnAnswer>,
-    read_buffer: Vec<u8>,
 }
 
 impl VpnBridge {
@@ -94,18 +94,18 @@ impl VpnBridge {
         let mtu = host.max_data();
         let ipv6_prefix = Ipv6Prefix::from_network_key(network_key);
         let address = ipv6_prefix.address_of(local);
-        let device = DeviceBuilder::new()
-            .name(&options.interface)
-            .mtu(u16::try_from(mtu).unwrap_or(u16::MAX))
-            .ipv6(address, 64)
-            .build_async()
-            .with_context(|| {
-                format!(
-                    "cannot create the VPN interface {} (--vpn needs root or CAP_NET_ADMIN, \
+        let device = Interface::create(
+            &options.interface,
+            u16::try_from(mtu).unwrap_or(u16::MAX),
+            address,
+        )
+        .with_context(|| {
+            format!(
+                "cannot create the VPN interface {} (--vpn needs root or CAP_NET_ADMIN, \
                      and /dev/net/tun)",
-                    options.interface
-                )
-            })?;
+                options.interface
+            )
+        })?;
         let explicit: Vec<NodeId> = options
             .allow
             .iter()
@@ -137,7 +137,6 @@ impl VpnBridge {
                 allow_refresh_at: now,
                 options,
                 answers,
-                read_buffer: vec![0; usize::from(u16::MAX)],
             },
             answered,
         ))
@@ -147,12 +146,15 @@ impl VpnBridge {
         self.device.readable().await
     }
 
-    /// Hands what the interface holds to the service, up to [`READS_PER_WAKE`] packets.
+    /// Hands what the interface holds to the service, up to [`READS_PER_WAKE`] reads.
     pub fn read_all(&mut self, host: &mut NodeHost, now: Instant) {
         let (vpn, node) = host.service_with_node(self.handle);
         for _ in 0..READS_PER_WAKE {
-            match self.device.try_recv(&mut self.read_buffer) {
-                Ok(len) => vpn.send_packet(now, &self.read_buffer[..len], node),
+            match self
+                .device
+                .read(|packet| vpn.send_packet(now, packet, node))
+            {
+                Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(error) => {
                     warn!(%error, "reading the VPN interface failed");
@@ -166,9 +168,9 @@ impl VpnBridge {
     pub fn pump(&mut self, host: &mut NodeHost, kv: &mut KvBridge, now: Instant) {
         let vpn = host.service_mut(self.handle);
         while let Some(packet) = vpn.poll_packet() {
-            // A full interface queue drops the packet, as a congested link would.
-            let _ = self.device.try_send(&packet);
+            self.device.write(&packet);
         }
+        self.device.flush();
         let mut lookups = Vec::new();
         while let Some(address) = vpn.poll_lookup() {
             lookups.push(address);
@@ -380,7 +382,7 @@ impl VpnBridge {
         attempt: u32,
     ) {
         let prefix = self.options.ipv4_prefix.prefix_len();
-        if let Err(error) = self.device.add_address_v4(address, prefix) {
+        if let Err(error) = self.device.add_ipv4(address, prefix) {
             warn!(%error, %address, "cannot give the interface its IPv4 address");
         }
         host.service_mut(self.handle).set_ipv4(address);
