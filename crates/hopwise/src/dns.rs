@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hopwise_proto::NodeId;
@@ -73,7 +73,7 @@ async fn answer_all(
     prefix: Ipv6Prefix,
     in_flight: Arc<Semaphore>,
 ) {
-    let mut buffer = vec![0; 4096];
+    let mut buffer = vec![0; RECEIVE_BUFFER];
     loop {
         let Ok((len, from)) = socket.recv_from(&mut buffer).await else {
             continue;
@@ -87,13 +87,33 @@ async fn answer_all(
         };
         let (socket, context) = (socket.clone(), context.clone());
         tokio::spawn(async move {
+            let limit = query.edns.as_ref().map_or(PLAIN_UDP_LIMIT, |edns| {
+                usize::from(edns.max_payload()).max(PLAIN_UDP_LIMIT)
+            });
             let answer = answer(&context, prefix, &query).await;
-            if let Ok(bytes) = answer.to_vec() {
+            if let Some(bytes) = fitted(answer, limit) {
                 let _ = socket.send_to(&bytes, from).await;
             }
             drop(permit);
         });
     }
+}
+
+/// The largest query read.
+const RECEIVE_BUFFER: usize = 4_096;
+/// The largest answer to a query without EDNS (RFC 1035 §4.2.1).
+const PLAIN_UDP_LIMIT: usize = 512;
+
+/// The answer's bytes within `limit`: without its records and marked truncated (so the
+/// resolver knows it is partial) when they do not fit.
+fn fitted(mut answer: Message, limit: usize) -> Option<Vec<u8>> {
+    let bytes = answer.to_vec().ok()?;
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    answer.answers.clear();
+    answer.metadata.truncation = true;
+    answer.to_vec().ok()
 }
 
 /// The answer to one query.
@@ -108,6 +128,12 @@ async fn answer(context: &ApiContext, prefix: Ipv6Prefix, query: &Message) -> Me
     }
     let mut response = Message::response(id, OpCode::Query);
     response.metadata.recursion_desired = query.metadata.recursion_desired;
+    if query.edns.is_some() {
+        // A query with EDNS gets it back (RFC 6891 §6.1.1), with the size this responder reads.
+        let mut edns = Edns::new();
+        edns.set_max_payload(RECEIVE_BUFFER as u16);
+        response.edns = Some(edns);
+    }
     response.add_query(question.clone());
     let Some(label) = label_in_zone(question.name()) else {
         response.metadata.response_code = ResponseCode::Refused;
@@ -173,6 +199,21 @@ async fn ipv4_of(context: &ApiContext, node: NodeId) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_too_large_for_its_query_is_truncated() {
+        let name = Name::from_ascii("many.hopwise.").unwrap();
+        let mut answer = Message::response(7, OpCode::Query);
+        for n in 0..40u8 {
+            let record =
+                Record::from_rdata(name.clone(), TTL, RData::A(A(Ipv4Addr::new(100, 64, 0, n))));
+            answer.add_answer(record);
+        }
+        let whole = fitted(answer.clone(), 4_096).unwrap();
+        assert_eq!(Message::from_vec(&whole).unwrap().answers.len(), 40);
+        let cut = Message::from_vec(&fitted(answer, PLAIN_UDP_LIMIT).unwrap()).unwrap();
+        assert!(cut.metadata.truncation && cut.answers.is_empty());
+    }
 
     #[test]
     fn only_single_labels_under_the_zone_are_answered() {

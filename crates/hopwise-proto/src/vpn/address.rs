@@ -43,13 +43,6 @@ impl Ipv6Prefix {
             NodeId::from_bytes(id)
         })
     }
-
-    /// The prefix as an address (its interface identifier zero).
-    pub fn network(&self) -> Ipv6Addr {
-        let mut bytes = [0; 16];
-        bytes[..8].copy_from_slice(&self.0);
-        Ipv6Addr::from(bytes)
-    }
 }
 
 /// The network-wide IPv4 prefix the members' addresses are claimed in (100.64.0.0/10, the
@@ -92,10 +85,6 @@ impl Ipv4Prefix {
 
     pub fn prefix_len(&self) -> u8 {
         self.len
-    }
-
-    pub fn network(&self) -> Ipv4Addr {
-        self.network
     }
 
     fn mask(&self) -> u32 {
