@@ -155,7 +155,8 @@ impl ServiceSocket {
     }
 
     /// Sends `data` to port `port` of node `to`, end-to-end encrypted, from this socket's port.
-    /// At most [`hopwise_proto::service::BASE_DATA`] bytes.
+    /// At most what the node's path carries (1,349 bytes with the default `--mtu` of 1,500);
+    /// a larger datagram is refused with [`hopwise_proto::e2e::SendError::TooLarge`].
     pub async fn send_to(
         &self,
         to: NodeId,

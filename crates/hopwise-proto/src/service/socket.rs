@@ -21,28 +21,45 @@ pub struct SocketDatagram {
 /// is dropped and counted, like a full socket buffer.
 pub struct DatagramSocket {
     capacity: usize,
+    max_data: usize,
     received: VecDeque<SocketDatagram>,
     outgoing: VecDeque<ServiceTransmit>,
     dropped: u64,
 }
 
 impl DatagramSocket {
-    /// A socket that holds at most `capacity` datagrams each way.
+    /// A socket that holds at most `capacity` datagrams each way, each at most
+    /// [`BASE_DATA`] bytes (what every node carries).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
+            max_data: BASE_DATA,
             received: VecDeque::new(),
             outgoing: VecDeque::new(),
             dropped: 0,
         }
     }
 
+    /// Sends datagrams up to `max_data` bytes: its host's [`super::Host::max_data`], what
+    /// the node's path carries (from [`BASE_DATA`] to [`super::MAX_DATA`]).
+    #[must_use]
+    pub fn with_max_data(mut self, max_data: usize) -> Self {
+        self.max_data = max_data.clamp(BASE_DATA, super::MAX_DATA);
+        self
+    }
+
+    /// The largest datagram [`DatagramSocket::send_to`] takes.
+    pub fn max_data(&self) -> usize {
+        self.max_data
+    }
+
     /// Queues `data` for port `port` of node `to`; the host sends it when it is next polled.
+    /// A datagram larger than [`DatagramSocket::max_data`] is refused, never cut or dropped.
     pub fn send_to(&mut self, to: NodeId, port: Port, data: &[u8]) -> Result<(), SendError> {
-        if data.len() > BASE_DATA {
+        if data.len() > self.max_data {
             return Err(SendError::TooLarge {
                 len: data.len(),
-                max: BASE_DATA,
+                max: self.max_data,
             });
         }
         if self.outgoing.len() >= self.capacity {
@@ -89,5 +106,32 @@ impl Service for DatagramSocket {
 
     fn poll_transmit(&mut self) -> Option<ServiceTransmit> {
         self.outgoing.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_up_to_the_limit_are_taken_and_larger_ones_refused() {
+        let to = NodeId::from_bytes([1; 8]);
+        for (socket, max) in [
+            (DatagramSocket::new(4), BASE_DATA),
+            (DatagramSocket::new(4).with_max_data(1_349), 1_349),
+            (
+                DatagramSocket::new(4).with_max_data(100_000),
+                super::super::MAX_DATA,
+            ),
+        ] {
+            let mut socket = socket;
+            assert_eq!(socket.max_data(), max);
+            assert_eq!(socket.send_to(to, Port(9), &vec![0; max]), Ok(()));
+            assert_eq!(
+                socket.send_to(to, Port(9), &vec![0; max + 1]),
+                Err(SendError::TooLarge { len: max + 1, max })
+            );
+            assert_eq!(socket.poll_transmit().map(|t| t.data.len()), Some(max));
+        }
     }
 }

@@ -486,7 +486,7 @@ impl Runner {
     }
 
     fn bind(&mut self, port: Port) -> Result<mpsc::Receiver<SocketDatagram>, String> {
-        let socket = DatagramSocket::new(SOCKET_CAPACITY);
+        let socket = DatagramSocket::new(SOCKET_CAPACITY).with_max_data(self.host.max_data());
         let handle = self
             .host
             .register(port, socket)
