@@ -79,8 +79,29 @@ async fn ten_nodes_converge_match_the_simulator_fail_over_and_rejoin() {
     let pairs: Vec<(usize, usize)> = (0..n)
         .flat_map(|a| (0..n).filter(move |b| *b != a).map(move |b| (a, b)))
         .collect();
-    let measured = fastest_traces(&net, &pairs).await;
+    let mut measured = fastest_traces(&net, &pairs).await;
     let predicted = simulated_round_trips(&matrix, &pairs, converged + SETTLE);
+    let off_by = |real: &Option<TraceReport>, sim: f64| {
+        real.as_ref()
+            .map_or(f64::INFINITY, |real| (real.rtt_ms - sim).abs() / sim)
+    };
+    // Real nodes start a little apart and their relay reviews fall at other instants than the
+    // simulator's, so a pair may still be a relay swap (at most 20 s) away from the path the
+    // simulator found: such pairs are traced again once more, after another settling time.
+    let off: Vec<usize> = (0..pairs.len())
+        .filter(|&i| off_by(&measured[i], predicted[i]) > 0.10)
+        .collect();
+    if !off.is_empty() {
+        println!(
+            "{} pairs off by more than 10%; tracing them again",
+            off.len()
+        );
+        tokio::time::sleep(2 * SETTLE).await;
+        let again: Vec<(usize, usize)> = off.iter().map(|&i| pairs[i]).collect();
+        for (&i, report) in off.iter().zip(fastest_traces(&net, &again).await) {
+            measured[i] = report;
+        }
+    }
     let mut worst: f64 = 0.0;
     for ((&(a, b), real), sim) in pairs.iter().zip(&measured).zip(&predicted) {
         let real = real
