@@ -543,12 +543,7 @@ impl Simulation {
         handle: ServiceHandle<S>,
         call: impl FnOnce(&mut S) -> R,
     ) -> Option<R> {
-        let now = self.now;
-        let node = self.nodes[index].as_mut()?;
-        node.handle_input(Input::Timeout(now));
-        let result = call(node.service_mut(handle));
-        self.drain(index);
-        Some(result)
+        self.with_service_and_node(index, handle, |service, _, _| call(service))
     }
 
     /// Like [`Simulation::with_service`], for calls that need the overlay node in view.

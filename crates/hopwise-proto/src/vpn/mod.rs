@@ -93,6 +93,14 @@ enum Resolution {
     },
 }
 
+/// Whether a lookup of `address` was asked for and has not timed out.
+fn in_flight(resolutions: &Map<Ipv4Addr, Resolution>, now: Instant, address: &Ipv4Addr) -> bool {
+    matches!(
+        resolutions.get(address),
+        Some(Resolution::Asked { since }) if now - *since < LOOKUP_TIMEOUT
+    )
+}
+
 /// Which nodes the overlay has a route to.
 type Routed<'a> = &'a dyn Fn(&NodeId) -> bool;
 
@@ -186,7 +194,7 @@ impl Vpn {
                 match self.resolution(now, destination) {
                     Some(Some(node)) if node != self.local => self.transmit(node, packet, routed),
                     Some(_) => self.stats.dropped_unknown_destination += 1,
-                    None => self.hold(now, destination, Waiting::Outgoing(packet.to_vec())),
+                    None => self.hold(now, destination, packet, None),
                 }
             }
             IpAddr::V4(_) => self.stats.dropped_unknown_destination += 1,
@@ -247,17 +255,11 @@ impl Vpn {
         }
     }
 
-    /// The node `address` resolves to now: `Some(None)` for nobody, `None` while unknown (a
-    /// lookup is then asked for, once).
-    fn resolution(&mut self, now: Instant, address: Ipv4Addr) -> Option<Option<NodeId>> {
+    /// The node `address` resolves to now: `Some(None)` for nobody, `None` while unknown.
+    fn resolution(&self, now: Instant, address: Ipv4Addr) -> Option<Option<NodeId>> {
         match self.resolutions.get(&address) {
             Some(Resolution::Known { node, until }) if *until > now => Some(*node),
-            Some(Resolution::Asked { since }) if now - *since < LOOKUP_TIMEOUT => None,
-            _ => {
-                self.remember(address, Resolution::Asked { since: now });
-                self.lookups.push_back(address);
-                None
-            }
+            _ => None,
         }
     }
 
@@ -269,15 +271,27 @@ impl Vpn {
         self.resolutions.insert(address, resolution);
     }
 
-    fn hold(&mut self, now: Instant, address: Ipv4Addr, packet: Waiting) {
+    /// Holds `packet` (received from `from`, or sent when `None`) until `address` is resolved,
+    /// and asks for it once. Only a packet that is held asks: the bound on held packets bounds
+    /// the lookups a member can make this node start with made-up source addresses.
+    fn hold(&mut self, now: Instant, address: Ipv4Addr, packet: &[u8], from: Option<NodeId>) {
         self.expire_waiting(now);
-        let queue = self.waiting.entry(address).or_default();
-        if queue.len() >= MAX_WAITING_PER_ADDRESS || self.waiting_count >= MAX_WAITING {
+        let queued = self.waiting.get(&address).map_or(0, Vec::len);
+        if queued >= MAX_WAITING_PER_ADDRESS || self.waiting_count >= MAX_WAITING {
             self.stats.dropped_unresolved += 1;
             return;
         }
-        queue.push(packet);
+        let packet = packet.to_vec();
+        let held = match from {
+            None => Waiting::Outgoing(packet),
+            Some(from) => Waiting::Incoming { from, packet },
+        };
+        self.waiting.entry(address).or_default().push(held);
         self.waiting_count += 1;
+        if !in_flight(&self.resolutions, now, &address) {
+            self.remember(address, Resolution::Asked { since: now });
+            self.lookups.push_back(address);
+        }
     }
 
     /// Drops what waits for lookups that were given up.
@@ -285,10 +299,7 @@ impl Vpn {
         let resolutions = &self.resolutions;
         let mut dropped = 0;
         self.waiting.retain(|address, queue| {
-            let pending = matches!(
-                resolutions.get(address),
-                Some(Resolution::Asked { since }) if now - *since < LOOKUP_TIMEOUT
-            );
+            let pending = in_flight(resolutions, now, address);
             if !pending {
                 dropped += queue.len();
             }
@@ -389,14 +400,7 @@ impl Vpn {
                 match self.resolution(now, source) {
                     Some(Some(owner)) if owner == from => self.deliver(packet.to_vec()),
                     Some(_) => self.stats.dropped_spoofed += 1,
-                    None => self.hold(
-                        now,
-                        source,
-                        Waiting::Incoming {
-                            from,
-                            packet: packet.to_vec(),
-                        },
-                    ),
+                    None => self.hold(now, source, packet, Some(from)),
                 }
             }
             _ => self.stats.dropped_invalid += 1,

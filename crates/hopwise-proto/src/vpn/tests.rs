@@ -228,3 +228,19 @@ proptest::proptest! {
         while member.poll_packet().is_some() {}
     }
 }
+
+#[test]
+fn made_up_source_addresses_start_no_more_lookups_than_packets_are_held() {
+    let mut member = vpn(1, None);
+    let me = Ipv4Addr::new(100, 64, 0, 1);
+    for n in 0..1_000u32 {
+        let source = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 65, 0, 0)) + n);
+        member.accept(Instant::ZERO, id(2), &udp_v4(source, me, 60, true));
+    }
+    let lookups = std::iter::from_fn(|| member.poll_lookup()).count();
+    assert_eq!(lookups, MAX_WAITING);
+    assert_eq!(
+        member.stats().dropped_unresolved,
+        1_000 - MAX_WAITING as u64
+    );
+}

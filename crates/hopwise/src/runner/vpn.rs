@@ -77,6 +77,10 @@ pub struct VpnBridge {
     options: VpnOptions,
     local: NodeId,
     claim: Claim,
+    /// `--vpn-allow` split once: the ids given as ids, and the aliases to resolve.
+    allowed_by_id: Vec<NodeId>,
+    allowed_aliases: Vec<String>,
+    /// Those ids and the aliases' claimants found since the last refresh.
     allowed_ids: Vec<NodeId>,
     allow_refresh_at: tokio::time::Instant,
     answers: mpsc::UnboundedSender<VpnAnswer>,
@@ -133,7 +137,14 @@ impl VpnBridge {
                         attempt: 0,
                     },
                 },
-                allowed_ids: explicit,
+                allowed_aliases: options
+                    .allow
+                    .iter()
+                    .filter(|entry| NodeId::from_hex(entry).is_none())
+                    .cloned()
+                    .collect(),
+                allowed_ids: explicit.clone(),
+                allowed_by_id: explicit,
                 allow_refresh_at: now,
                 options,
                 answers,
@@ -196,25 +207,11 @@ impl VpnBridge {
     /// Claims or checks the IPv4 address, and refreshes the allow list's aliases.
     pub fn tick(&mut self, host: &mut NodeHost, kv: &mut KvBridge, now: Instant) {
         let wall = tokio::time::Instant::now();
-        let aliases: Vec<String> = self
-            .options
-            .allow
-            .iter()
-            .filter(|entry| NodeId::from_hex(entry).is_none())
-            .cloned()
-            .collect();
         if wall >= self.allow_refresh_at {
             self.allow_refresh_at = wall + ALLOW_REFRESH;
-            if !aliases.is_empty() {
-                self.allowed_ids = self
-                    .options
-                    .allow
-                    .iter()
-                    .filter_map(|entry| NodeId::from_hex(entry))
-                    .collect();
-            }
-            for name in aliases {
-                self.get(host, kv, now, alias::key(&name), VpnAnswer::Allowed);
+            self.allowed_ids.clone_from(&self.allowed_by_id);
+            for name in &self.allowed_aliases {
+                self.get(host, kv, now, alias::key(name), VpnAnswer::Allowed);
             }
         }
         // The store places a claim among the nodes this one routes to: claim once there are some.
