@@ -132,7 +132,7 @@ sleep 1
 read -r direct_gbps direct_cpu < <(race a "$ip_b" "$pid_a" "$pid_b")
 read -r overlay_ms icmp_ms < <(latency a node-b "$ip_b")
 stop_nodes
-kill "$(cat "$work/iperf3.pid")" && rm "$work/iperf3.pid"
+kill "$(cat "$work/iperf3.pid")" && rm -f "$work/iperf3.pid"
 
 echo "== hopwise, through a relay"
 inside a nft -f - <<EOF
@@ -155,7 +155,7 @@ inside b iperf3 -s -D -I "$work/iperf3.pid" -B "$ip_b" >/dev/null
 sleep 1
 read -r relay_gbps relay_cpu < <(race a "$ip_b" "$pid_a" "$pid_r" "$pid_b")
 stop_nodes
-kill "$(cat "$work/iperf3.pid")" && rm "$work/iperf3.pid"
+kill "$(cat "$work/iperf3.pid")" && rm -f "$work/iperf3.pid"
 inside a nft delete table inet hopwise_bench
 
 echo "== wireguard-go, direct path"
@@ -181,7 +181,7 @@ sleep 1
 read -r wg_gbps wg_cpu < <(race a "${wg_ip[b]}" "$wgpid_a" "$wgpid_b")
 wg_icmp=$(inside a ping -n -c 200 -i 0.01 "${wg_ip[b]}" |
     python3 -c 'import re,sys,statistics; print(statistics.median(float(m) for m in re.findall(r"time=([0-9.]+)", sys.stdin.read())))')
-kill "$(cat "$work/iperf3.pid")" && rm "$work/iperf3.pid"
+kill "$(cat "$work/iperf3.pid")" && rm -f "$work/iperf3.pid"
 
 echo
 printf '%-28s %10s %12s\n' "" "Gbit/s" "CPU s/GB"
