@@ -162,13 +162,15 @@ async fn a_flood_of_bad_datagrams_is_counted_and_the_network_keeps_working() {
         peak_kib = peak_kib.max(resident_kib(pid));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The flood's own length: a tracer still waiting out a lost trace's timeout when the
+    // flood ends must not add seconds in which the others, already stopped, answer nothing.
+    let flood_lasted = flood_started.elapsed();
     let (mut answered_at, mut asked) = (Vec::new(), 0);
     while let Some(done) = tracers.join_next().await {
         let (at, count) = done.expect("tracer");
         answered_at.extend(at);
         asked += count;
     }
-    let flood_lasted = flood_started.elapsed();
     let flooding = std::sync::Arc::into_inner(flooding).expect("the tracers are done");
     let sent = flooding.await.expect("flood");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -181,6 +183,7 @@ async fn a_flood_of_bad_datagrams_is_counted_and_the_network_keeps_working() {
     let status = net.status(target).await.expect("the target still answers");
     let counted = (status.dropped_insecure - before.dropped_insecure)
         + (status.dropped_malformed - before.dropped_malformed);
+    answered_at.sort();
     let answered = answered_at.len();
     let silent_seconds = (0..flood_lasted.as_secs())
         .filter(|&s| {
@@ -188,7 +191,7 @@ async fn a_flood_of_bad_datagrams_is_counted_and_the_network_keeps_working() {
                 .iter()
                 .any(|at| at.as_secs() == s || at.as_secs() == s + 1)
         })
-        .count();
+        .collect::<Vec<_>>();
     println!(
         "flood: {sent} datagrams sent, {counted} counted as dropped; resident memory idle \
          {idle_kib} KiB, peak {peak_kib} KiB; {answered} of {asked} traces between other nodes \
@@ -206,9 +209,10 @@ async fn a_flood_of_bad_datagrams_is_counted_and_the_network_keeps_working() {
         answered * 10 >= asked * 9,
         "{answered} of {asked} traces answered during the flood"
     );
-    assert_eq!(
-        silent_seconds, 0,
-        "two seconds of the flood without an answer"
+    assert!(
+        silent_seconds.is_empty(),
+        "two seconds of the flood without an answer from second {silent_seconds:?} of \
+         {flood_lasted:?}; answers at {answered_at:?}"
     );
     assert_eq!(answered_after, 20, "traces after the flood");
     assert!(counted >= sent as u64 / 2, "{counted} of {sent} counted");
