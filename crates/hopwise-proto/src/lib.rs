@@ -8,6 +8,7 @@
 pub mod alias;
 pub mod coords;
 pub mod e2e;
+pub mod forward;
 mod id;
 pub mod keyed;
 pub mod kv;

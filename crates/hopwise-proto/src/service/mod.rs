@@ -39,6 +39,10 @@ pub mod ports {
     pub const KV: Port = Port(2);
     /// The VPN: IP packets between the members' interfaces.
     pub const VPN: Port = Port(3);
+    /// Exposed services and UDP forwards ([`crate::forward`]).
+    pub const FORWARD: Port = Port(4);
+    /// The QUIC connections that carry TCP forwards.
+    pub const STREAMS: Port = Port(5);
 }
 
 /// An authenticated datagram for a service: `from` proved the static key of its id.
