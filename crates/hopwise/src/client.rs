@@ -1,5 +1,5 @@
 //! Client subcommands (`hopwise status`, `peers`, `routes`, `coords`, `ping`, `trace`, `kv`,
-//! `resolve`): one request to a local node's control API, printed for people (or as JSON with
+//! `resolve`, `expose`, `forward`): one request to a local node's control API, printed for people (or as JSON with
 //! `--json`); `kv watch` streams until interrupted.
 
 use std::net::SocketAddr;
@@ -56,6 +56,132 @@ pub enum ClientCommand {
     Kv(KvCommand),
     /// Every node that claims an alias, nearest first.
     Resolve(ResolveArgs),
+    /// Services this node publishes for forwards from other nodes.
+    #[command(subcommand)]
+    Expose(ExposeCommand),
+    /// Local addresses whose flows go to a service another node exposes (as `ssh -L`).
+    #[command(subcommand)]
+    Forward(ForwardCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ExposeCommand {
+    /// Publishes UDP service NAME at TARGET, an address on this node's side (127.0.0.1:53).
+    Udp {
+        name: String,
+        target: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Publishes TCP service NAME at TARGET, an address on this node's side (127.0.0.1:80).
+    Tcp {
+        name: String,
+        target: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The services this node exposes.
+    List(ClientArgs),
+    /// Withdraws service NAME.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ForwardCommand {
+    /// Listens for UDP on LISTEN (an address, or a port on 127.0.0.1) and carries each
+    /// client's flow to SERVICE, NODE/NAME (NODE an id or an alias).
+    Udp {
+        listen: String,
+        service: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Listens for TCP on LISTEN and carries each connection to SERVICE, NODE/NAME.
+    Tcp {
+        listen: String,
+        service: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The forwards this node runs.
+    List(ClientArgs),
+    /// Stops the forward listening on LISTEN.
+    Rm {
+        listen: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+impl ExposeCommand {
+    fn request(&self) -> (Request, &ClientArgs) {
+        match self {
+            Self::Udp {
+                name,
+                target,
+                client,
+            }
+            | Self::Tcp {
+                name,
+                target,
+                client,
+            } => (
+                Request::Expose {
+                    kind: if matches!(self, Self::Udp { .. }) {
+                        "udp"
+                    } else {
+                        "tcp"
+                    }
+                    .into(),
+                    name: name.clone(),
+                    target: target.clone(),
+                },
+                client,
+            ),
+            Self::List(client) => (Request::ExposeList, client),
+            Self::Rm { name, client } => (Request::ExposeRm { name: name.clone() }, client),
+        }
+    }
+}
+
+impl ForwardCommand {
+    fn request(&self) -> (Request, &ClientArgs) {
+        match self {
+            Self::Udp {
+                listen,
+                service,
+                client,
+            }
+            | Self::Tcp {
+                listen,
+                service,
+                client,
+            } => (
+                Request::Forward {
+                    kind: if matches!(self, Self::Udp { .. }) {
+                        "udp"
+                    } else {
+                        "tcp"
+                    }
+                    .into(),
+                    listen: listen.clone(),
+                    service: service.clone(),
+                },
+                client,
+            ),
+            Self::List(client) => (Request::ForwardList, client),
+            Self::Rm { listen, client } => (
+                Request::ForwardRm {
+                    listen: listen.clone(),
+                },
+                client,
+            ),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -174,6 +300,8 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             },
             &resolve.client,
         ),
+        ClientCommand::Expose(expose) => expose.request(),
+        ClientCommand::Forward(forward) => forward.request(),
     };
     let response = runtime.block_on(call(args.api, &request))?;
     let mut out = String::new();
@@ -498,6 +626,46 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
                 outln!(out, "{}  {rtt} ({how})", node.id);
             }
         }
+        Response::Exposed(service) => outln!(
+            out,
+            "exposed {} service {} at {}",
+            service.kind,
+            service.name,
+            service.target
+        ),
+        Response::ExposeList { exposed } => {
+            for service in exposed {
+                outln!(
+                    out,
+                    "{}  {}  {}",
+                    service.kind,
+                    service.name,
+                    service.target
+                );
+            }
+        }
+        Response::Unexposed { name } => outln!(out, "{name} is no longer exposed"),
+        Response::Forwarding(forward) => outln!(
+            out,
+            "forwarding {} {} to {} (node {})",
+            forward.kind,
+            forward.listen,
+            forward.service,
+            forward.node
+        ),
+        Response::ForwardList { forwards } => {
+            for forward in forwards {
+                outln!(
+                    out,
+                    "{}  {}  {}  (node {})",
+                    forward.kind,
+                    forward.listen,
+                    forward.service,
+                    short(&forward.node)
+                );
+            }
+        }
+        Response::Unforwarded { listen } => outln!(out, "stopped the forward on {listen}"),
         Response::Error { error } | Response::Failure { error, .. } => eprintln!("error: {error}"),
     }
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -12,13 +13,13 @@ use hopwise_proto::tags::{MAX_TAG_LEN, MAX_TAGS};
 use serde::Deserialize;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{self, ApiContext};
 use crate::embed::RunningNode;
 use crate::keys::{NodeKey, load_network_key};
 use crate::runner::{
-    Capture, Clock, Ipv4Setting, Runner, StoreFile, Testbed, VpnOptions, load_delays,
+    Capture, Clock, Ipv4Setting, Runner, StoreFile, TcpCounters, Testbed, VpnOptions, load_delays,
 };
 use hopwise_proto::NodeId;
 use hopwise_proto::vpn::Ipv4Prefix;
@@ -104,6 +105,16 @@ pub struct NodeArgs {
     #[arg(long, value_delimiter = ',')]
     #[serde(default)]
     pub vpn_allow: Vec<String>,
+    /// Services to expose at start (TOML only): `[[expose]]` tables with `kind` (udp or tcp),
+    /// `name` and `target`; `hopwise expose` adds more while the node runs.
+    #[arg(skip)]
+    #[serde(default)]
+    pub expose: Vec<ExposeConfig>,
+    /// Forwards to start (TOML only): `[[forward]]` tables with `kind`, `listen` and
+    /// `service` (NODE/NAME); each is set up once its serving node answers.
+    #[arg(skip)]
+    #[serde(default)]
+    pub forward: Vec<ForwardConfig>,
     /// TESTBED ONLY: delay every outgoing datagram by a one-way latency per destination, read
     /// from a JSON file {"ip:port": milliseconds}; a negative delay drops every datagram to
     /// that destination. Emulates a wide-area network on one machine.
@@ -141,8 +152,28 @@ impl NodeArgs {
             vpn_ipv4: self.vpn_ipv4.or(file.vpn_ipv4),
             vpn_ipv4_prefix: self.vpn_ipv4_prefix.or(file.vpn_ipv4_prefix),
             vpn_allow: command_line_or(self.vpn_allow, file.vpn_allow),
+            expose: command_line_or(self.expose, file.expose),
+            forward: command_line_or(self.forward, file.forward),
         })
     }
+}
+
+/// An `[[expose]]` table of the config file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExposeConfig {
+    pub kind: String,
+    pub name: String,
+    pub target: String,
+}
+
+/// A `[[forward]]` table of the config file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    pub kind: String,
+    pub listen: String,
+    pub service: String,
 }
 
 /// A list given on the command line replaces the file's.
@@ -236,13 +267,16 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
     info!(id = %key.id(), %listen, api = %api_addr, "hopwise node started");
 
     let (requests, inbox) = mpsc::channel(64);
+    let tcp_counters = Arc::new(TcpCounters::default());
     let context = ApiContext {
         requests: requests.clone(),
         listen,
         clock,
         names: Default::default(),
+        tcp: tcp_counters.clone(),
     };
     let context_for_dns = context.clone();
+    let context_for_services = context.clone();
     let api = tokio::spawn(api::serve(api_listener, context));
     let mut runner = Runner::new(
         host,
@@ -252,7 +286,8 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
         inbox,
         store_file,
     )?
-    .with_aliases(&args.alias);
+    .with_aliases(&args.alias)
+    .with_forwards(seed.rotate_left(53), requests.clone(), tcp_counters)?;
     let dns = match vpn {
         Some(options) => {
             runner = runner.with_vpn(options, &keys.network_key, seed.rotate_left(41))?;
@@ -266,6 +301,7 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
     if let Some(path) = &args.capture {
         runner = runner.with_capture(Capture::create(path, listen)?);
     }
+    let configured = configured_services(&args, context_for_services);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(runner.run(async {
         // A dropped handle stops the node too.
@@ -278,8 +314,54 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
         requests,
         stop,
         task,
-        [api].into_iter().chain(dns).collect(),
+        [api, configured].into_iter().chain(dns).collect(),
     ))
+}
+
+/// A configured forward whose serving node did not answer yet is tried again this often.
+const FORWARD_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sets up the config file's `[[expose]]` and `[[forward]]` tables through the control API's
+/// own actions, so they behave as `hopwise expose` and `hopwise forward` do. A forward is
+/// tried until its serving node answers (it may start later, or the alias may not be
+/// claimed yet).
+fn configured_services(args: &NodeArgs, context: ApiContext) -> tokio::task::JoinHandle<()> {
+    let (exposes, forwards) = (args.expose.clone(), args.forward.clone());
+    tokio::spawn(async move {
+        for expose in exposes {
+            let answer =
+                api::forward::expose(&context, expose.kind, expose.name.clone(), expose.target)
+                    .await;
+            if let Err(refused) = answer {
+                warn!(name = %expose.name, "[[expose]]: {}", refused.error_text().unwrap_or(""));
+            }
+        }
+        let mut waiting = forwards;
+        let mut warned = std::collections::HashSet::new();
+        while !waiting.is_empty() {
+            let mut still = Vec::new();
+            for forward in waiting {
+                let answer = api::forward::forward(
+                    &context,
+                    forward.kind.clone(),
+                    forward.listen.clone(),
+                    forward.service.clone(),
+                )
+                .await;
+                if let Err(refused) = answer {
+                    if warned.insert(forward.service.clone()) {
+                        warn!(service = %forward.service, "[[forward]] (trying again every {} s): {}",
+                            FORWARD_RETRY.as_secs(), refused.error_text().unwrap_or(""));
+                    }
+                    still.push(forward);
+                }
+            }
+            waiting = still;
+            if !waiting.is_empty() {
+                tokio::time::sleep(FORWARD_RETRY).await;
+            }
+        }
+    })
 }
 
 const DEFAULT_MTU: u16 = 1500;

@@ -212,7 +212,10 @@ pub enum ForwardEvent {
 pub enum ForwardSendError {
     UnknownForward,
     /// Longer than a forward carries ([`Forwards::max_payload`]).
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        len: usize,
+        max: usize,
+    },
     /// Every flow slot is taken.
     TooManyFlows,
 }
@@ -222,7 +225,10 @@ impl std::fmt::Display for ForwardSendError {
         match self {
             Self::UnknownForward => write!(f, "no such forward"),
             Self::TooLarge { len, max } => {
-                write!(f, "a datagram of {len} bytes exceeds the forward's limit of {max}")
+                write!(
+                    f,
+                    "a datagram of {len} bytes exceeds the forward's limit of {max}"
+                )
             }
             Self::TooManyFlows => write!(f, "at most {MAX_CLIENT_FLOWS} flows are open"),
         }
@@ -336,7 +342,12 @@ impl Forwards {
     }
 
     /// Publishes `name`: forwards from other nodes may reach `target` through it.
-    pub fn expose(&mut self, name: &str, kind: Kind, target: SocketAddr) -> Result<(), ExposeError> {
+    pub fn expose(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        target: SocketAddr,
+    ) -> Result<(), ExposeError> {
         validate_name(name)?;
         if self.exposed.contains_key(name) {
             return Err(ExposeError::AlreadyExposed { name: name.into() });
@@ -427,7 +438,8 @@ impl Forwards {
             .collect();
         for number in ended {
             if let Some(flow) = self.flows.shift_remove(&number) {
-                self.flows_by_client.shift_remove(&(flow.forward, flow.client));
+                self.flows_by_client
+                    .shift_remove(&(flow.forward, flow.client));
             }
         }
     }

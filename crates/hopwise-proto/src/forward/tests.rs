@@ -66,9 +66,13 @@ fn each_local_client_gets_a_flow_of_its_own_and_the_answers_find_it() {
     let forward = pair.client.open_forward(id(2), "dns").unwrap();
     let (alice, bob) = (addr("127.0.0.1:5001"), addr("127.0.0.1:5002"));
     let now = Instant::ZERO;
-    pair.client.send(now, forward, alice, b"from alice").unwrap();
+    pair.client
+        .send(now, forward, alice, b"from alice")
+        .unwrap();
     pair.client.send(now, forward, bob, b"from bob").unwrap();
-    pair.client.send(now, forward, alice, b"alice again").unwrap();
+    pair.client
+        .send(now, forward, alice, b"alice again")
+        .unwrap();
     pair.carry(now);
     let served = events(&mut pair.server);
     let target = addr("127.0.0.1:53");
@@ -145,7 +149,12 @@ fn idle_flows_close_on_both_sides_and_a_busy_one_stays() {
         .into_iter()
         .filter(|e| matches!(e, ForwardEvent::CloseTarget { .. }))
         .collect();
-    assert_eq!(closed, [ForwardEvent::CloseTarget { flow: ServedFlow(1) }]);
+    assert_eq!(
+        closed,
+        [ForwardEvent::CloseTarget {
+            flow: ServedFlow(1)
+        }]
+    );
     // Once everything is idle the service stops asking for timeouts.
     let later = now + FLOW_IDLE + Duration::from_secs(1);
     pair.client.sweep(later);
@@ -176,7 +185,9 @@ fn a_name_that_is_not_exposed_is_refused_and_the_client_is_told() {
     // A flow to a name that is not exposed never reaches a target.
     let forward = pair.client.open_forward(id(2), "secret").unwrap();
     let client = addr("127.0.0.1:5001");
-    pair.client.send(now, forward, client, b"let me in").unwrap();
+    pair.client
+        .send(now, forward, client, b"let me in")
+        .unwrap();
     pair.carry(now);
     assert_eq!(events(&mut pair.server), []);
     assert_eq!(
@@ -194,7 +205,9 @@ fn a_name_that_is_not_exposed_is_refused_and_the_client_is_told() {
 #[test]
 fn an_unanswered_query_fails_after_its_timeout() {
     let mut client = Forwards::new(MAX_DATA, 1);
-    let token = client.query(Instant::ZERO, id(9), Kind::Udp, "dns").unwrap();
+    let token = client
+        .query(Instant::ZERO, id(9), Kind::Udp, "dns")
+        .unwrap();
     let mut now = Instant::ZERO;
     while now <= Instant::ZERO + QUERY_TIMEOUT {
         now += Duration::from_millis(500);
@@ -217,7 +230,8 @@ fn unexposing_closes_its_flows_and_a_name_is_exposed_once() {
         Err(ExposeError::AlreadyExposed { name: "dns".into() })
     );
     assert!(matches!(
-        pair.server.expose("Bad Name", Kind::Udp, addr("127.0.0.1:1")),
+        pair.server
+            .expose("Bad Name", Kind::Udp, addr("127.0.0.1:1")),
         Err(ExposeError::InvalidName { .. })
     ));
     let forward = pair.client.open_forward(id(2), "dns").unwrap();
@@ -230,7 +244,9 @@ fn unexposing_closes_its_flows_and_a_name_is_exposed_once() {
     assert!(!pair.server.unexpose("dns"));
     assert_eq!(
         events(&mut pair.server),
-        [ForwardEvent::CloseTarget { flow: ServedFlow(1) }]
+        [ForwardEvent::CloseTarget {
+            flow: ServedFlow(1)
+        }]
     );
     assert_eq!(pair.server.exposed().count(), 1);
 }
@@ -243,7 +259,8 @@ fn sizes_and_counts_are_bounded_with_errors() {
     assert_eq!(max, MAX_DATA - wire::data_overhead(3));
     let client = addr("127.0.0.1:5001");
     assert_eq!(
-        pair.client.send(Instant::ZERO, forward, client, &vec![0; max + 1]),
+        pair.client
+            .send(Instant::ZERO, forward, client, &vec![0; max + 1]),
         Err(ForwardSendError::TooLarge { len: max + 1, max })
     );
     pair.client
@@ -292,7 +309,8 @@ fn sizes_and_counts_are_bounded_with_errors() {
             .expose(&format!("s{n}"), Kind::Udp, addr("127.0.0.1:1"));
     }
     assert_eq!(
-        pair.server.expose("one-more", Kind::Udp, addr("127.0.0.1:1")),
+        pair.server
+            .expose("one-more", Kind::Udp, addr("127.0.0.1:1")),
         Err(ExposeError::TooMany)
     );
 }

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Response;
 use super::kv::NameCache;
-use crate::runner::{Clock, ControlRequest, NodeHost};
+use crate::runner::{Clock, ControlRequest, NodeHost, TcpCounters};
 
 #[derive(Clone)]
 pub struct ApiContext {
@@ -18,6 +18,8 @@ pub struct ApiContext {
     pub clock: Clock,
     /// Nodes' names for netloc's answers, read from the store now and then.
     pub names: Arc<std::sync::Mutex<NameCache>>,
+    /// The TCP forwards' counters, kept by their tasks.
+    pub tcp: Arc<TcpCounters>,
 }
 
 /// Runs `inspect` on the runner's task, where the node lives.

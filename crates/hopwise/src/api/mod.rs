@@ -5,19 +5,24 @@
 //! `get_full_map`) answer in netloc's shapes, with coordinates in seconds as netloc has them,
 //! and fail as netloc does (`{"type": "failure", "reason": ...}`, with a detailed `error`);
 //! hopwise adds `status`, `peers`, `routes`, `ping`, `trace`, the key-value actions (`kv_set`,
-//! `kv_get`, `kv_del`, `kv_watch`) and `resolve`, which the CLI uses. A hopwise request that
+//! `kv_get`, `kv_del`, `kv_watch`), `resolve`, and the service actions (`expose`,
+//! `expose_list`, `expose_rm`, `forward`, `forward_list`, `forward_rm`), which the CLI uses. A hopwise request that
 //! cannot be served gets `{"type": "error", "error": "..."}`; a line that cannot be parsed gets
 //! netloc's `failure` with reason `bad request`. The connection stays open either way.
 
 mod context;
+pub mod forward;
 mod kv;
 mod server;
 mod views;
 
 pub use context::{ApiContext, inspect_host};
+pub use forward::{ExposedService, ForwardView};
 pub use kv::{Claimant, KvEntry, KvEventView, NameCache, claimants_of, get_entries};
 pub use server::serve;
 pub use views::*;
+
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +78,28 @@ pub enum Request {
     Resolve {
         name: String,
     },
+    /// Publishes service `name` (`kind` udp or tcp) at `target`, an address on this node's
+    /// side, for forwards from other nodes.
+    Expose {
+        kind: String,
+        name: String,
+        target: String,
+    },
+    ExposeList,
+    ExposeRm {
+        name: String,
+    },
+    /// Listens on `listen` (an address, or a port on 127.0.0.1) and carries every flow to
+    /// `service`, `NODE/NAME` (NODE an id, a prefix of a known one, or an alias).
+    Forward {
+        kind: String,
+        listen: String,
+        service: String,
+    },
+    ForwardList,
+    ForwardRm {
+        listen: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +138,20 @@ pub enum Response {
     Resolve {
         name: String,
         nodes: Vec<Claimant>,
+    },
+    Exposed(ExposedService),
+    ExposeList {
+        exposed: Vec<ExposedService>,
+    },
+    Unexposed {
+        name: String,
+    },
+    Forwarding(ForwardView),
+    ForwardList {
+        forwards: Vec<ForwardView>,
+    },
+    Unforwarded {
+        listen: SocketAddr,
     },
     Error {
         error: String,

@@ -12,7 +12,7 @@ use super::context::{ApiContext, ask, inspect, inspect_host};
 use super::views::{
     self, AliasChoice, Location, MapNode, NodeInfo, Status, TraceReport, WallClock,
 };
-use super::{Request, Response, kv, reasons};
+use super::{Request, Response, forward, kv, reasons};
 use crate::runner::ControlRequest;
 use hopwise_proto::NodeId;
 
@@ -174,8 +174,9 @@ async fn answer(context: &ApiContext, request: Request) -> Response {
             .await
         }
         Request::Status => {
+            let tcp = context.tcp.clone();
             inspect_host(context, move |host| {
-                Response::Status(Box::new(Status::new(host, listen, clock)))
+                Response::Status(Box::new(Status::new(host, listen, clock, &tcp)))
             })
             .await
         }
@@ -207,37 +208,25 @@ async fn answer(context: &ApiContext, request: Request) -> Response {
         Request::KvDel { key, sub } => kv::del(context, key, sub).await,
         Request::KvWatch { .. } => Err(Response::error("kv_watch streams on its own connection")),
         Request::Resolve { name } => kv::resolve(context, name).await,
+        Request::Expose { kind, name, target } => {
+            forward::expose(context, kind, name, target).await
+        }
+        Request::ExposeList => forward::expose_list(context).await,
+        Request::ExposeRm { name } => forward::expose_rm(context, name).await,
+        Request::Forward {
+            kind,
+            listen,
+            service,
+        } => forward::forward(context, kind, listen, service).await,
+        Request::ForwardList => forward::forward_list(context).await,
+        Request::ForwardRm { listen } => forward::forward_rm(context, listen).await,
     };
     result.unwrap_or_else(|error| error)
 }
 
 async fn trace(context: &ApiContext, target: String) -> Result<Response, Response> {
-    let lookup = target.clone();
-    let resolved = inspect(context, move |node| {
-        views::resolve_node(node, &lookup).map(|id| (node.id(), id))
-    })
-    .await?;
-    let mut alias = None;
-    let (origin, destination) = match resolved {
-        Ok(found) => found,
-        // Not a node id: an alias, served by its nearest claimant.
-        Err(not_an_id) if hopwise_proto::alias::validate(&target).is_ok() => {
-            let claimants = kv::claimants_of(context, &target).await?;
-            let Some(nearest) = claimants.first() else {
-                return Err(Response::error(format!(
-                    "{not_an_id}, and no node claims the alias {target}"
-                )));
-            };
-            let destination = NodeId::from_hex(&nearest.id).expect("ids print as hex");
-            let origin = inspect(context, |node| node.id()).await?;
-            alias = Some(AliasChoice {
-                name: target,
-                claimants: claimants.len(),
-            });
-            (origin, destination)
-        }
-        Err(error) => return Err(Response::error(error)),
-    };
+    let (destination, alias) = resolve_destination(context, &target).await?;
+    let origin = inspect(context, |node| node.id()).await?;
     let traced = ask(context, |reply| ControlRequest::Trace {
         destination,
         reply,
@@ -252,5 +241,34 @@ async fn trace(context: &ApiContext, target: String) -> Result<Response, Respons
         None => Err(Response::error(format!(
             "no answer from {destination} within 3 s"
         ))),
+    }
+}
+
+/// The node `target` names: an id, a prefix of a known one, or an alias (its nearest
+/// claimant, reported with how many claim it).
+pub(super) async fn resolve_destination(
+    context: &ApiContext,
+    target: &str,
+) -> Result<(NodeId, Option<AliasChoice>), Response> {
+    let lookup = target.to_string();
+    let resolved = inspect(context, move |node| views::resolve_node(node, &lookup)).await?;
+    match resolved {
+        Ok(id) => Ok((id, None)),
+        // Not a node id: an alias, served by its nearest claimant.
+        Err(not_an_id) if hopwise_proto::alias::validate(target).is_ok() => {
+            let claimants = kv::claimants_of(context, target).await?;
+            let Some(nearest) = claimants.first() else {
+                return Err(Response::error(format!(
+                    "{not_an_id}, and no node claims the alias {target}"
+                )));
+            };
+            let destination = NodeId::from_hex(&nearest.id).expect("ids print as hex");
+            let alias = AliasChoice {
+                name: target.to_string(),
+                claimants: claimants.len(),
+            };
+            Ok((destination, Some(alias)))
+        }
+        Err(error) => Err(Response::error(error)),
     }
 }

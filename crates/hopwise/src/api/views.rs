@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use hopwise_proto::e2e::E2eStats;
+use hopwise_proto::forward::Forwards;
 use hopwise_proto::kv::Kv;
 use hopwise_proto::peers::KnownNode;
 use hopwise_proto::service::ports;
@@ -10,7 +11,7 @@ use hopwise_proto::vpn::Vpn;
 use hopwise_proto::{Coordinate, LinkKind, Node, NodeId};
 use serde::{Deserialize, Serialize};
 
-use crate::runner::{Clock, NodeHost, TraceOutcome};
+use crate::runner::{Clock, NodeHost, TcpCounters, TraceOutcome};
 
 /// A coordinate as netloc reports it: seconds, with the error estimate and update count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +151,78 @@ pub struct Status {
     /// Present when the node runs `--vpn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpn: Option<VpnStatus>,
+    pub forwards: ForwardStatus,
+}
+
+/// Exposed services and forwards: UDP flows each way, TCP connections and streams, and what
+/// was refused or dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ForwardStatus {
+    pub exposed: usize,
+    pub udp_flows_served: usize,
+    pub udp_flows_forwarded: usize,
+    pub udp_datagrams_to_targets: u64,
+    pub udp_bytes_to_targets: u64,
+    pub udp_datagrams_from_targets: u64,
+    pub udp_bytes_from_targets: u64,
+    pub udp_datagrams_from_clients: u64,
+    pub udp_bytes_from_clients: u64,
+    pub udp_datagrams_to_clients: u64,
+    pub udp_bytes_to_clients: u64,
+    pub udp_refused_not_exposed: u64,
+    pub udp_refused_other_kind: u64,
+    pub udp_refused_busy: u64,
+    pub udp_flows_refused: u64,
+    pub udp_dropped_too_large: u64,
+    pub udp_dropped_no_flow: u64,
+    pub udp_dropped_invalid: u64,
+    pub tcp_connections_forwarded: u64,
+    pub tcp_connections_refused: u64,
+    pub tcp_streams_served: u64,
+    pub tcp_streams_refused: u64,
+    pub tcp_resets: u64,
+    pub tcp_bytes_to_targets: u64,
+    pub tcp_bytes_from_targets: u64,
+}
+
+impl ForwardStatus {
+    fn new(host: &NodeHost, tcp: &TcpCounters) -> Self {
+        let load = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let mut status = Self {
+            tcp_connections_forwarded: load(&tcp.connections_forwarded),
+            tcp_connections_refused: load(&tcp.connections_refused),
+            tcp_streams_served: load(&tcp.streams_served),
+            tcp_streams_refused: load(&tcp.streams_refused),
+            tcp_resets: load(&tcp.resets),
+            tcp_bytes_to_targets: load(&tcp.bytes_to_targets),
+            tcp_bytes_from_targets: load(&tcp.bytes_from_targets),
+            ..Self::default()
+        };
+        let Some(forwards) = host.service_at::<Forwards>(ports::FORWARD) else {
+            return status;
+        };
+        let stats = forwards.stats();
+        (status.udp_flows_served, status.udp_flows_forwarded) = forwards.open_flows();
+        status.exposed = forwards.exposed().count();
+        status.udp_datagrams_to_targets = stats.datagrams_to_targets;
+        status.udp_bytes_to_targets = stats.bytes_to_targets;
+        status.udp_datagrams_from_targets = stats.datagrams_from_targets;
+        status.udp_bytes_from_targets = stats.bytes_from_targets;
+        status.udp_datagrams_from_clients = stats.datagrams_from_clients;
+        status.udp_bytes_from_clients = stats.bytes_from_clients;
+        status.udp_datagrams_to_clients = stats.datagrams_to_clients;
+        status.udp_bytes_to_clients = stats.bytes_to_clients;
+        status.udp_refused_not_exposed = stats.refused_not_exposed;
+        status.udp_refused_other_kind = stats.refused_other_kind;
+        status.udp_refused_busy = stats.refused_busy;
+        status.udp_flows_refused = stats.flows_refused;
+        status.udp_dropped_too_large = stats.dropped_too_large;
+        status.udp_dropped_no_flow = stats.dropped_no_flow;
+        status.udp_dropped_invalid = stats.dropped_invalid;
+        status
+    }
 }
 
 /// The VPN of this node: its addresses, packets each way, and drops by cause.
@@ -295,7 +368,7 @@ impl EndToEnd {
 }
 
 impl Status {
-    pub fn new(host: &NodeHost, listen: SocketAddr, clock: Clock) -> Self {
+    pub fn new(host: &NodeHost, listen: SocketAddr, clock: Clock, tcp: &TcpCounters) -> Self {
         let node = host.node();
         let secure = host.overlay().secure_stats();
         let stats = node.stats();
@@ -329,6 +402,7 @@ impl Status {
             end_to_end: EndToEnd::new(host),
             kv: KvStatus::new(host),
             vpn: VpnStatus::new(host),
+            forwards: ForwardStatus::new(host, tcp),
         }
     }
 }

@@ -9,17 +9,23 @@
 mod batch;
 mod capture;
 mod clock;
+mod forward;
 mod interface;
 mod kv;
 mod store_file;
+mod streams;
+mod tcp_forward;
 mod testbed;
 mod vpn;
 
 use batch::{BatchReceiver, BatchSender};
 pub use capture::Capture;
 pub use clock::Clock;
+use forward::ForwardBridge;
+pub use forward::{ForwardEntry, ForwardRequest, Listing};
 pub use kv::{KvBridge, KvRequest, Watched, claimants, watch_channel};
 pub use store_file::StoreFile;
+pub use tcp_forward::TcpCounters;
 pub use testbed::{Testbed, load_delays};
 pub use vpn::{Ipv4Setting, VpnOptions};
 use vpn::{VpnAnswer, VpnBridge};
@@ -68,6 +74,8 @@ pub enum ControlRequest {
     },
     /// A key-value call; its answer comes on the channel it carries.
     Kv(KvRequest),
+    /// An expose or forward call.
+    Forward(ForwardRequest),
 }
 
 /// Why a datagram could not be sent from a bound socket.
@@ -101,6 +109,8 @@ struct BoundSocket {
     deliver: mpsc::Sender<SocketDatagram>,
 }
 
+/// Datagrams from forwards and QUIC handled after the first, before the node's output is sent.
+const FORWARD_INPUTS_PER_WAKE: usize = 256;
 /// Receive batches handled before the node's output is sent.
 const BATCHES_PER_WAKE: usize = 16;
 /// A trace unanswered for this long is reported as lost.
@@ -137,6 +147,7 @@ pub struct Runner {
     capture: Option<Capture>,
     vpn: Option<VpnBridge>,
     vpn_answers: mpsc::UnboundedReceiver<VpnAnswer>,
+    forward: Option<ForwardBridge>,
     /// What the host sent during a drain, sent in batches at its end.
     outbox: Vec<Transmit>,
     sender: BatchSender,
@@ -185,6 +196,7 @@ impl Runner {
             capture: None,
             vpn: None,
             vpn_answers: mpsc::unbounded_channel().1,
+            forward: None,
             outbox: Vec::new(),
             sender,
         })
@@ -207,6 +219,23 @@ impl Runner {
         let (vpn, answers) = VpnBridge::start(&mut self.host, options, network_key, seed)?;
         self.vpn = Some(vpn);
         self.vpn_answers = answers;
+        Ok(self)
+    }
+
+    /// Runs exposed services and forwards; `requests` reaches this runner (the servers of TCP
+    /// streams look up exposed services through it), and `counters` count the TCP forwards.
+    pub fn with_forwards(
+        mut self,
+        seed: u64,
+        requests: mpsc::Sender<ControlRequest>,
+        counters: Arc<TcpCounters>,
+    ) -> anyhow::Result<Self> {
+        self.forward = Some(ForwardBridge::start(
+            &mut self.host,
+            seed,
+            requests,
+            counters,
+        )?);
         Ok(self)
     }
 
@@ -243,7 +272,14 @@ impl Runner {
                     None => std::future::pending().await,
                 }
             };
+            let forwarded = async {
+                match &mut self.forward {
+                    Some(forward) => forward.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                Some(input) = forwarded => self.on_forward_input(input),
                 readable = self.socket.readable() => match readable {
                     Ok(()) => self.receive_all(&mut receiver),
                     Err(error) => debug!(%error, "socket not readable"),
@@ -301,6 +337,22 @@ impl Runner {
         }
     }
 
+    /// A datagram from a forward's local socket or from QUIC, and whatever else is waiting,
+    /// up to a batch: their datagrams then go out together.
+    fn on_forward_input(&mut self, input: forward::ForwardInput) {
+        let Some(forward) = &mut self.forward else {
+            return;
+        };
+        let now = self.clock.now();
+        forward.on_input(&mut self.host, now, input);
+        for _ in 0..FORWARD_INPUTS_PER_WAKE {
+            let Some(input) = forward.try_recv() else {
+                break;
+            };
+            forward.on_input(&mut self.host, now, input);
+        }
+    }
+
     fn on_vpn_answer(&mut self, answer: VpnAnswer) {
         if let Some(vpn) = &mut self.vpn {
             vpn.on_answer(&mut self.host, &mut self.kv, self.clock.now(), answer);
@@ -330,6 +382,9 @@ impl Runner {
         if let Some(vpn) = &mut self.vpn {
             // Received packets go to the interface; lookups and claims go to the store.
             vpn.pump(&mut self.host, &mut self.kv, self.clock.now());
+        }
+        if let Some(forward) = &mut self.forward {
+            forward.pump(&mut self.host);
         }
         self.poll_host();
         self.deliver_to_sockets();
@@ -462,6 +517,10 @@ impl Runner {
             ControlRequest::Kv(request) => {
                 self.kv.request(&mut self.host, self.clock.now(), request);
             }
+            ControlRequest::Forward(request) => match &mut self.forward {
+                Some(forward) => forward.request(&mut self.host, self.clock.now(), request),
+                None => warn!("a forward request, but this runner runs no forwards"),
+            },
             ControlRequest::Trace { destination, reply } => {
                 if self.traces.len() >= MAX_PENDING_TRACES {
                     let _ = reply.send(None);
