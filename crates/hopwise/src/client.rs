@@ -109,9 +109,11 @@ pub enum ForwardCommand {
     },
     /// The forwards this node runs.
     List(ClientArgs),
-    /// Stops the forward listening on LISTEN.
+    /// Stops the forwards listening on LISTEN (only the udp or tcp one with --kind).
     Rm {
         listen: String,
+        #[arg(long)]
+        kind: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -174,9 +176,14 @@ impl ForwardCommand {
                 client,
             ),
             Self::List(client) => (Request::ForwardList, client),
-            Self::Rm { listen, client } => (
+            Self::Rm {
+                listen,
+                kind,
+                client,
+            } => (
                 Request::ForwardRm {
                     listen: listen.clone(),
+                    kind: kind.clone(),
                 },
                 client,
             ),
@@ -665,7 +672,9 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
                 );
             }
         }
-        Response::Unforwarded { listen } => outln!(out, "stopped the forward on {listen}"),
+        Response::Unforwarded { listen, removed } => {
+            outln!(out, "stopped {removed} forward(s) on {listen}")
+        }
         Response::Error { error } | Response::Failure { error, .. } => eprintln!("error: {error}"),
     }
 }

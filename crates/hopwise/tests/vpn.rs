@@ -8,41 +8,18 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hopwise::testnet::{Testnet, alias_of};
 use serde_json::Value;
 
 use common::netns::{Namespaces, run, try_run, unavailable};
-use common::{binary, cities, scratch};
+use common::{binary, cities, scratch, spawn};
 
 const NETWORK_KEY: [u8; 32] = [31; 32];
 const SUBNET: u8 = 31;
 /// Members 0 and 1 cannot reach each other directly.
 const BLOCKED: (usize, usize) = (0, 1);
-
-/// A server process that is killed when the test is done with it, or fails.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Server {
-    let child = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|error| panic!("{}: {error}", args[0]));
-    // Give it time to bind.
-    std::thread::sleep(Duration::from_millis(500));
-    Server(child)
-}
 
 /// The VPN addresses of every member, once each has claimed its IPv4 address.
 async fn vpn_addresses(net: &Testnet) -> Vec<(Ipv6Addr, Ipv4Addr)> {

@@ -167,15 +167,28 @@ pub async fn forward_list(context: &ApiContext) -> Result<Response, Response> {
     })
 }
 
-pub async fn forward_rm(context: &ApiContext, listen: String) -> Result<Response, Response> {
+pub async fn forward_rm(
+    context: &ApiContext,
+    listen: String,
+    kind_text: Option<String>,
+) -> Result<Response, Response> {
     let listen = listen_address(&listen).map_err(Response::error)?;
+    let kind = kind_text
+        .as_deref()
+        .map(kind)
+        .transpose()
+        .map_err(Response::error)?;
     let removed = ask(
         context,
-        request(|reply| ForwardRequest::Unforward { listen, reply }),
+        request(|reply| ForwardRequest::Unforward {
+            listen,
+            kind,
+            reply,
+        }),
     )
     .await?;
-    if !removed {
+    if removed == 0 {
         return Err(Response::error(format!("no forward listens on {listen}")));
     }
-    Ok(Response::Unforwarded { listen })
+    Ok(Response::Unforwarded { listen, removed })
 }

@@ -97,8 +97,11 @@ pub enum Request {
         service: String,
     },
     ForwardList,
+    /// Stops the forwards on `listen` (only the one of `kind`, udp or tcp, if given).
     ForwardRm {
         listen: String,
+        #[serde(default)]
+        kind: Option<String>,
     },
 }
 
@@ -152,6 +155,7 @@ pub enum Response {
     },
     Unforwarded {
         listen: SocketAddr,
+        removed: usize,
     },
     Error {
         error: String,

@@ -219,7 +219,7 @@ async fn answer(context: &ApiContext, request: Request) -> Response {
             service,
         } => forward::forward(context, kind, listen, service).await,
         Request::ForwardList => forward::forward_list(context).await,
-        Request::ForwardRm { listen } => forward::forward_rm(context, listen).await,
+        Request::ForwardRm { listen, kind } => forward::forward_rm(context, listen, kind).await,
     };
     result.unwrap_or_else(|error| error)
 }

@@ -48,9 +48,11 @@ pub enum ForwardRequest {
         service: String,
         reply: oneshot::Sender<Result<SocketAddr, String>>,
     },
+    /// Stops the forwards on `listen` (of `kind` only, if given); answers how many.
     Unforward {
         listen: SocketAddr,
-        reply: oneshot::Sender<bool>,
+        kind: Option<Kind>,
+        reply: oneshot::Sender<usize>,
     },
     List {
         reply: oneshot::Sender<Listing>,
@@ -266,8 +268,13 @@ impl ForwardBridge {
                 service,
                 reply,
             } => {
-                if self.running.iter().any(|r| r.entry.listen == listen) {
-                    let _ = reply.send(Err(format!("a forward listens on {listen} already")));
+                if self
+                    .running
+                    .iter()
+                    .any(|r| r.entry.listen == listen && r.entry.kind == kind)
+                {
+                    let _ =
+                        reply.send(Err(format!("a {kind} forward listens on {listen} already")));
                     return;
                 }
                 if node == self.local {
@@ -298,16 +305,25 @@ impl ForwardBridge {
                     },
                 );
             }
-            ForwardRequest::Unforward { listen, reply } => {
-                let found = self.running.iter().position(|r| r.entry.listen == listen);
-                if let Some(index) = found {
-                    let running = self.running.remove(index);
+            ForwardRequest::Unforward {
+                listen,
+                kind,
+                reply,
+            } => {
+                let matches = |r: &Running| {
+                    r.entry.listen == listen && kind.is_none_or(|kind| r.entry.kind == kind)
+                };
+                let (stopped, kept) = std::mem::take(&mut self.running)
+                    .into_iter()
+                    .partition::<Vec<_>, _>(matches);
+                self.running = kept;
+                for running in &stopped {
                     running.task.abort();
                     if let Some((_, id)) = running.udp {
                         forwards.close_forward(id);
                     }
                 }
-                let _ = reply.send(found.is_some());
+                let _ = reply.send(stopped.len());
             }
             ForwardRequest::List { reply } => {
                 let _ = reply.send(Listing {

@@ -5,6 +5,8 @@
 pub mod netns;
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use hopwise_sim::{Matrix, Unit};
 
@@ -27,4 +29,33 @@ pub fn cities(n: usize) -> Matrix {
     Matrix::parse(CITIES, Unit::Milliseconds)
         .expect("bundled matrix")
         .truncated(n)
+}
+
+/// A server process that is killed when the test is done with it, or fails.
+pub struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a server program (`args[0]` with the rest), quiet, and gives it time to bind.
+pub fn spawn(args: &[&str]) -> Server {
+    let child = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{}: {error}", args[0]));
+    std::thread::sleep(Duration::from_millis(500));
+    Server(child)
+}
+
+/// Whether a program is installed (on the PATH, or in /usr/sbin).
+pub fn installed(program: &str) -> bool {
+    let found = |dir: &Path| dir.join(program).is_file();
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| found(&dir)))
+        || found(Path::new("/usr/sbin"))
 }
