@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hopwise::testnet::{Testnet, alias_of};
