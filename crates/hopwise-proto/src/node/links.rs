@@ -206,6 +206,13 @@ impl Node {
         if let Some(link) = self.links.swap_remove(&id) {
             if link.is_routing() {
                 self.link_removed(id);
+                // A node left without a routing link hears no routes but its neighbours'
+                // direct paths: it chooses a new link at once, not at the next periodic review
+                // (up to 5 s later). Reviewing early on every loss instead opened links during
+                // a partition that kept pairs apart after it healed.
+                if self.routing_link_count() == 0 {
+                    self.next_review_at = self.next_review_at.min(self.now);
+                }
             }
         }
     }

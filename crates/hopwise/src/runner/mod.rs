@@ -6,7 +6,7 @@
 //! signal goes into the host, and then everything it wants sent or reported comes out, and the
 //! datagrams of bound sockets go to their async users.
 
-mod batch;
+pub mod batch;
 mod capture;
 mod clock;
 mod forward;
