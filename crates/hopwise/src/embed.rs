@@ -33,6 +33,7 @@ use hopwise_proto::service::ports::FIRST_USER_PORT;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::api::ApiContext;
 use crate::runner::{ControlRequest, NodeHost, SocketError};
 
 /// A node started by [`crate::node_command::start`].
@@ -41,6 +42,8 @@ pub struct RunningNode {
     listen: SocketAddr,
     api: SocketAddr,
     requests: mpsc::Sender<ControlRequest>,
+    /// What the control API's actions take: names are resolved through it.
+    context: ApiContext,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     /// The control API's task, and the VPN's DNS responder's: they end with the node.
@@ -48,11 +51,13 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: NodeId,
         listen: SocketAddr,
         api: SocketAddr,
         requests: mpsc::Sender<ControlRequest>,
+        context: ApiContext,
         stop: oneshot::Sender<()>,
         task: JoinHandle<()>,
         side_tasks: Vec<JoinHandle<()>>,
@@ -62,6 +67,7 @@ impl RunningNode {
             listen,
             api,
             requests,
+            context,
             stop: Some(stop),
             task: Some(task),
             side_tasks,
@@ -103,8 +109,15 @@ impl RunningNode {
         Ok(ServiceSocket {
             port,
             requests: self.requests.clone(),
+            context: self.context.clone(),
             incoming,
         })
+    }
+
+    /// The node `name` stands for: a node id, a prefix of a known one, or an alias (its
+    /// nearest claimant, looked up in the store).
+    pub async fn resolve(&self, name: &str) -> anyhow::Result<NodeId> {
+        resolve(&self.context, name).await
     }
 
     /// Reads the node's state on its task (the control API's views take a host).
@@ -146,7 +159,15 @@ impl Drop for RunningNode {
 pub struct ServiceSocket {
     port: Port,
     requests: mpsc::Sender<ControlRequest>,
+    context: ApiContext,
     incoming: mpsc::Receiver<SocketDatagram>,
+}
+
+async fn resolve(context: &ApiContext, name: &str) -> anyhow::Result<NodeId> {
+    crate::api::resolve_destination(context, name)
+        .await
+        .map(|(node, _)| node)
+        .map_err(|refused| anyhow!("{}", refused.error_text().unwrap_or("cannot resolve")))
 }
 
 impl ServiceSocket {
@@ -176,6 +197,18 @@ impl ServiceSocket {
             .await
             .map_err(|_| SocketError::Stopped)?;
         answer.await.map_err(|_| SocketError::Stopped)?
+    }
+
+    /// Like [`ServiceSocket::send_to`], to the node `to` names: a node id, a prefix of a
+    /// known one, or an alias (its nearest claimant).
+    pub async fn send_to_name(
+        &self,
+        to: &str,
+        port: impl Into<Port>,
+        data: &[u8],
+    ) -> anyhow::Result<()> {
+        let node = resolve(&self.context, to).await?;
+        Ok(self.send_to(node, port, data).await?)
     }
 
     /// The next datagram for this socket: who sent it, from which port, and its bytes; `None`

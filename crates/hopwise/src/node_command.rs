@@ -277,6 +277,7 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
     };
     let context_for_dns = context.clone();
     let context_for_services = context.clone();
+    let context_for_embedding = context.clone();
     let api = tokio::spawn(api::serve(api_listener, context));
     let mut runner = Runner::new(
         host,
@@ -312,6 +313,7 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
         listen,
         api_addr,
         requests,
+        context_for_embedding,
         stop,
         task,
         [api, configured].into_iter().chain(dns).collect(),

@@ -19,7 +19,7 @@ mod views;
 pub use context::{ApiContext, inspect_host};
 pub use forward::{ExposedService, ForwardView};
 pub use kv::{Claimant, KvEntry, KvEventView, NameCache, claimants_of, get_entries};
-pub use server::serve;
+pub use server::{resolve_destination, serve};
 pub use views::*;
 
 use std::net::SocketAddr;

@@ -246,7 +246,7 @@ async fn trace(context: &ApiContext, target: String) -> Result<Response, Respons
 
 /// The node `target` names: an id, a prefix of a known one, or an alias (its nearest
 /// claimant, reported with how many claim it).
-pub(super) async fn resolve_destination(
+pub async fn resolve_destination(
     context: &ApiContext,
     target: &str,
 ) -> Result<(NodeId, Option<AliasChoice>), Response> {
