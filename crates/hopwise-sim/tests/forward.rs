@@ -136,10 +136,10 @@ fn flows_reach_exposed_services_and_their_answers_find_each_client() {
             outcome: QueryOutcome::Refused(Refusal::NotExposed)
         })
     );
-    // Nothing carries the flows for a minute: both sides close them.
+    // Nothing carries the flows for 40 s: both sides close them.
     sim.run_until(at(52 + 40));
-    for i in 0..n {
-        let open = sim.with_service(i, handles[i], |f| f.open_flows()).unwrap();
+    for (i, handle) in handles.iter().enumerate() {
+        let open = sim.with_service(i, *handle, |f| f.open_flows()).unwrap();
         assert_eq!(open, (0, 0), "node {i}");
     }
 }
