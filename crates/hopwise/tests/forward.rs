@@ -13,12 +13,11 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use hopwise::testnet::Testnet;
-use hopwise_sim::Matrix;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::{binary, installed, scratch, spawn};
+use common::{binary, installed, scratch, spawn, two_relays};
 
 const NETWORK_KEY: [u8; 32] = [11; 32];
 const TOOLS: [&str; 5] = ["dnsmasq", "dig", "iperf3", "curl", "python3"];
@@ -30,22 +29,6 @@ const OTHER_RELAY: usize = 3;
 /// Where the serving node's targets listen, and where the client's forwards listen.
 const TARGETS: &str = "127.11.9.1";
 const LOCAL: &str = "127.11.8.1";
-
-/// Round trips in ms; the client and the server have no direct path.
-fn matrix() -> Matrix {
-    let rows: [[f64; 4]; 4] = [
-        [0.0, 4.0, 4.0, 3.0],
-        [4.0, 0.0, -1.0, 6.0],
-        [4.0, -1.0, 0.0, 6.0],
-        [3.0, 6.0, 6.0, 0.0],
-    ];
-    Matrix::from_rows(
-        rows.iter()
-            .map(|row| row.iter().map(|&ms| (ms > 0.0).then_some(ms)).collect())
-            .collect(),
-    )
-    .expect("a square matrix")
-}
 
 /// Runs the `hopwise` CLI against member `index`'s API.
 fn cli(net: &Testnet, index: usize, args: &[&str]) -> Output {
@@ -74,6 +57,23 @@ fn iperf3(args: &[&str]) -> Value {
         .output()
         .expect("iperf3");
     serde_json::from_slice(&output.stdout).expect("iperf3's JSON")
+}
+
+/// What dig gets through the UDP forward for the name dnsmasq answers on the far side.
+fn dig_through_forward() -> String {
+    let dig = Command::new("dig")
+        .args([
+            "+short",
+            "+tries=3",
+            "+timeout=2",
+            &format!("@{LOCAL}"),
+            "-p",
+            "5300",
+        ])
+        .arg("example.hopwise.test")
+        .output()
+        .expect("dig");
+    String::from_utf8_lossy(&dig.stdout).trim().to_string()
 }
 
 fn sha256(path: &std::path::Path) -> String {
@@ -136,7 +136,7 @@ async fn forwards_carry_real_clients_through_a_relay() {
         return;
     }
     let dir = scratch("forward");
-    let mut net = Testnet::create(binary(), &matrix(), &dir, &NETWORK_KEY, 11).expect("create");
+    let mut net = Testnet::create(binary(), &two_relays(), &dir, &NETWORK_KEY, 11).expect("create");
     net.members[SERVER].options = vec!["--alias".into(), "server".into()];
     for i in 0..net.members.len() {
         net.launch(i).expect("launch");
@@ -260,23 +260,7 @@ async fn forwards_carry_real_clients_through_a_relay() {
 
     // dig through the UDP forward, to dnsmasq on the far side.
     for _ in 0..5 {
-        let dig = Command::new("dig")
-            .args([
-                "+short",
-                "+tries=3",
-                "+timeout=2",
-                &format!("@{LOCAL}"),
-                "-p",
-                "5300",
-            ])
-            .arg("example.hopwise.test")
-            .output()
-            .expect("dig");
-        assert_eq!(
-            String::from_utf8_lossy(&dig.stdout).trim(),
-            "10.1.2.3",
-            "{dig:?}"
-        );
+        assert_eq!(dig_through_forward(), "10.1.2.3");
     }
 
     // iperf3 TCP, and UDP (its control connection over the TCP forward).
@@ -367,19 +351,7 @@ async fn forwards_carry_real_clients_through_a_relay() {
         status.forwards.udp_dropped_too_large, status.forwards.udp_datagrams_from_clients
     );
     assert!(status.forwards.udp_dropped_too_large > 0);
-    let dig = Command::new("dig")
-        .args([
-            "+short",
-            "+tries=3",
-            "+timeout=2",
-            &format!("@{LOCAL}"),
-            "-p",
-            "5300",
-        ])
-        .arg("example.hopwise.test")
-        .output()
-        .expect("dig");
-    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), "10.1.2.3");
+    assert_eq!(dig_through_forward(), "10.1.2.3");
 
     // A thousand connections held open at once: the serving node serves at most a
     // connection's stream limit at a time, and stays up.

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use hopwise::api::{Request, Response};
 use hopwise::client::call;
 use hopwise::testnet::Testnet;
-use hopwise_sim::Matrix;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::{binary, scratch};
+use common::{binary, scratch, two_relays};
 
 const NETWORK_KEY: [u8; 32] = [12; 32];
 const SERVER: usize = 1;
@@ -29,23 +28,6 @@ const CHUNKS: usize = 1_000;
 /// stream into reads checks the same way.
 fn byte_at(position: usize) -> u8 {
     ((position as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8
-}
-
-/// Round trips in ms: two relays between the client and the server, which have no direct
-/// path; the one through member 0 is shorter.
-fn matrix() -> Matrix {
-    let rows: [[f64; 4]; 4] = [
-        [0.0, 4.0, 4.0, 3.0],
-        [4.0, 0.0, -1.0, 6.0],
-        [4.0, -1.0, 0.0, 6.0],
-        [3.0, 6.0, 6.0, 0.0],
-    ];
-    Matrix::from_rows(
-        rows.iter()
-            .map(|row| row.iter().map(|&ms| (ms > 0.0).then_some(ms)).collect())
-            .collect(),
-    )
-    .expect("a square matrix")
 }
 
 /// Sends the transfer's chunks, paced, to the one connection it accepts.
@@ -63,7 +45,7 @@ async fn paced_source(listener: TcpListener) -> std::io::Result<()> {
 #[tokio::test]
 async fn a_tcp_transfer_survives_the_loss_of_its_relay() {
     let dir = scratch("forward-failover");
-    let mut net = Testnet::create(binary(), &matrix(), &dir, &NETWORK_KEY, 12).expect("create");
+    let mut net = Testnet::create(binary(), &two_relays(), &dir, &NETWORK_KEY, 12).expect("create");
     for i in 0..net.members.len() {
         net.launch(i).expect("launch");
     }

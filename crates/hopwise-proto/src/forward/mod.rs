@@ -28,8 +28,8 @@ use crate::service::{Message as ServiceMessage, Service, ServiceTransmit, ports}
 use crate::{Duration, Instant, NodeId};
 use wire::Message;
 
-/// The longest service name, in bytes (the alias alphabet: a-z, 0-9, `-` and `.`).
-pub const MAX_NAME: usize = 63;
+/// The longest service name, in bytes (names follow the rules of aliases).
+pub const MAX_NAME: usize = crate::alias::MAX_ALIAS;
 /// Services a node exposes at most.
 pub const MAX_EXPOSED: usize = 256;
 /// UDP forwards a node runs at most.
@@ -132,27 +132,12 @@ impl std::fmt::Display for ExposeError {
 
 impl std::error::Error for ExposeError {}
 
-/// A service name: 1 to [`MAX_NAME`] bytes of a-z, 0-9, `-` and `.`.
+/// A service name: 1 to [`MAX_NAME`] bytes of a-z, 0-9, `-` and `.`, the rules of an alias.
 pub fn validate_name(name: &str) -> Result<(), ExposeError> {
-    let invalid = |reason| {
-        Err(ExposeError::InvalidName {
-            name: name.to_string(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return invalid("it is empty");
-    }
-    if name.len() > MAX_NAME {
-        return invalid("it is longer than 63 bytes");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    {
-        return invalid("only a-z, 0-9, '-' and '.' are allowed");
-    }
-    Ok(())
+    crate::alias::validate(name).map_err(|invalid| ExposeError::InvalidName {
+        name: invalid.name,
+        reason: invalid.reason,
+    })
 }
 
 /// A service this node exposes.

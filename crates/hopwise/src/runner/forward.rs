@@ -364,7 +364,10 @@ impl ForwardBridge {
             }
             ForwardEvent::OpenTarget { flow, target } => match open_target(target) {
                 Ok((sender, receiver)) => {
-                    let task = tokio::spawn(read_target(receiver, flow, self.inputs.clone()));
+                    let task =
+                        tokio::spawn(read_into(receiver, self.inputs.clone(), move |_, data| {
+                            ForwardInput::FromTarget { flow, data }
+                        }));
                     self.targets.insert(flow, Target { sender, task });
                 }
                 Err(error) => warn!(%target, %error, "cannot open a socket for a forwarded flow"),
@@ -487,10 +490,14 @@ impl ForwardBridge {
             .service_mut(self.handle)
             .open_forward(node, name)
             .map_err(anyhow::Error::from)?;
-        let task = tokio::spawn(read_clients(
+        let task = tokio::spawn(read_into(
             UdpSocket::from_std(socket)?,
-            id,
             self.inputs.clone(),
+            move |client, data| ForwardInput::FromClient {
+                forward: id,
+                client,
+                data,
+            },
         ));
         Ok((bound, Some((sender, id)), task))
     }
@@ -547,36 +554,24 @@ fn open_target(target: SocketAddr) -> std::io::Result<(std::net::UdpSocket, UdpS
     Ok((sender, UdpSocket::from_std(socket)?))
 }
 
-async fn read_clients(socket: UdpSocket, forward: ForwardId, inputs: mpsc::Sender<ForwardInput>) {
+/// Hands every datagram `socket` receives to the runner, made into an input by `input` (from
+/// the sender's address and the bytes), until the runner is gone. An ICMP error for an earlier
+/// datagram (a target that is down) surfaces as a failed receive; the socket goes on.
+async fn read_into(
+    socket: UdpSocket,
+    inputs: mpsc::Sender<ForwardInput>,
+    input: impl Fn(SocketAddr, Vec<u8>) -> ForwardInput,
+) {
     let mut buffer = vec![0; MAX_UDP];
     loop {
-        let Ok((len, client)) = socket.recv_from(&mut buffer).await else {
+        let Ok((len, from)) = socket.recv_from(&mut buffer).await else {
             continue;
         };
-        let input = ForwardInput::FromClient {
-            forward,
-            client,
-            data: buffer[..len].to_vec(),
-        };
-        if inputs.send(input).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn read_target(socket: UdpSocket, flow: ServedFlow, inputs: mpsc::Sender<ForwardInput>) {
-    let mut buffer = vec![0; MAX_UDP];
-    loop {
-        // An ICMP error for an earlier datagram (the target is down) surfaces here; the flow
-        // goes on, and expires if nothing answers.
-        let Ok(len) = socket.recv(&mut buffer).await else {
-            continue;
-        };
-        let input = ForwardInput::FromTarget {
-            flow,
-            data: buffer[..len].to_vec(),
-        };
-        if inputs.send(input).await.is_err() {
+        if inputs
+            .send(input(from, buffer[..len].to_vec()))
+            .await
+            .is_err()
+        {
             return;
         }
     }

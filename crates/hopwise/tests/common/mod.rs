@@ -24,6 +24,23 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Round trips in ms between four members: two relays (0, and 3 farther) between member 1
+/// and member 2, which have no direct path.
+pub fn two_relays() -> Matrix {
+    let rows: [[f64; 4]; 4] = [
+        [0.0, 4.0, 4.0, 3.0],
+        [4.0, 0.0, -1.0, 6.0],
+        [4.0, -1.0, 0.0, 6.0],
+        [3.0, 6.0, 6.0, 0.0],
+    ];
+    Matrix::from_rows(
+        rows.iter()
+            .map(|row| row.iter().map(|&ms| (ms > 0.0).then_some(ms)).collect())
+            .collect(),
+    )
+    .expect("a square matrix")
+}
+
 /// The first `n` cities of the bundled WonderNetwork matrix.
 pub fn cities(n: usize) -> Matrix {
     Matrix::parse(CITIES, Unit::Milliseconds)
