@@ -6,8 +6,8 @@
 #      batching, no encryption) between the same iperf3 ends. Reports the relay's throughput,
 #      its overlay datagram size, and Gbit/s per CPU second of the relay process.
 #   2. iperf3 TCP through a TCP forward against `ssh -L` (OpenSSH, default cipher) to the same
-#      iperf3 server: on the direct path, and through one relay (R for hopwise, `ssh -J` through
-#      an sshd on R); a socat chain over the same hops is the unencrypted ceiling.
+#      iperf3 server: on the direct path, and through one relay (R for hopwise, a jump through
+#      an sshd on R, as `ssh -J`); a socat chain over the same hops is the unencrypted ceiling.
 #   3. A UDP forward's added round trip: a request/response client through the forward on A
 #      against the overlay's own round trip from A to C (hopwise ping), on the direct path.
 #
@@ -177,7 +177,10 @@ wait_for_route a c 2
 
 echo "== iperf3 TCP through one relay, ${duration} s each"
 hopwise_relay=$(iperf_tcp 127.13.8.1 5201)
-background ssh "${ssh_options[@]}" -J "root@${address[r]}:2222" \
+# As `ssh -J`, with the jump taking the same options (a plain -J would check its host key).
+jump="ssh -i $work/id -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes"
+jump+=" -o LogLevel=ERROR -W %h:%p -p 2222 root@${address[r]}"
+background ssh "${ssh_options[@]}" -o ProxyCommand="$jump" \
     -L 127.13.8.4:5201:"${address[c]}":5201 -p 2222 "root@${address[c]}"
 sleep 1.5
 ssh_relay=$(iperf_tcp 127.13.8.4 5201)

@@ -1,10 +1,13 @@
 //! Noise primitives with injected randomness: the protocol core never reads the operating
 //! system's generator, so a simulation with a seed runs the real cryptography reproducibly.
+//! The cipher is ring's ChaCha20-Poly1305 (assembly) rather than snow's pure-Rust default: the
+//! same cipher, at a fraction of the cost (the pure-Rust one took 45% of a node's CPU time
+//! carrying a TCP forward at 0.8 Gbit/s).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use snow::params::{CipherChoice, DHChoice, HashChoice};
-use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::resolvers::{CryptoResolver, DefaultResolver, RingResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 
 /// snow's primitives, with randomness from a generator seeded by the node.
@@ -35,7 +38,7 @@ impl CryptoResolver for SeededResolver {
     }
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        DefaultResolver.resolve_cipher(choice)
+        RingResolver.resolve_cipher(choice)
     }
 }
 
