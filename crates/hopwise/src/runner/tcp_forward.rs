@@ -82,7 +82,7 @@ pub struct TcpCounters {
 /// Open QUIC connections to serving nodes, one per node, made when first needed.
 pub struct Peers {
     endpoint: quinn::Endpoint,
-    connections: Mutex<HashMap<NodeId, quinn::Connection>>,
+    connections: Mutex<HashMap<NodeId, Arc<Mutex<Option<quinn::Connection>>>>>,
 }
 
 impl Peers {
@@ -93,9 +93,19 @@ impl Peers {
         }
     }
 
+    /// The open connection to `node`, or a new one. Each node has a slot of its own, held
+    /// while its handshake runs: streams to one node wait for that one connection, and a
+    /// serving node that does not answer holds up no connection to the others.
     async fn connection(&self, node: NodeId) -> anyhow::Result<quinn::Connection> {
-        let mut connections = self.connections.lock().await;
-        if let Some(open) = connections.get(&node)
+        let slot = self
+            .connections
+            .lock()
+            .await
+            .entry(node)
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(open) = slot.as_ref()
             && open.close_reason().is_none()
         {
             return Ok(open.clone());
@@ -105,7 +115,7 @@ impl Peers {
             .connect(streams::address_of(node), "hopwise")?
             .await
             .with_context(|| format!("connecting to {node}"))?;
-        connections.insert(node, connection.clone());
+        *slot = Some(connection.clone());
         Ok(connection)
     }
 }
