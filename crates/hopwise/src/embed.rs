@@ -41,8 +41,8 @@ pub struct RunningNode {
     id: NodeId,
     listen: SocketAddr,
     api: SocketAddr,
-    requests: mpsc::Sender<ControlRequest>,
-    /// What the control API's actions take: names are resolved through it.
+    /// What the control API's actions take: the channel to the runner, through which calls
+    /// reach the node, and names are resolved.
     context: ApiContext,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -51,12 +51,10 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: NodeId,
         listen: SocketAddr,
         api: SocketAddr,
-        requests: mpsc::Sender<ControlRequest>,
         context: ApiContext,
         stop: oneshot::Sender<()>,
         task: JoinHandle<()>,
@@ -66,7 +64,6 @@ impl RunningNode {
             id,
             listen,
             api,
-            requests,
             context,
             stop: Some(stop),
             task: Some(task),
@@ -98,7 +95,8 @@ impl RunningNode {
             );
         }
         let (reply, answer) = oneshot::channel();
-        self.requests
+        self.context
+            .requests
             .send(ControlRequest::Bind { port, reply })
             .await
             .map_err(|_| SocketError::Stopped)?;
@@ -108,7 +106,6 @@ impl RunningNode {
             .map_err(|error| anyhow!("binding port {port}: {error}"))?;
         Ok(ServiceSocket {
             port,
-            requests: self.requests.clone(),
             context: self.context.clone(),
             incoming,
         })
@@ -129,7 +126,8 @@ impl RunningNode {
         let request = ControlRequest::Inspect(Box::new(move |host| {
             let _ = reply.send(inspect(host));
         }));
-        self.requests
+        self.context
+            .requests
             .send(request)
             .await
             .map_err(|_| SocketError::Stopped)?;
@@ -158,7 +156,6 @@ impl Drop for RunningNode {
 /// A datagram socket bound to a service port of a running node. Dropping it unbinds the port.
 pub struct ServiceSocket {
     port: Port,
-    requests: mpsc::Sender<ControlRequest>,
     context: ApiContext,
     incoming: mpsc::Receiver<SocketDatagram>,
 }
@@ -192,7 +189,8 @@ impl ServiceSocket {
             data: data.to_vec(),
             reply,
         };
-        self.requests
+        self.context
+            .requests
             .send(request)
             .await
             .map_err(|_| SocketError::Stopped)?;
@@ -221,6 +219,7 @@ impl ServiceSocket {
 impl Drop for ServiceSocket {
     fn drop(&mut self) {
         let _ = self
+            .context
             .requests
             .try_send(ControlRequest::Unbind { port: self.port });
     }

@@ -312,7 +312,6 @@ pub async fn start(args: NodeArgs) -> anyhow::Result<RunningNode> {
         key.id(),
         listen,
         api_addr,
-        requests,
         context_for_embedding,
         stop,
         task,

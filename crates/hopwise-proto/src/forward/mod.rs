@@ -113,9 +113,16 @@ impl std::fmt::Display for Refusal {
 /// Why a service could not be exposed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExposeError {
-    InvalidName { name: String, reason: &'static str },
-    AlreadyExposed { name: String },
+    InvalidName {
+        name: String,
+        reason: &'static str,
+    },
+    AlreadyExposed {
+        name: String,
+    },
     TooMany,
+    /// [`Forwards::open_forward`]: every forward slot is taken.
+    TooManyForwards,
 }
 
 impl std::fmt::Display for ExposeError {
@@ -126,11 +133,18 @@ impl std::fmt::Display for ExposeError {
             }
             Self::AlreadyExposed { name } => write!(f, "a service named {name} is exposed already"),
             Self::TooMany => write!(f, "at most {MAX_EXPOSED} services are exposed"),
+            Self::TooManyForwards => write!(f, "at most {MAX_FORWARDS} UDP forwards run"),
         }
     }
 }
 
 impl std::error::Error for ExposeError {}
+
+fn encode(message: Message<'_>) -> Vec<u8> {
+    let mut data = Vec::new();
+    message.encode(&mut data);
+    data
+}
 
 /// A service name: 1 to [`MAX_NAME`] bytes of a-z, 0-9, `-` and `.`, the rules of an alias.
 pub fn validate_name(name: &str) -> Result<(), ExposeError> {
@@ -396,7 +410,7 @@ impl Forwards {
     pub fn open_forward(&mut self, node: NodeId, name: &str) -> Result<ForwardId, ExposeError> {
         validate_name(name)?;
         if self.forwards.len() >= MAX_FORWARDS {
-            return Err(ExposeError::TooMany);
+            return Err(ExposeError::TooManyForwards);
         }
         let id = ForwardId(self.next_forward);
         self.next_forward += 1;
@@ -480,15 +494,13 @@ impl Forwards {
             flow.last_active = now;
         }
         let state = &self.forwards[&forward];
-        let (node, name) = (state.node, state.name.clone());
-        self.transmit(
-            node,
-            Message::Data {
-                flow: number,
-                name: &name,
-                payload: data,
-            },
-        );
+        let message = encode(Message::Data {
+            flow: number,
+            name: &state.name,
+            payload: data,
+        });
+        let to = state.node;
+        self.push(to, message);
         self.stats.datagrams_from_clients += 1;
         self.stats.bytes_from_clients += data.len() as u64;
         Ok(())
@@ -537,8 +549,10 @@ impl Forwards {
     }
 
     fn transmit(&mut self, to: NodeId, message: Message<'_>) {
-        let mut data = Vec::new();
-        message.encode(&mut data);
+        self.push(to, encode(message));
+    }
+
+    fn push(&mut self, to: NodeId, data: Vec<u8>) {
         self.outgoing.push_back(ServiceTransmit {
             to,
             port: ports::FORWARD,

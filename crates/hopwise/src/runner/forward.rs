@@ -444,25 +444,22 @@ impl ForwardBridge {
             let _ = reply.send(Err(refused));
             return;
         }
-        let entry = |listen| ForwardEntry {
+        let entry = ForwardEntry {
             kind,
             listen,
-            service: service.clone(),
+            service,
             node,
         };
         let started = match kind {
-            Kind::Udp => self.start_udp(host, listen, node, &name),
-            Kind::Tcp => self.start_tcp(listen, node, &name),
+            Kind::Udp => self.start_udp(host, entry, &name),
+            Kind::Tcp => self.start_tcp(entry, &name),
         };
         match started {
-            Ok((bound, udp, task)) => {
-                info!(%kind, listen = %bound, %service, "forwarding");
-                self.running.push(Running {
-                    entry: entry(bound),
-                    udp,
-                    task,
-                });
-                let _ = reply.send(Ok(bound));
+            Ok(running) => {
+                let entry = &running.entry;
+                info!(%kind, listen = %entry.listen, service = %entry.service, "forwarding");
+                let _ = reply.send(Ok(entry.listen));
+                self.running.push(running);
             }
             Err(error) => {
                 let _ = reply.send(Err(format!("listening on {listen}: {error:#}")));
@@ -470,28 +467,24 @@ impl ForwardBridge {
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Listens for UDP on `entry.listen`, which becomes the address bound.
     fn start_udp(
         &mut self,
         host: &mut NodeHost,
-        listen: SocketAddr,
-        node: NodeId,
+        mut entry: ForwardEntry,
         name: &str,
-    ) -> anyhow::Result<(
-        SocketAddr,
-        Option<(std::net::UdpSocket, ForwardId)>,
-        JoinHandle<()>,
-    )> {
-        let socket = std::net::UdpSocket::bind(listen)?;
+    ) -> anyhow::Result<Running> {
+        let socket = std::net::UdpSocket::bind(entry.listen)?;
         socket.set_nonblocking(true)?;
         let sender = socket.try_clone()?;
-        let bound = socket.local_addr()?;
+        entry.listen = socket.local_addr()?;
+        let socket = UdpSocket::from_std(socket)?;
         let id = host
             .service_mut(self.handle)
-            .open_forward(node, name)
+            .open_forward(entry.node, name)
             .map_err(anyhow::Error::from)?;
         let task = tokio::spawn(read_into(
-            UdpSocket::from_std(socket)?,
+            socket,
             self.inputs.clone(),
             move |client, data| ForwardInput::FromClient {
                 forward: id,
@@ -499,33 +492,32 @@ impl ForwardBridge {
                 data,
             },
         ));
-        Ok((bound, Some((sender, id)), task))
+        Ok(Running {
+            entry,
+            udp: Some((sender, id)),
+            task,
+        })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn start_tcp(
-        &mut self,
-        listen: SocketAddr,
-        node: NodeId,
-        name: &str,
-    ) -> anyhow::Result<(
-        SocketAddr,
-        Option<(std::net::UdpSocket, ForwardId)>,
-        JoinHandle<()>,
-    )> {
+    /// Listens for TCP on `entry.listen`, which becomes the address bound.
+    fn start_tcp(&mut self, mut entry: ForwardEntry, name: &str) -> anyhow::Result<Running> {
         let streams = self.streams.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let listener = std::net::TcpListener::bind(listen)?;
+        let listener = std::net::TcpListener::bind(entry.listen)?;
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let bound = listener.local_addr()?;
+        entry.listen = listener.local_addr()?;
         let task = tokio::spawn(tcp_forward::forward(
             listener,
-            node,
+            entry.node,
             name.to_string(),
             streams.peers.clone(),
             self.counters.clone(),
         ));
-        Ok((bound, None, task))
+        Ok(Running {
+            entry,
+            udp: None,
+            task,
+        })
     }
 }
 
