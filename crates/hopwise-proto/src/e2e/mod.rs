@@ -3,7 +3,7 @@
 //!
 //! Hop-by-hop encryption (`secure`) keeps outsiders out, but every member relay on a path sees
 //! and could change what it forwards, including the source id. [`EndToEnd`] runs a Noise
-//! session (`Noise_XX_25519_ChaChaPoly_BLAKE2s`) with each node it talks to, over the overlay's
+//! session (`Noise_XX_25519_AESGCM_BLAKE2s`) with each node it talks to, over the overlay's
 //! sealed datagrams and keyed to the nodes' static keys: the receiver opens a datagram only
 //! under the session with the node it claims to come from, and that session exists only if the
 //! peer proved the static key whose hash is its id. A relay can drop datagrams, but not read,
@@ -51,7 +51,7 @@ use wire::{Datagram, Plain};
 
 /// The Noise protocol of every end-to-end session. No pre-shared key: only members reach each
 /// other through the overlay at all, and the static keys are what is authenticated here.
-pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 /// Binds every handshake to this layer and to the two ids the overlay headers name.
 const PROLOGUE: &[u8] = b"hopwise end-to-end 1";
 

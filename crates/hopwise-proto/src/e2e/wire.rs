@@ -9,7 +9,7 @@
 //!             (16-byte tag; empty when there is none)
 //! 3 finish    responder index (32 bits), Noise message 3: s, se (48 bytes), then the sealed
 //!             first payload (16-byte tag)
-//! 4 data      counter (64 bits), then the ChaCha20-Poly1305-sealed payload (16-byte tag);
+//! 4 data      counter (64 bits), then the AES-256-GCM-sealed payload (16-byte tag);
 //!             the counter is the nonce
 //!
 //! payload (after opening): source port (16 bits), destination port (16 bits), bytes.

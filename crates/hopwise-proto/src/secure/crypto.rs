@@ -1,8 +1,10 @@
 //! Noise primitives with injected randomness: the protocol core never reads the operating
 //! system's generator, so a simulation with a seed runs the real cryptography reproducibly.
-//! The cipher is ring's ChaCha20-Poly1305 (assembly) rather than snow's pure-Rust default: the
-//! same cipher, at a fraction of the cost (the pure-Rust one took 45% of a node's CPU time
-//! carrying a TCP forward at 0.8 Gbit/s).
+//! The cipher is ring's AES-256-GCM (assembly, with the processor's AES and carry-less multiply
+//! instructions, which x86-64 servers and ARMv8 have): on the machine the benchmarks run on it
+//! seals a 1,162-byte packet in about 270 ns, against 850 to 990 ns for ring's
+//! ChaCha20-Poly1305, and snow's pure-Rust ChaCha20-Poly1305 took 45% of a node's CPU time
+//! carrying a TCP forward at 0.8 Gbit/s. A relay opens and seals every packet it forwards.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;

@@ -31,7 +31,7 @@ use crate::{Instant, NodeId};
 /// The Noise pattern of every link. Both ends prove their static key (XX), and the network key
 /// is mixed in from the first message (psk0), so a hello from a stranger without it fails its
 /// first tag check before any Diffie-Hellman work.
-pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_AESGCM_BLAKE2s";
 
 /// A node's static key pair and the network key all members share.
 #[derive(Clone)]
