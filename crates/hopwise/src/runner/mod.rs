@@ -111,6 +111,9 @@ struct BoundSocket {
 
 /// Datagrams from forwards and QUIC handled after the first, before the node's output is sent.
 const FORWARD_INPUTS_PER_WAKE: usize = 256;
+/// Control requests handled after the first, before the node's output is sent: a program
+/// sending on a service socket gets its datagrams batched, not one system call each.
+const REQUESTS_PER_WAKE: usize = 256;
 /// Receive batches handled before the node's output is sent.
 const BATCHES_PER_WAKE: usize = 16;
 /// A trace unanswered for this long is reported as lost.
@@ -290,7 +293,7 @@ impl Runner {
                 },
                 Some(answer) = self.vpn_answers.recv() => self.on_vpn_answer(answer),
                 () = tokio::time::sleep_until(deadline) => self.on_deadline(),
-                Some(request) = self.requests.recv() => self.on_request(request),
+                Some(request) = self.requests.recv() => self.on_requests(request),
                 () = &mut shutdown => break,
             }
         }
@@ -488,9 +491,20 @@ impl Runner {
         }
     }
 
-    fn on_request(&mut self, request: ControlRequest) {
+    /// A control request, and whatever else is waiting, up to a batch.
+    fn on_requests(&mut self, first: ControlRequest) {
         // User calls take effect at the current time, like every input.
         self.host.handle_input(Input::Timeout(self.clock.now()));
+        self.on_request(first);
+        for _ in 0..REQUESTS_PER_WAKE {
+            let Ok(request) = self.requests.try_recv() else {
+                break;
+            };
+            self.on_request(request);
+        }
+    }
+
+    fn on_request(&mut self, request: ControlRequest) {
         match request {
             ControlRequest::Inspect(inspect) => inspect(&self.host),
             ControlRequest::Bind { port, reply } => {
