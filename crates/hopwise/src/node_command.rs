@@ -79,7 +79,7 @@ pub struct NodeArgs {
     #[arg(long = "alias")]
     #[serde(default)]
     pub alias: Vec<String>,
-    /// The MTU of the path to other nodes (1,280 to 1,500) [default: 1500]: the overlay's
+    /// The MTU of the path to other nodes (1,280 to 9,000) [default: 1500]: the overlay's
     /// datagrams are sized to fit it under the UDP, IP and encryption headers.
     #[arg(long)]
     pub mtu: Option<u16>,
@@ -371,8 +371,9 @@ const VPN_MIN_MTU: u16 = 1431;
 
 /// The overlay datagram a path of `mtu` bytes carries.
 fn datagram_for_path_mtu(mtu: u16) -> anyhow::Result<usize> {
-    if !(1280..=1500).contains(&mtu) {
-        bail!("--mtu {mtu}: the path MTU must be 1280 to 1500");
+    let most = hopwise_proto::wire::MAX_PATH_MTU;
+    if !(1280..=most).contains(&usize::from(mtu)) {
+        bail!("--mtu {mtu}: the path MTU must be 1280 to {most}");
     }
     Ok(hopwise_proto::wire::datagram_for_path_mtu(usize::from(mtu)))
 }

@@ -36,11 +36,14 @@ pub const MAGIC: u8 = 0x68;
 pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 4 + NodeId::LEN;
 
-/// The largest datagram the core accepts, and the most a node sends: what a 1,500-byte IPv6
-/// path carries under the UDP and IPv6 headers and the secure layer's
+/// The largest path MTU a node may be configured for: jumbo frames, as data centre networks
+/// (and loopback) carry them.
+pub const MAX_PATH_MTU: usize = 9000;
+/// The largest datagram the core accepts, and the most a node may send: what a path of
+/// [`MAX_PATH_MTU`] bytes carries under the UDP and IPv6 headers and the secure layer's
 /// [`crate::secure::OVERHEAD`]. A node sends at most its own [`crate::node::Config`]
-/// `max_datagram`, which its path MTU sets.
-pub const MAX_DATAGRAM: usize = datagram_for_path_mtu(1500);
+/// `max_datagram`, which its path MTU sets (1,500 bytes unless told otherwise).
+pub const MAX_DATAGRAM: usize = datagram_for_path_mtu(MAX_PATH_MTU);
 /// What every node sends by default, and the size the services that split their messages
 /// (the key-value store) keep to, so that any path a node may be configured for carries them:
 /// a 1,280-byte path (the IPv6 minimum) carries it.

@@ -14,6 +14,8 @@ use tokio::net::UdpSocket;
 
 /// Receive buffers per call: enough to drain a burst, small enough to keep an idle node lean.
 const SLOTS: usize = 8;
+/// The most the kernel coalesces into one received buffer.
+const GRO_MAX: usize = 65_536;
 
 pub struct BatchReceiver {
     state: UdpSocketState,
@@ -24,8 +26,9 @@ pub struct BatchReceiver {
 impl BatchReceiver {
     pub fn new(socket: &UdpSocket) -> io::Result<Self> {
         let state = UdpSocketState::new(socket.into())?;
-        // A slot holds every segment GRO may coalesce into it.
-        let slot_len = state.gro_segments().max(1) * (MAX_SECURE_DATAGRAM + 1).max(1500);
+        // A slot holds every segment GRO may coalesce into it (at most a UDP datagram's
+        // 64 KiB), and one datagram of the largest size plus a byte, to tell a larger one.
+        let slot_len = (state.gro_segments().max(1) * 1500).clamp(MAX_SECURE_DATAGRAM + 1, GRO_MAX);
         Ok(Self {
             state,
             slots: (0..SLOTS).map(|_| vec![0; slot_len]).collect(),

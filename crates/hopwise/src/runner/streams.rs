@@ -191,13 +191,20 @@ pub fn endpoint(local: NodeId, max_data: usize) -> anyhow::Result<(quinn::Endpoi
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mtu = u16::try_from(max_data).unwrap_or(u16::MAX);
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        endpoint_config(mtu)?,
         Some(server_config(provider.clone(), mtu)?),
         socket,
         Arc::new(quinn::TokioRuntime),
     )?;
     endpoint.set_default_client_config(client_config(provider, mtu)?);
     Ok((endpoint, StreamPorts { outgoing, incoming }))
+}
+
+/// The largest QUIC packet this endpoint takes is what the overlay carries to it.
+fn endpoint_config(mtu: u16) -> anyhow::Result<quinn::EndpointConfig> {
+    let mut config = quinn::EndpointConfig::default();
+    config.max_udp_payload_size(mtu)?;
+    Ok(config)
 }
 
 fn transport(mtu: u16) -> Arc<quinn::TransportConfig> {
