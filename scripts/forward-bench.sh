@@ -1,29 +1,36 @@
 #!/usr/bin/env bash
 # Benchmarks of forwards on loopback, each against a baseline measured in the same run:
 #
-#   1. Relay forwarding: iperf3 UDP through a UDP forward from node A to node C across relay R
-#      (A and C blocked from each other by nftables), against examples/raw_forwarder (the same
-#      batching, no encryption) between the same iperf3 ends. Reports the relay's throughput,
-#      its overlay datagram size, and Gbit/s per CPU second of the relay process.
+#   1. Relay forwarding: encrypted overlay datagrams of 1,200 bytes from a sending node to a
+#      sink node (examples/overlay_load), blocked from each other by nftables, through a hopwise
+#      relay, against the same ends with examples/raw_forwarder (the same batching, nothing
+#      decrypted or routed) in the middle. Reports what each middle forwarded (Gbit/s, and per
+#      CPU second of its process) and what the sink received.
 #   2. iperf3 TCP through a TCP forward against `ssh -L` (OpenSSH, default cipher) to the same
 #      iperf3 server: on the direct path, and through one relay (R for hopwise, a jump through
 #      an sshd on R, as `ssh -J`); a socat chain over the same hops is the unencrypted ceiling.
 #   3. A UDP forward's added round trip: a request/response client through the forward on A
 #      against the overlay's own round trip from A to C (hopwise ping), on the direct path.
 #
+# MTU (default 1500) is the --mtu of nodes A, R and C, the path MTU the overlay sizes its
+# datagrams for: loopback carries 65,536 bytes (what ssh's and socat's TCP use), so 9000 (jumbo
+# frames, the most hopwise takes) is as fair a setting for the TCP races as the default.
+#
 # Needs root (nftables), iperf3, openssh-server, openssh-client, socat, nftables, python3.
-# Not part of CI. Usage: sudo scripts/forward-bench.sh [seconds per iperf3 run, default 10]
+# Not part of CI. Usage: sudo [ROUNDS=3] scripts/forward-bench.sh [seconds per iperf3 run, default 10] [MTU]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration=${1:-10}
+mtu=${2:-1500}
 for tool in iperf3 socat ssh ssh-keygen python3 nft; do
     command -v "$tool" >/dev/null || { echo "forward-bench needs $tool" >&2; exit 1; }
 done
 [[ -x /usr/sbin/sshd ]] || { echo "forward-bench needs openssh-server (/usr/sbin/sshd)" >&2; exit 1; }
-cargo build --release -q -p hopwise --bin hopwise --example raw_forwarder
+cargo build --release -q -p hopwise --bin hopwise --example raw_forwarder --example overlay_load
 hopwise=$PWD/target/release/hopwise
 raw_forwarder=$PWD/target/release/examples/raw_forwarder
+overlay_load=$PWD/target/release/examples/overlay_load
 work=$(mktemp -d /tmp/hopwise-forward-bench.XXXXXX)
 table=hopwise_forward_bench
 declare -A address=([a]=127.13.0.1 [r]=127.13.0.2 [c]=127.13.0.3)
@@ -56,7 +63,7 @@ for n in r a c; do
     seed=()
     [[ $n != r ]] && seed=(--seed "${address[r]}:4000")
     background "$hopwise" node --network-key-file "$work/network.key" \
-        --listen "${address[$n]}:4000" --api "$(api "$n")" --alias "bench-$n" "${seed[@]}" \
+        --listen "${address[$n]}:4000" --api "$(api "$n")" --alias "bench-$n" --mtu "$mtu" "${seed[@]}" \
         >"$work/$n.log" 2>&1
     node_pid[$n]=$!
     sleep 0.3
@@ -116,19 +123,32 @@ ssh_options=(-i "$work/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/de
 sleep 0.5
 
 gbits() { python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))'; }
-iperf_tcp() { iperf3 -J -t "$duration" -c "$1" -p "$2" | gbits; }
-ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
+iperf_tcp() { iperf3 -J -t "$duration" -c "$1" -p 5201 | gbits; }
+# ROUNDS rounds (default 3) of hopwise, ssh and socat in turn, so that all three see the same
+# machine: the median of each, and the median of the rounds' hopwise / ssh ratios.
+rounds=${ROUNDS:-3}
+race() { # hopwise-address ssh-address socat-address ssh-label socat-label
+    local results=()
+    for _ in $(seq "$rounds"); do
+        results+=("$(iperf_tcp "$1") $(iperf_tcp "$2") $(iperf_tcp "$3")")
+    done
+    python3 - "$4" "$5" "${results[@]}" <<'EOF'
+import statistics, sys
+ssh, socat = sys.argv[1:3]
+rounds = [tuple(map(float, r.split())) for r in sys.argv[3:]]
+median = lambda i: statistics.median(r[i] for r in rounds)
+ratios = [r[0] / r[1] for r in rounds]
+print(f"hopwise forward {median(0):.3f} Gbit/s · {ssh} {median(1):.3f} · {socat} "
+      f"{median(2):.3f} (medians of {len(rounds)} rounds) · hopwise / ssh "
+      f"{statistics.median(ratios):.2f} (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+EOF
+}
 
-echo "== iperf3 TCP, direct path, ${duration} s each"
-hopwise_direct=$(iperf_tcp 127.13.8.1 5201)
+echo "== iperf3 TCP, direct path, ${duration} s each, hopwise nodes at --mtu $mtu"
 background ssh "${ssh_options[@]}" -L 127.13.8.2:5201:"${address[c]}":5201 -p 2222 "root@${address[c]}"
-sleep 1
-ssh_direct=$(iperf_tcp 127.13.8.2 5201)
 background socat TCP-LISTEN:5201,bind=127.13.8.3,fork,reuseaddr TCP:"${address[c]}":5201
-sleep 0.3
-socat_direct=$(iperf_tcp 127.13.8.3 5201)
-echo "hopwise forward $hopwise_direct Gbit/s · ssh -L $ssh_direct · socat $socat_direct" \
-    "· hopwise / ssh $(ratio "$hopwise_direct" "$ssh_direct")"
+sleep 1
+race 127.13.8.1 127.13.8.2 127.13.8.3 "ssh -L" socat
 
 echo "== UDP forward round trip, direct path"
 python3 - "$hopwise" "$(api a)" <<'EOF'
@@ -176,64 +196,94 @@ EOF
 wait_for_route a c 2
 
 echo "== iperf3 TCP through one relay, ${duration} s each"
-hopwise_relay=$(iperf_tcp 127.13.8.1 5201)
 # As `ssh -J`, with the jump taking the same options (a plain -J would check its host key).
 jump="ssh -i $work/id -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes"
 jump+=" -o LogLevel=ERROR -W %h:%p -p 2222 root@${address[r]}"
 background ssh "${ssh_options[@]}" -o ProxyCommand="$jump" \
     -L 127.13.8.4:5201:"${address[c]}":5201 -p 2222 "root@${address[c]}"
-sleep 1.5
-ssh_relay=$(iperf_tcp 127.13.8.4 5201)
 background socat TCP-LISTEN:6201,bind="${address[r]}",fork,reuseaddr TCP:"${address[c]}":5201
 background socat TCP-LISTEN:5201,bind=127.13.8.5,fork,reuseaddr TCP:"${address[r]}":6201
-sleep 0.3
-socat_relay=$(iperf_tcp 127.13.8.5 5201)
-echo "hopwise forward $hopwise_relay Gbit/s · ssh -J -L $ssh_relay · socat chain $socat_relay" \
-    "· hopwise / ssh $(ratio "$hopwise_relay" "$ssh_relay")"
+sleep 1.5
+race 127.13.8.1 127.13.8.4 127.13.8.5 "ssh -J -L" "socat chain"
 
-echo "== relay forwarding: iperf3 UDP through R, ${duration} s each"
-relay_status() {
-    hw r status --json | python3 -c \
-        'import json,sys; s=json.load(sys.stdin); print(s["datagrams_received"], s["bytes_received"], s["data_relayed"])'
+echo "== relay forwarding: overlay datagrams of 1,200 bytes through a relay, ${duration} s each"
+# The same two ends (examples/overlay_load: a node sending to a sink node's port as fast as it
+# takes datagrams, and the sink) twice, blocked from each other: once through a hopwise relay
+# (in a network of its own, so the route is through it), once through the raw forwarder, which
+# carries the same encrypted datagrams between them as if they were one direct link.
+address+=([relay]=127.13.0.6 [sink]=127.13.0.7 [sender]=127.13.0.8
+    [raw]=127.13.0.9 [raw-sink]=127.13.0.10 [raw-sender]=127.13.0.11)
+for pair in "sender sink" "raw-sender raw-sink"; do
+    read -r one other <<<"$pair"
+    for way in "$one $other" "$other $one"; do
+        read -r from to <<<"$way"
+        nft add rule inet "$table" output ip saddr "${address[$from]}" ip daddr "${address[$to]}" drop
+    done
+done
+start_sink() { # network-key sink [node options]
+    background "$overlay_load" sink --network-key-file "$1" --listen "${address[$2]}:4000" \
+        --api "$(api "$2")" --alias "load-$2" "${@:3}" >"$work/$2.out" 2>"$work/$2.log"
 }
-udp_run() { # host port length -> "datagrams received by the iperf3 server" "bytes"
-    iperf3 -J -u -b 20G -l "$3" -t "$duration" -c "$1" -p "$2" | python3 -c '
-import json, sys
-end = json.load(sys.stdin)["end"]["sum"]
-received = end["packets"] - end["lost_packets"]
-print(received, end["lost_percent"])'
+send_load() { # network-key sender sink seed
+    "$overlay_load" send "load-$3" --seconds "$duration" --size 1113 --network-key-file "$1" \
+        --listen "${address[$2]}:4000" --api "$(api "$2")" --seed "$4" \
+        >"$work/$2.out" 2>"$work/$2.log"
 }
-read -r d0 b0 relayed0 < <(relay_status)
-cpu0=$(cpu_seconds "${node_pid[r]}")
-read -r hw_received hw_lost < <(udp_run 127.13.8.1 5201 1100)
-cpu1=$(cpu_seconds "${node_pid[r]}")
-read -r d1 b1 relayed1 < <(relay_status)
-background socat TCP-LISTEN:6300,bind="${address[r]}",fork,reuseaddr TCP:"${address[c]}":5201
-background "$raw_forwarder" "${address[r]}:6300" "${address[c]}:5201"
-raw_pid=$!
+"$hopwise" keygen --network --out "$work/load.key" >/dev/null
+"$hopwise" keygen --network --out "$work/raw.key" >/dev/null
+background "$hopwise" node --network-key-file "$work/load.key" --listen "${address[relay]}:4000" \
+    --api "$(api relay)" >"$work/relay.log" 2>&1
+relay_pid=$!
 sleep 0.3
-raw_cpu0=$(cpu_seconds "$raw_pid")
-read -r raw_received raw_lost < <(udp_run "${address[r]}" 6300 1200)
-raw_cpu1=$(cpu_seconds "$raw_pid")
-python3 - "$duration" "$d0" "$b0" "$d1" "$b1" "$relayed0" "$relayed1" "$cpu0" "$cpu1" \
-    "$hw_received" "$hw_lost" "$raw_received" "$raw_lost" "$raw_cpu0" "$raw_cpu1" <<'EOF'
-import sys
-(duration, d0, b0, d1, b1, r0, r1, c0, c1, hw_rx, hw_lost, raw_rx, raw_lost, rc0, rc1) = map(
-    float, sys.argv[1:])
-datagrams, bytes_in = d1 - d0, b1 - b0
-size = bytes_in / max(datagrams, 1)
-relay_gbit = bytes_in * 8 / duration / 1e9
-relay_cpu = c1 - c0
-per_core = bytes_in * 8 / max(relay_cpu, 1e-9) / 1e9
-raw_bytes = raw_rx * 1200
-raw_gbit = raw_bytes * 8 / duration / 1e9
-raw_cpu = rc1 - rc0
-raw_per_core = raw_bytes * 8 / max(raw_cpu, 1e-9) / 1e9
-print(f"hopwise relay: {datagrams:.0f} datagrams of {size:.0f} bytes in {duration:.0f} s "
-      f"({r1 - r0:.0f} relayed): {relay_gbit:.3f} Gbit/s in, {relay_cpu:.1f} CPU s -> "
-      f"{per_core:.3f} Gbit/s per core; iperf3 got {hw_rx:.0f} datagrams, lost {hw_lost:.1f}%")
-print(f"raw forwarder: {raw_rx:.0f} datagrams of 1200 bytes delivered: {raw_gbit:.3f} Gbit/s, "
-      f"{raw_cpu:.1f} CPU s -> {raw_per_core:.3f} Gbit/s per core; lost {raw_lost:.1f}%")
-print(f"ratio hopwise / raw: throughput {relay_gbit / raw_gbit:.2f}, per core "
-      f"{per_core / raw_per_core:.2f}")
+start_sink "$work/load.key" sink --seed "${address[relay]}:4000"
+background "$raw_forwarder" "${address[raw]}:4000" "${address[raw-sink]}:4000" >"$work/raw.out"
+raw_pid=$!
+start_sink "$work/raw.key" raw-sink
+sleep 0.5
+relayed() {
+    hw relay status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["data_relayed"])'
+}
+forwarded() { # the raw forwarder's last report
+    tail -n 1 "$work/raw.out" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read() or "{\"forwarded\": 0}")["forwarded"])'
+}
+# One run through a middle: "datagrams it forwarded, its CPU seconds, payload Gbit/s the sink got".
+through() { # relay|raw
+    local count=relayed pid=$relay_pid key=$work/load.key sender=sender sink=sink
+    local seed=${address[relay]}:4000
+    if [[ $1 == raw ]]; then
+        count=forwarded pid=$raw_pid key=$work/raw.key sender=raw-sender sink=raw-sink
+        seed=${address[raw]}:4000
+    fi
+    local n0 n1 c0 c1
+    n0=$($count) c0=$(cpu_seconds "$pid")
+    send_load "$key" "$sender" "$sink" "$seed"
+    c1=$(cpu_seconds "$pid")
+    sleep 1.5 # a second without datagrams ends the sink's run; the forwarder reports each second
+    n1=$($count)
+    python3 -c 'import json,sys; run = json.loads(open(sys.argv[4]).read().split()[-1])
+print(int(sys.argv[1]), float(sys.argv[3]) - float(sys.argv[2]), run["bytes"] * 8 / max(run["seconds"], 1e-9) / 1e9)' \
+        "$((n1 - n0))" "$c0" "$c1" "$work/$sink.out"
+}
+results=()
+for _ in $(seq "$rounds"); do
+    results+=("$(through relay) $(through raw)")
+done
+python3 - "$duration" "${results[@]}" <<'EOF'
+import statistics, sys
+duration = float(sys.argv[1])
+rounds = [tuple(map(float, r.split())) for r in sys.argv[2:]]
+size = 1200  # 1,113 payload bytes, 62 of end-to-end session and overlay header, 25 hop by hop
+def figures(datagrams, cpu, delivered):
+    gbit = datagrams * size * 8 / 1e9
+    return gbit / duration, gbit / max(cpu, 1e-9), delivered
+relay = [figures(*r[:3]) for r in rounds]
+raw = [figures(*r[3:]) for r in rounds]
+median = lambda runs, i: statistics.median(run[i] for run in runs)
+for name, runs in (("hopwise relay", relay), ("raw forwarder", raw)):
+    print(f"{name}: {median(runs, 0):.3f} Gbit/s through it, {median(runs, 1):.3f} Gbit/s per "
+          f"core; the sink got {median(runs, 2):.3f} Gbit/s of payload (medians of {len(runs)})")
+for label, i in (("through the middle", 0), ("per core", 1), ("delivered", 2)):
+    ratios = [h[i] / r[i] for h, r in zip(relay, raw)]
+    print(f"ratio hopwise / raw, {label}: {statistics.median(ratios):.2f} "
+          f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
 EOF
