@@ -3,9 +3,13 @@
 //! runner's own batch module) but has no encryption and no routing: every datagram from a
 //! client goes to TARGET, and every datagram from TARGET goes back to the last client.
 //!
+//! Every second in which it forwarded something it prints a JSON line with what it has forwarded
+//! from clients to TARGET so far: `{"forwarded":DATAGRAMS,"bytes":BYTES}`.
+//!
 //! Usage: `raw_forwarder LISTEN TARGET`
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use hopwise::runner::batch::{BatchReceiver, BatchSender};
 use hopwise_proto::Transmit;
@@ -25,8 +29,19 @@ async fn main() -> anyhow::Result<()> {
     let (mut receiver, mut sender) = (BatchReceiver::new(&socket)?, BatchSender::new(&socket)?);
     let mut client: Option<SocketAddr> = None;
     let mut outbox = Vec::new();
+    let (mut forwarded, mut bytes, mut reported) = (0u64, 0u64, 0u64);
+    let mut report = tokio::time::interval(Duration::from_secs(1));
     loop {
-        socket.readable().await?;
+        tokio::select! {
+            readable = socket.readable() => readable?,
+            _ = report.tick() => {
+                if forwarded != reported {
+                    println!("{{\"forwarded\":{forwarded},\"bytes\":{bytes}}}");
+                    reported = forwarded;
+                }
+                continue;
+            }
+        }
         for _ in 0..BATCHES_PER_WAKE {
             let received = receiver.receive(&socket, |from, data| {
                 let destination = if from == target {
@@ -36,6 +51,8 @@ async fn main() -> anyhow::Result<()> {
                     }
                 } else {
                     client = Some(from);
+                    forwarded += 1;
+                    bytes += data.len() as u64;
                     target
                 };
                 outbox.push(Transmit {
