@@ -16,6 +16,7 @@ mod limit;
 pub mod link;
 pub mod node;
 pub mod peers;
+pub mod pubsub;
 pub mod routing;
 pub mod secure;
 pub mod service;

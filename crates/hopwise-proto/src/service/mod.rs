@@ -43,6 +43,8 @@ pub mod ports {
     pub const FORWARD: Port = Port(4);
     /// The QUIC connections that carry TCP forwards.
     pub const STREAMS: Port = Port(5);
+    /// Publish/subscribe: rendezvous, tree joins, messages and repairs ([`crate::pubsub`]).
+    pub const PUBSUB: Port = Port(6);
 }
 
 /// An authenticated datagram for a service: `from` proved the static key of its id.

@@ -1,0 +1,202 @@
+use super::tree::{Accepted, Tree};
+use super::*;
+
+fn at(ms: i64) -> Instant {
+    Instant::ZERO + Duration::from_millis(ms)
+}
+
+fn node(byte: u8) -> NodeId {
+    NodeId::from_bytes([byte; 8])
+}
+
+fn data(seq: u64) -> Vec<u8> {
+    Message::Data {
+        tree: TreeId {
+            topic: 1,
+            publisher: node(9),
+        },
+        epoch: 7,
+        seq,
+        message: &seq.to_be_bytes(),
+    }
+    .to_bytes()
+}
+
+fn delivered(tree: &mut Tree, now: Instant) -> Vec<u64> {
+    let mut out = VecDeque::new();
+    tree.deliverable(now, &mut out);
+    out.into_iter().map(|(seq, _)| seq).collect()
+}
+
+/// A member of a young publication that joined at `highest`.
+fn member(highest: u64) -> Tree {
+    let mut tree = Tree::new(at(0), 1);
+    tree.local = true;
+    tree.epoch = 7;
+    tree.learn_highest(highest, at(0));
+    tree
+}
+
+#[test]
+fn messages_are_delivered_in_order_and_a_gap_is_asked_for_once_per_retry() {
+    let mut tree = member(0);
+    assert_eq!(
+        tree.accept(1, node(2), &data(1), DATA_OVERHEAD, at(0)),
+        Accepted::New
+    );
+    assert_eq!(
+        tree.accept(4, node(2), &data(4), DATA_OVERHEAD, at(10)),
+        Accepted::New
+    );
+    assert_eq!(delivered(&mut tree, at(10)), vec![1], "2 and 3 hold 4 back");
+    let retry = Duration::from_millis(50);
+    assert_eq!(tree.due_nacks(at(10), retry), vec![(2, 2)]);
+    assert!(
+        tree.due_nacks(at(30), retry).is_empty(),
+        "asked for already"
+    );
+    assert_eq!(tree.due_nacks(at(61), retry), vec![(2, 2)], "asked again");
+    assert_eq!(
+        tree.accept(3, node(2), &data(3), DATA_OVERHEAD, at(70)),
+        Accepted::New
+    );
+    assert!(delivered(&mut tree, at(70)).is_empty());
+    assert_eq!(
+        tree.accept(2, node(5), &data(2), DATA_OVERHEAD, at(80)),
+        Accepted::New
+    );
+    assert_eq!(delivered(&mut tree, at(80)), vec![2, 3, 4]);
+    assert_eq!(tree.missing_count(), 0);
+    assert_eq!(tree.lost_unreported, 0);
+}
+
+#[test]
+fn duplicates_are_told_apart_by_the_link_they_came_over() {
+    let mut tree = member(0);
+    tree.accept(1, node(2), &data(1), DATA_OVERHEAD, at(0));
+    assert_eq!(
+        tree.accept(1, node(2), &data(1), DATA_OVERHEAD, at(1)),
+        Accepted::DuplicateSameLink
+    );
+    assert_eq!(
+        tree.accept(1, node(3), &data(1), DATA_OVERHEAD, at(1)),
+        Accepted::DuplicateOtherLink
+    );
+}
+
+#[test]
+fn a_gap_not_recovered_in_time_is_passed_over_and_counted() {
+    let mut tree = member(0);
+    tree.accept(2, node(2), &data(2), DATA_OVERHEAD, at(0));
+    assert!(delivered(&mut tree, at(100)).is_empty());
+    let late = Instant::ZERO + GIVE_UP + Duration::from_millis(1);
+    assert_eq!(delivered(&mut tree, late), vec![2]);
+    assert_eq!(tree.lost_unreported, 1);
+    assert!(tree.due_nacks(late, Duration::from_millis(50)).is_empty());
+    assert_eq!(
+        tree.accept(1, node(2), &data(1), DATA_OVERHEAD, late),
+        Accepted::Old,
+        "given up on"
+    );
+}
+
+#[test]
+fn a_member_joining_a_young_publication_fetches_it_all_and_an_old_one_only_what_follows() {
+    let mut young = Tree::new(at(0), 1);
+    young.learn_highest(CATCH_UP, at(0));
+    assert_eq!(young.missing_count() as u64, CATCH_UP);
+    let mut old = Tree::new(at(0), 1);
+    old.local = true;
+    old.learn_highest(CATCH_UP + 1, at(0));
+    assert_eq!(old.missing_count(), 0);
+    assert_eq!(
+        old.accept(CATCH_UP, node(2), &data(CATCH_UP), DATA_OVERHEAD, at(1)),
+        Accepted::Old
+    );
+    old.accept(
+        CATCH_UP + 2,
+        node(2),
+        &data(CATCH_UP + 2),
+        DATA_OVERHEAD,
+        at(1),
+    );
+    assert_eq!(delivered(&mut old, at(1)), vec![CATCH_UP + 2]);
+}
+
+#[test]
+fn the_recent_window_is_bounded_and_what_fell_out_cannot_be_wanted() {
+    let mut tree = member(0);
+    let total = RECENT as u64 + 10;
+    for seq in 1..=total {
+        tree.accept(seq, node(2), &data(seq), DATA_OVERHEAD, at(0));
+    }
+    assert!(tree.stored(10).is_none());
+    assert!(tree.stored(11).is_some());
+    tree.want(5, at(1));
+    assert_eq!(tree.missing_count(), 0, "out of the window: not fetched");
+    // A jump far ahead tracks at most a window of missing numbers.
+    tree.accept(total * 10, node(2), &data(total * 10), DATA_OVERHEAD, at(2));
+    assert!(tree.missing_count() < RECENT);
+}
+
+#[test]
+fn a_rendezvous_tells_the_interested_of_a_new_publisher_once_and_forgets_silence() {
+    let mut rendezvous = rendezvous::Rendezvous::new(3);
+    assert!(rendezvous.interest(1, node(1), at(30_000)).is_empty());
+    assert_eq!(rendezvous.announce(1, node(9), at(30_000)), vec![node(1)]);
+    assert!(
+        rendezvous.announce(1, node(9), at(40_000)).is_empty(),
+        "known"
+    );
+    assert_eq!(rendezvous.interest(1, node(2), at(30_000)), vec![node(9)]);
+    rendezvous.expire(at(35_000));
+    assert_eq!(rendezvous.interest(1, node(3), at(70_000)), vec![node(9)]);
+    rendezvous.expire(at(80_000));
+    assert_eq!(rendezvous.topic_count(), 0);
+}
+
+#[test]
+fn publishing_checks_topics_and_sizes_and_numbers_messages() {
+    let mut pubsub = PubSub::new(node(1), 1_100, 5);
+    assert_eq!(pubsub.max_message(), 1_100 - DATA_OVERHEAD);
+    assert!(matches!(
+        pubsub.publish(at(0), "", b"x"),
+        Err(PubSubError::InvalidTopic(_))
+    ));
+    assert!(matches!(
+        pubsub.publish(at(0), &"t".repeat(MAX_TOPIC + 1), b"x"),
+        Err(PubSubError::InvalidTopic(_))
+    ));
+    let too_big = vec![0; pubsub.max_message() + 1];
+    assert_eq!(
+        pubsub.publish(at(0), "news", &too_big),
+        Err(PubSubError::MessageTooLarge {
+            len: too_big.len(),
+            max: pubsub.max_message()
+        })
+    );
+    pubsub.subscribe(at(0), "news").unwrap();
+    assert_eq!(pubsub.publish(at(0), "news", b"one"), Ok(1));
+    assert_eq!(pubsub.publish(at(1), "news", b"two"), Ok(2));
+    let mine: Vec<u64> = std::iter::from_fn(|| pubsub.poll_event())
+        .map(|event| match event {
+            PubSubEvent::Message(delivery) => delivery.seq,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(mine, vec![1, 2], "a publisher that subscribes hears itself");
+}
+
+#[test]
+fn subscriptions_are_bounded() {
+    let mut pubsub = PubSub::new(node(1), 1_100, 5);
+    for topic in 0..MAX_SUBSCRIPTIONS {
+        pubsub.subscribe(at(0), &format!("t{topic}")).unwrap();
+    }
+    assert_eq!(
+        pubsub.subscribe(at(0), "one-more"),
+        Err(PubSubError::TooManySubscriptions)
+    );
+    assert!(pubsub.unsubscribe("t0"));
+    assert!(pubsub.subscribe(at(0), "one-more").is_ok());
+}

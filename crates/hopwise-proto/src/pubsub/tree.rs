@@ -1,0 +1,259 @@
+//! One node's part in one tree (a topic's messages from one publisher): where it joined, who
+//! joined it, the recent messages it can hand out again, and what it is missing.
+//!
+//! Sequence numbers count a publisher's messages from 1. A member *starts* at the highest
+//! number its parent knows when it joins, or at 0 when the publication is young (at most
+//! [`CATCH_UP`] messages), so subscribers that join as a publisher starts get everything. From
+//! there every number it learns of and has not received is *missing* until it arrives, is
+//! given up on ([`GIVE_UP`]), or falls out of the recent window.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::keyed::{self, Map};
+use crate::{Duration, Instant, NodeId};
+
+/// Messages each member keeps for repairs.
+pub const RECENT: usize = 1_024;
+/// A member that joins a publication of at most this many messages fetches all of them.
+pub const CATCH_UP: u64 = 64;
+/// A missing message not recovered in this long is given up (and counted as lost).
+pub const GIVE_UP: Duration = Duration::from_secs(3);
+
+/// What became of a data message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    New,
+    /// The same message from the same neighbour again.
+    DuplicateSameLink,
+    /// A message this member had from another neighbour.
+    DuplicateOtherLink,
+    /// Older than this member's start or its window.
+    Old,
+}
+
+struct Stored {
+    from: NodeId,
+    /// The whole data message as it travels, forwarded unchanged.
+    bytes: Vec<u8>,
+    message_at: usize,
+    arrived: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Missing {
+    noticed: Instant,
+    nacked: Option<Instant>,
+}
+
+pub(super) struct Tree {
+    /// The publication this state belongs to; 0 until heard of.
+    pub epoch: u32,
+    /// Where this member joined (none for the publisher itself).
+    pub upstream: Option<NodeId>,
+    /// The upstream answered the last join.
+    pub acked: bool,
+    pub join_sent: Option<Instant>,
+    /// Members joined here, with when their join expires.
+    pub children: Map<NodeId, Instant>,
+    /// This node subscribes to the topic.
+    pub local: bool,
+    /// Messages left out of local delivery (given up or no room) not yet reported.
+    pub lost_unreported: u64,
+    /// The last time the publisher was heard of (data, an answered join, a listing).
+    pub heard: Instant,
+    recent: BTreeMap<u64, Stored>,
+    started: bool,
+    /// Numbers at or below this were before this member's start.
+    floor: u64,
+    pub highest: u64,
+    /// The last number delivered locally, or skipped.
+    delivered: u64,
+    missing: BTreeMap<u64, Missing>,
+}
+
+impl Tree {
+    pub fn new(now: Instant, seed: u64) -> Self {
+        Self {
+            epoch: 0,
+            upstream: None,
+            acked: false,
+            join_sent: None,
+            children: Map::with_hasher(keyed::hash_key(seed)),
+            local: false,
+            lost_unreported: 0,
+            heard: now,
+            recent: BTreeMap::new(),
+            started: false,
+            floor: 0,
+            highest: 0,
+            delivered: 0,
+            missing: BTreeMap::new(),
+        }
+    }
+
+    /// Forgets the messages of an earlier publication.
+    pub fn restart(&mut self, epoch: u32) {
+        self.epoch = epoch;
+        self.recent.clear();
+        self.missing.clear();
+        self.started = false;
+        self.floor = 0;
+        self.highest = 0;
+        self.delivered = 0;
+    }
+
+    /// The publisher's own tree starts with its first message.
+    pub fn start_as_root(&mut self, epoch: u32) {
+        self.restart(epoch);
+        self.started = true;
+    }
+
+    /// Messages up to `highest` exist: the start, for a member that has none yet, and what is
+    /// missing otherwise.
+    pub fn learn_highest(&mut self, highest: u64, now: Instant) {
+        if !self.started {
+            self.started = true;
+            self.floor = if highest <= CATCH_UP { 0 } else { highest };
+            self.delivered = self.floor;
+            self.highest = self.floor;
+        }
+        self.note_missing_up_to(highest, now);
+    }
+
+    fn note_missing_up_to(&mut self, highest: u64, now: Instant) {
+        if highest <= self.highest {
+            return;
+        }
+        let from = (self.highest + 1).max(highest.saturating_sub(RECENT as u64 - 1));
+        for seq in from..=highest {
+            if !self.recent.contains_key(&seq) {
+                self.missing.entry(seq).or_insert(Missing {
+                    noticed: now,
+                    nacked: None,
+                });
+            }
+        }
+        self.highest = highest;
+    }
+
+    /// A child asked for `seq`, which this member lacks: it is missing here too, if it can
+    /// still be had.
+    pub fn want(&mut self, seq: u64, now: Instant) {
+        if seq == 0 || self.recent.contains_key(&seq) || seq + (RECENT as u64) <= self.highest {
+            return;
+        }
+        if seq > self.highest {
+            self.note_missing_up_to(seq, now);
+        } else {
+            self.missing.entry(seq).or_insert(Missing {
+                noticed: now,
+                nacked: None,
+            });
+        }
+    }
+
+    /// Takes in data message `seq` (`bytes`, with the message itself from `message_at` on)
+    /// from neighbour `from`.
+    pub fn accept(
+        &mut self,
+        seq: u64,
+        from: NodeId,
+        bytes: &[u8],
+        message_at: usize,
+        now: Instant,
+    ) -> Accepted {
+        if seq == 0 {
+            return Accepted::Old;
+        }
+        if let Some(stored) = self.recent.get(&seq) {
+            return if stored.from == from {
+                Accepted::DuplicateSameLink
+            } else {
+                Accepted::DuplicateOtherLink
+            };
+        }
+        if !self.started {
+            self.learn_highest(seq - 1, now);
+        }
+        let wanted = self.missing.remove(&seq).is_some() || seq > self.highest;
+        if !wanted || seq + (RECENT as u64) <= self.highest {
+            return Accepted::Old;
+        }
+        // Everything below `seq` in its window that has not arrived is missing now.
+        self.note_missing_up_to(seq, now);
+        self.missing.remove(&seq);
+        self.recent.insert(
+            seq,
+            Stored {
+                from,
+                bytes: bytes.to_vec(),
+                message_at,
+                arrived: now,
+            },
+        );
+        while self.recent.len() > RECENT {
+            self.recent.pop_first();
+        }
+        Accepted::New
+    }
+
+    /// The stored data message `seq`, to hand out again, and when it arrived here.
+    pub fn stored(&self, seq: u64) -> Option<(&[u8], Instant)> {
+        self.recent
+            .get(&seq)
+            .map(|stored| (stored.bytes.as_slice(), stored.arrived))
+    }
+
+    /// The next messages for local delivery in order: what has arrived, passing over what was
+    /// given up or can no longer be had (counted in `lost_unreported`).
+    pub fn deliverable(&mut self, now: Instant, out: &mut VecDeque<(u64, Vec<u8>)>) {
+        while self.delivered < self.highest {
+            let next = self.delivered + 1;
+            if let Some(stored) = self.recent.get(&next) {
+                out.push_back((next, stored.bytes[stored.message_at..].to_vec()));
+            } else if self
+                .missing
+                .get(&next)
+                .is_some_and(|missing| now < missing.noticed + GIVE_UP)
+            {
+                return;
+            } else {
+                self.lost_unreported += 1;
+            }
+            self.delivered = next;
+        }
+    }
+
+    /// The ranges to ask the upstream for now: missing numbers never asked for, or asked for
+    /// longer than `retry` ago. Numbers given up on are dropped.
+    pub fn due_nacks(&mut self, now: Instant, retry: Duration) -> Vec<(u64, u16)> {
+        self.missing
+            .retain(|_, missing| now < missing.noticed + GIVE_UP);
+        let mut ranges: Vec<(u64, u16)> = Vec::new();
+        for (&seq, missing) in &mut self.missing {
+            if missing.nacked.is_some_and(|at| now < at + retry) {
+                continue;
+            }
+            missing.nacked = Some(now);
+            match ranges.last_mut() {
+                Some((first, count))
+                    if *first + u64::from(*count) == seq
+                        && *count < super::wire::MAX_NACK_COUNT =>
+                {
+                    *count += 1;
+                }
+                _ => ranges.push((seq, 1)),
+            }
+        }
+        ranges
+    }
+
+    pub fn missing_count(&self) -> usize {
+        self.missing.len()
+    }
+
+    /// Joins that were not renewed in time end.
+    pub fn expire_children(&mut self, now: Instant) {
+        self.children.retain(|_, until| now < *until);
+    }
+}
