@@ -8,6 +8,7 @@ pub mod matrix;
 pub mod metrics;
 pub mod network;
 pub mod paths;
+pub mod pubsub;
 pub mod report;
 pub mod sim;
 

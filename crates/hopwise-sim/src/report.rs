@@ -15,6 +15,7 @@ use crate::kvload::{KvReport, KvWorkload, KvWorkloadConfig};
 use crate::matrix::Matrix;
 use crate::metrics::{Accuracy, coordinate_accuracy, percentile};
 use crate::paths::{PairResult, WARM_UP, choose_pairs, evaluate};
+use crate::pubsub::{PubSubReport, PubSubWorkload};
 use crate::sim::{SimConfig, Simulation};
 
 /// IPv4 + UDP headers, added to every datagram's payload to count bytes as they are on the wire.
@@ -51,6 +52,8 @@ pub struct Report {
     /// The key-value store every node runs: the workload's measurements (`--kv-puts`,
     /// `--kv-gets`, `--kv-watches`) and the store's own traffic.
     pub kv: KvReport,
+    /// Present when the run carried topics (`--topics`).
+    pub pubsub: Option<PubSubReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -290,6 +293,10 @@ pub fn run(
         start: Duration::from_secs(60),
     });
     let mut kv = KvWorkload::new(kv_config, sim.len(), config.seed, end);
+    let mut pubsub = scenario
+        .pubsub
+        .clone()
+        .map(|workload| PubSubWorkload::new(workload, &sim, config.seed, end));
     let mut failure: Option<Failure> = None;
     // Later failure waves: when the next is due, and how many are left.
     let mut waves_left = scenario.fail_waves.saturating_sub(1);
@@ -317,6 +324,7 @@ pub fn run(
                 .and_then(DatagramWorkload::next_due)
                 .into_iter()
                 .chain(kv.next_due())
+                .chain(pubsub.as_ref().and_then(PubSubWorkload::next_due))
                 .min()
                 .filter(|&due| due < flow_next);
             at = workload_due.unwrap_or(flow_next).max(at);
@@ -332,6 +340,11 @@ pub fn run(
                     scenario.fail_nodes,
                     config.seed,
                     fail,
+                    |sim, failed| {
+                        if let Some(workload) = &mut pubsub {
+                            workload.note_failure(sim, failed, fail);
+                        }
+                    },
                 ));
             }
             if let Some(fail) = fail_at
@@ -353,8 +366,14 @@ pub fn run(
                 workload.send_due(&mut sim, at);
             }
             kv.send_due(&mut sim, at);
+            if let Some(workload) = &mut pubsub {
+                workload.send_due(&mut sim, at);
+            }
             let recorded = sim.take_recorded();
             kv.record(&recorded);
+            if let Some(workload) = &mut pubsub {
+                workload.record(&recorded);
+            }
             flows.record(&recorded);
             if let Some(workload) = &mut datagrams {
                 workload.record(&recorded);
@@ -362,6 +381,9 @@ pub fn run(
         }
         second = next_second;
         kv.collect(&mut sim);
+        if let Some(workload) = &mut pubsub {
+            workload.collect(&mut sim);
+        }
         progress(sim.now() - Instant::ZERO);
         if converged_at.is_none() && fully_routed(&sim) {
             converged_at = Some((second - Instant::ZERO).as_secs_f64());
@@ -416,6 +438,10 @@ pub fn run(
         |v: Volume| (v.bytes + v.datagrams * IP_UDP_HEADER_BYTES) as f64 / per_node_second;
     kv.collect(&mut sim);
     let kv = kv.report(&sim, duration, sim.is_secure());
+    let pubsub = pubsub.as_mut().map(|workload| {
+        workload.collect(&mut sim);
+        workload.report(&sim, duration, sim.is_secure())
+    });
     let failover = failure.map(|f| {
         let mut report = failover_report(&f, &flows, flow_end);
         report.failed_nodes_total = report.failed_nodes + failed_later;
@@ -495,6 +521,7 @@ pub fn run(
         expanded_from,
         e2e,
         kv,
+        pubsub,
     };
     Outcome {
         report,
@@ -632,12 +659,14 @@ fn fail_nodes(
     fraction: f64,
     seed: u64,
     at: Instant,
+    before_stop: impl FnOnce(&Simulation, &[usize]),
 ) -> Failure {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6661_696c);
     let count = ((sim.len() as f64) * fraction).round() as usize;
     let mut order: Vec<usize> = (0..sim.len()).collect();
     order.shuffle(&mut rng);
     let failed: Vec<usize> = order.into_iter().take(count).collect();
+    before_stop(sim, &failed);
     let affected = (0..flows.pairs().len())
         .filter(|&flow| {
             let (a, b) = flows.pairs()[flow];

@@ -91,6 +91,8 @@ pub struct Scenario {
     pub fail_every: Duration,
     /// Key-value operations spread over the run (see `kvload`).
     pub kv: Option<KvWorkloadConfig>,
+    /// Topics, subscribers and publishers (see `pubsub`).
+    pub pubsub: Option<crate::pubsub::PubSubWorkloadConfig>,
 }
 
 impl Default for Scenario {
@@ -104,6 +106,7 @@ impl Default for Scenario {
             fail_waves: 1,
             fail_every: Duration::from_secs(40),
             kv: None,
+            pubsub: None,
         }
     }
 }

@@ -5,6 +5,7 @@ mod common;
 use hopwise_proto::Duration;
 use hopwise_sim::datagrams::DatagramConfig;
 use hopwise_sim::kvload::KvWorkloadConfig;
+use hopwise_sim::pubsub::PubSubWorkloadConfig;
 use hopwise_sim::{NetworkConfig, Scenario, SimConfig, coords_csv, pairs_csv, run};
 
 fn run_once(seed: u64) -> (String, serde_json::Value) {
@@ -38,6 +39,14 @@ fn run_once(seed: u64) -> (String, serde_json::Value) {
                 gets: 200,
                 watches: 20,
                 start: Duration::from_secs(10),
+            }),
+            // And pub/sub, whose trees move as the failures change the routes.
+            pubsub: Some(PubSubWorkloadConfig {
+                topics: 3,
+                publishers: 2,
+                start: Duration::from_secs(10),
+                measure_after: Duration::from_secs(15),
+                ..PubSubWorkloadConfig::default()
             }),
         },
         ..SimConfig::default()

@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use hopwise_proto::{Algorithm, Duration, ZoneConfig};
 use hopwise_sim::datagrams::DatagramConfig;
 use hopwise_sim::kvload::KvWorkloadConfig;
+use hopwise_sim::pubsub::PubSubWorkloadConfig;
 use hopwise_sim::{Matrix, NetworkConfig, Scenario, SimConfig, Unit, coords_csv, pairs_csv};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -119,6 +120,20 @@ pub struct SimArgs {
     /// Bytes per end-to-end datagram (at least 9).
     #[arg(long, default_value_t = 64)]
     e2e_bytes: usize,
+    /// Publish/subscribe: this many topics, each with a fraction --subscribers of the nodes
+    /// subscribed and --publishers publishers sending --publish-rate messages a second each
+    /// (report field `pubsub`). 0: none.
+    #[arg(long, default_value_t = 0)]
+    topics: usize,
+    #[arg(long, default_value_t = 0.3)]
+    subscribers: f64,
+    #[arg(long, default_value_t = 5)]
+    publishers: usize,
+    #[arg(long, default_value_t = 10.0)]
+    publish_rate: f64,
+    /// Bytes per published message.
+    #[arg(long, default_value_t = 64)]
+    publish_bytes: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -183,6 +198,33 @@ fn datagram_workload(args: &SimArgs) -> anyhow::Result<Option<DatagramConfig>> {
         interval,
         start: to_duration(args.e2e_start, "--e2e-start")?,
         payload_bytes: args.e2e_bytes,
+    }))
+}
+
+fn pubsub_workload(args: &SimArgs) -> anyhow::Result<Option<PubSubWorkloadConfig>> {
+    if args.topics == 0 {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.subscribers),
+        "--subscribers is a fraction of the nodes, between 0 and 1"
+    );
+    anyhow::ensure!(
+        args.publish_rate > 0.0 && args.publish_rate <= 1_000.0,
+        "--publish-rate must be above 0 and at most 1000 messages a second"
+    );
+    let max = hopwise_proto::service::BASE_DATA - hopwise_proto::pubsub::wire::DATA_OVERHEAD;
+    anyhow::ensure!(
+        args.publish_bytes <= max,
+        "--publish-bytes must be at most {max}"
+    );
+    Ok(Some(PubSubWorkloadConfig {
+        topics: args.topics,
+        subscribers: args.subscribers,
+        publishers: args.publishers,
+        rate: args.publish_rate,
+        message_bytes: args.publish_bytes,
+        ..PubSubWorkloadConfig::default()
     }))
 }
 
@@ -276,6 +318,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                     })
                 })
                 .transpose()?,
+            pubsub: pubsub_workload(&args)?,
         },
         zones: zoned.then_some(ZoneConfig {
             head_one_in: args.zone_heads,
@@ -407,6 +450,28 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         kv.entries_per_node.max,
         kv.bytes_per_node_per_sec,
     );
+    if let Some(pubsub) = &report.pubsub {
+        println!(
+            "pubsub: {} topics, {} publishers, {} messages; rdp median {:.3} p95 {:.3} max {:.2}; delivered {:.5} ({} missing of {}); duplicate link crossings {}; repair {} (p50 / p95 / max ms, {} pairs); publisher fan-out max {}; {:.0} B/s per node",
+            pubsub.topics,
+            pubsub.publishers,
+            pubsub.published,
+            pubsub.rdp.median,
+            pubsub.rdp.p95,
+            pubsub.rdp.max,
+            pubsub.delivered_fraction,
+            pubsub.missing_deliveries,
+            pubsub.expected_deliveries,
+            pubsub.duplicate_link_crossings,
+            pubsub.repair_ms.map_or("none".to_string(), |r| format!(
+                "{:.0} / {:.0} / {:.0}",
+                r.p50, r.p95, r.max
+            )),
+            pubsub.repaired_pairs,
+            pubsub.publisher_fanout.max,
+            pubsub.bytes_per_node_per_sec,
+        );
+    }
     for slice in &report.slices {
         println!(
             "  matrix {} (from {:.0} s), measured at {:.0} s: stretch median {:.3} p95 {:.3}, reachable {:.4}",
