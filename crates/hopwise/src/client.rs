@@ -1,6 +1,7 @@
 //! Client subcommands (`hopwise status`, `peers`, `routes`, `coords`, `ping`, `trace`, `kv`,
-//! `resolve`, `expose`, `forward`): one request to a local node's control API, printed for people (or as JSON with
-//! `--json`); `kv watch` streams until interrupted.
+//! `resolve`, `expose`, `forward`, `pub`, `sub`): one request to a local node's control API,
+//! printed for people (or as JSON with `--json`); `kv watch` and `sub` stream until
+//! interrupted, and `pub` without a message publishes each line of standard input.
 
 use std::net::SocketAddr;
 
@@ -62,6 +63,25 @@ pub enum ClientCommand {
     /// Local addresses whose flows go to a service another node exposes (as `ssh -L`).
     #[command(subcommand)]
     Forward(ForwardCommand),
+    /// Publishes MESSAGE on TOPIC, or every line of standard input when MESSAGE is absent.
+    Pub(PubArgs),
+    /// Prints every message of TOPIC, one line each, until interrupted.
+    Sub(SubArgs),
+}
+
+#[derive(Args)]
+pub struct PubArgs {
+    pub topic: String,
+    pub message: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct SubArgs {
+    pub topic: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Subcommand)]
@@ -298,8 +318,26 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             &target.client,
         ),
         ClientCommand::Kv(KvCommand::Watch { key, client }) => {
-            return runtime.block_on(watch(client, key));
+            let request = Request::KvWatch { key: key.clone() };
+            return runtime.block_on(stream(client, &request, "watch"));
         }
+        ClientCommand::Sub(sub) => {
+            let request = Request::Subscribe {
+                topic: sub.topic.clone(),
+            };
+            return runtime.block_on(stream(&sub.client, &request, "subscription"));
+        }
+        ClientCommand::Pub(publish) if publish.message.is_none() => {
+            return runtime.block_on(publish_lines(publish));
+        }
+        ClientCommand::Pub(publish) => (
+            Request::Publish {
+                topic: publish.topic.clone(),
+                message: publish.message.clone(),
+                message_b64: None,
+            },
+            &publish.client,
+        ),
         ClientCommand::Kv(kv) => (kv.request(), kv.client()),
         ClientCommand::Resolve(resolve) => (
             Request::Resolve {
@@ -346,16 +384,15 @@ fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Streams a key's changes until the node or the user ends it.
-async fn watch(client: &ClientArgs, key: &str) -> anyhow::Result<()> {
+/// Sends a streaming request (`kv_watch`, `subscribe`) and prints what comes until the node
+/// or the user ends it.
+async fn stream(client: &ClientArgs, request: &Request, what: &str) -> anyhow::Result<()> {
     let api = client.api;
     let stream = TcpStream::connect(api)
         .await
         .with_context(|| format!("connecting to the node's API at {api} (is the node running?)"))?;
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(&Request::KvWatch {
-        key: key.to_string(),
-    })?;
+    let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     write.write_all(&line).await?;
     let mut lines = BufReader::new(read).lines();
@@ -370,7 +407,45 @@ async fn watch(client: &ClientArgs, key: &str) -> anyhow::Result<()> {
         }
         emit(&out)?;
         if response.error_text().is_some() {
-            bail!("the node refused the watch");
+            bail!("the node refused the {what}");
+        }
+    }
+    Ok(())
+}
+
+/// Publishes each line of standard input on the topic, over one connection.
+async fn publish_lines(publish: &PubArgs) -> anyhow::Result<()> {
+    let api = publish.client.api;
+    let stream = TcpStream::connect(api)
+        .await
+        .with_context(|| format!("connecting to the node's API at {api} (is the node running?)"))?;
+    let (read, mut write) = stream.into_split();
+    let mut answers = BufReader::new(read).lines();
+    // The command does nothing else meanwhile, so reading standard input may block.
+    for message in std::io::BufRead::lines(std::io::stdin().lock()) {
+        let message = message.context("reading standard input")?;
+        let mut line = serde_json::to_vec(&Request::Publish {
+            topic: publish.topic.clone(),
+            message: Some(message),
+            message_b64: None,
+        })?;
+        line.push(b'\n');
+        write.write_all(&line).await?;
+        let answer = answers
+            .next_line()
+            .await?
+            .context("the node closed the connection")?;
+        let response: Response = serde_json::from_str(&answer)
+            .with_context(|| format!("reading the answer {answer:?}"))?;
+        let mut out = String::new();
+        if publish.client.json {
+            outln!(out, "{answer}");
+        } else {
+            print_response(&mut out, &response, false);
+        }
+        emit(&out)?;
+        if response.error_text().is_some() {
+            bail!("the node refused the message");
         }
     }
     Ok(())
@@ -675,6 +750,22 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
         Response::Unforwarded { listen, removed } => {
             outln!(out, "stopped {removed} forward(s) on {listen}")
         }
+        Response::Published { topic, seq } => outln!(out, "published {topic} #{seq}"),
+        Response::Subscribed { topic } => eprintln!("subscribed to {topic}"),
+        Response::Message(message) => {
+            let text = String::from_utf8_lossy(&message.bytes()).into_owned();
+            let source = message.source.get(..8).unwrap_or(&message.source);
+            outln!(out, "{} {source} #{}: {text}", message.topic, message.seq)
+        }
+        Response::Lost {
+            topic,
+            source,
+            count,
+        } => outln!(
+            out,
+            "{topic} {}: {count} message(s) lost",
+            source.get(..8).unwrap_or(source)
+        ),
         Response::Error { error } | Response::Failure { error, .. } => eprintln!("error: {error}"),
     }
 }

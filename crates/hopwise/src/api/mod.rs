@@ -6,19 +6,22 @@
 //! and fail as netloc does (`{"type": "failure", "reason": ...}`, with a detailed `error`);
 //! hopwise adds `status`, `peers`, `routes`, `ping`, `trace`, the key-value actions (`kv_set`,
 //! `kv_get`, `kv_del`, `kv_watch`), `resolve`, and the service actions (`expose`,
-//! `expose_list`, `expose_rm`, `forward`, `forward_list`, `forward_rm`), which the CLI uses. A hopwise request that
+//! `expose_list`, `expose_rm`, `forward`, `forward_list`, `forward_rm`, `publish`, `subscribe`),
+//! which the CLI uses. A hopwise request that
 //! cannot be served gets `{"type": "error", "error": "..."}`; a line that cannot be parsed gets
 //! netloc's `failure` with reason `bad request`. The connection stays open either way.
 
 mod context;
 pub mod forward;
 mod kv;
+mod pubsub;
 mod server;
 mod views;
 
 pub use context::{ApiContext, inspect_host};
 pub use forward::{ExposedService, ForwardView};
 pub use kv::{Claimant, KvEntry, KvEventView, NameCache, claimants_of, get_entries};
+pub use pubsub::MessageView;
 pub use server::{resolve_destination, serve};
 pub use views::*;
 
@@ -103,6 +106,19 @@ pub enum Request {
         #[serde(default)]
         kind: Option<String>,
     },
+    /// Publishes `message` (text) or `message_b64` on `topic`.
+    Publish {
+        topic: String,
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        message_b64: Option<String>,
+    },
+    /// The connection then streams a `message` line per message of `topic` (and `lost` lines
+    /// for what did not arrive) until it closes.
+    Subscribe {
+        topic: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +172,19 @@ pub enum Response {
     Unforwarded {
         listen: SocketAddr,
         removed: usize,
+    },
+    Published {
+        topic: String,
+        seq: u64,
+    },
+    Subscribed {
+        topic: String,
+    },
+    Message(MessageView),
+    Lost {
+        topic: String,
+        source: String,
+        count: u64,
     },
     Error {
         error: String,

@@ -12,7 +12,7 @@ use super::context::{ApiContext, ask, inspect, inspect_host};
 use super::views::{
     self, AliasChoice, Location, MapNode, NodeInfo, Status, TraceReport, WallClock,
 };
-use super::{Request, Response, forward, kv, reasons};
+use super::{Request, Response, forward, kv, pubsub, reasons};
 use crate::runner::ControlRequest;
 use hopwise_proto::NodeId;
 
@@ -60,6 +60,9 @@ async fn serve_connection(stream: TcpStream, context: &ApiContext) -> std::io::R
             Line::Text(text) => match serde_json::from_slice::<Request>(&text) {
                 // A watch keeps the connection for its stream of events.
                 Ok(Request::KvWatch { key }) => return kv::watch(context, key, &mut write).await,
+                Ok(Request::Subscribe { topic }) => {
+                    return pubsub::subscribe(context, topic, &mut write).await;
+                }
                 Ok(request) => {
                     let mut response = answer(context, request).await;
                     kv::name_nodes(context, &mut response).await;
@@ -207,6 +210,14 @@ async fn answer(context: &ApiContext, request: Request) -> Response {
         Request::KvGet { key, sub } => kv::get(context, key, sub).await,
         Request::KvDel { key, sub } => kv::del(context, key, sub).await,
         Request::KvWatch { .. } => Err(Response::error("kv_watch streams on its own connection")),
+        Request::Subscribe { .. } => {
+            Err(Response::error("subscribe streams on its own connection"))
+        }
+        Request::Publish {
+            topic,
+            message,
+            message_b64,
+        } => pubsub::publish(context, topic, message, message_b64).await,
         Request::Resolve { name } => kv::resolve(context, name).await,
         Request::Expose { kind, name, target } => {
             forward::expose(context, kind, name, target).await

@@ -12,6 +12,7 @@ mod clock;
 mod forward;
 mod interface;
 mod kv;
+mod pubsub;
 mod store_file;
 mod streams;
 mod tcp_forward;
@@ -24,6 +25,7 @@ pub use clock::Clock;
 use forward::ForwardBridge;
 pub use forward::{ForwardEntry, ForwardRequest, Listing};
 pub use kv::{KvBridge, KvRequest, Watched, claimants, watch_channel};
+pub use pubsub::{PubSubBridge, PubSubRequest, subscription_channel};
 pub use store_file::StoreFile;
 pub use tcp_forward::TcpCounters;
 pub use testbed::{Testbed, load_delays};
@@ -76,6 +78,8 @@ pub enum ControlRequest {
     Kv(KvRequest),
     /// An expose or forward call.
     Forward(ForwardRequest),
+    /// A publish or a subscription.
+    PubSub(PubSubRequest),
 }
 
 /// Why a datagram could not be sent from a bound socket.
@@ -138,6 +142,7 @@ struct PendingTrace {
 pub struct Runner {
     host: NodeHost,
     kv: KvBridge,
+    pubsub: PubSubBridge,
     sockets: HashMap<Port, BoundSocket>,
     socket: Arc<UdpSocket>,
     clock: Clock,
@@ -184,10 +189,16 @@ impl Runner {
     ) -> anyhow::Result<Self> {
         let dual_stack = socket.local_addr().is_ok_and(|a| a.is_ipv6());
         let kv = KvBridge::new(&mut host, store_file, clock.now())?;
+        let seed = u64::from_be_bytes(*host.node().id().as_bytes())
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        let pubsub = PubSubBridge::new(&mut host, seed)?;
         let sender = BatchSender::new(&socket)?;
         Ok(Self {
             host,
             kv,
+            pubsub,
             sockets: HashMap::new(),
             dual_stack,
             socket: Arc::new(socket),
@@ -389,6 +400,7 @@ impl Runner {
         if let Some(forward) = &mut self.forward {
             forward.pump(&mut self.host);
         }
+        self.pubsub.pump(&mut self.host);
         self.poll_host();
         self.deliver_to_sockets();
         self.write_capture();
@@ -530,6 +542,10 @@ impl Runner {
             ControlRequest::Unbind { port } => self.unbind(port),
             ControlRequest::Kv(request) => {
                 self.kv.request(&mut self.host, self.clock.now(), request);
+            }
+            ControlRequest::PubSub(request) => {
+                self.pubsub
+                    .request(&mut self.host, self.clock.now(), request);
             }
             ControlRequest::Forward(request) => match &mut self.forward {
                 Some(forward) => forward.request(&mut self.host, self.clock.now(), request),
