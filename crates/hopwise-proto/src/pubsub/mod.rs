@@ -289,8 +289,8 @@ impl PubSub {
                     interest_due: now,
                 },
             );
-            for (id, tree) in self.trees.range_mut(Self::trees_of(hash)) {
-                tree.local = id.publisher != self.local;
+            for (_, tree) in self.trees.range_mut(Self::trees_of(hash)) {
+                tree.local = true;
             }
         }
         self.next_tick = Some(now);
@@ -376,21 +376,14 @@ impl PubSub {
         let tree = self.trees.get_mut(&id).expect("a publication has its tree");
         tree.heard = now;
         tree.accept(seq, self.local, &bytes, DATA_OVERHEAD, now);
+        // A publisher that subscribes hears itself, in order and bounded like any subscriber.
+        tree.local = self.subscriptions.contains_key(&hash);
         self.stats.published += 1;
         for &child in tree.children.keys() {
             self.stats.forwarded += 1;
             self.out.send(&mut self.stats, child, bytes.clone());
         }
-        if let Some(subscription) = self.subscriptions.get(&hash) {
-            self.stats.delivered += 1;
-            self.events.push_back(PubSubEvent::Message(Delivery {
-                topic: subscription.name.clone(),
-                source: self.local,
-                seq,
-                message: message.to_vec(),
-                at: now,
-            }));
-        }
+        self.deliver(id, now);
         Ok(seq)
     }
 

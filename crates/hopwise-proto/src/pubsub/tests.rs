@@ -200,3 +200,35 @@ fn subscriptions_are_bounded() {
     assert!(pubsub.unsubscribe("t0"));
     assert!(pubsub.subscribe(at(0), "one-more").is_ok());
 }
+
+#[test]
+fn a_subscriber_that_does_not_keep_up_loses_messages_and_is_told_how_many() {
+    let mut pubsub = PubSub::new(node(1), 1_100, 5);
+    pubsub.subscribe(at(0), "firehose").unwrap();
+    let published = MAX_EVENTS as u64 + 100;
+    for seq in 1..=published {
+        assert_eq!(pubsub.publish(at(0), "firehose", b"m"), Ok(seq));
+    }
+    let events: Vec<PubSubEvent> = std::iter::from_fn(|| pubsub.poll_event()).collect();
+    assert!(events.len() <= MAX_EVENTS);
+    let delivered = events
+        .iter()
+        .filter(|e| matches!(e, PubSubEvent::Message(_)))
+        .count() as u64;
+    // Room again: the next message comes after a report of what was lost.
+    pubsub.publish(at(1), "firehose", b"m").unwrap();
+    let lost: u64 = std::iter::from_fn(|| pubsub.poll_event())
+        .chain(events)
+        .filter_map(|e| match e {
+            PubSubEvent::Lost { count, .. } => Some(count),
+            PubSubEvent::Message(_) => None,
+        })
+        .sum();
+    assert!(lost > 0);
+    assert_eq!(
+        delivered + lost,
+        published,
+        "every message delivered or reported lost"
+    );
+    assert_eq!(pubsub.stats().lost, lost);
+}
