@@ -569,6 +569,27 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
                 kv.dropped_forged,
                 kv.dropped_malformed
             );
+            let pubsub = &status.pubsub;
+            outln!(
+                out,
+                "pubsub: {} subscriptions, {} publications, {} trees, rendezvous for {} · \
+                 published {} · delivered {} · forwarded {} · repairs {} · nacks {} · moves {} · \
+                 lost {} · duplicates {} · refused {} · malformed {}",
+                pubsub.subscriptions,
+                pubsub.publications,
+                pubsub.trees,
+                pubsub.rendezvous_topics,
+                pubsub.published,
+                pubsub.delivered,
+                pubsub.forwarded,
+                pubsub.repairs_sent,
+                pubsub.nacks_sent,
+                pubsub.upstream_moves,
+                pubsub.lost,
+                pubsub.duplicates,
+                pubsub.refused,
+                pubsub.dropped_malformed
+            );
             if let Some(vpn) = &status.vpn {
                 outln!(
                     out,

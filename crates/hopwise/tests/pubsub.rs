@@ -260,6 +260,11 @@ async fn ten_nodes_deliver_two_publishers_in_order_through_the_api_the_cli_and_n
     )
     .await;
     check_in_order(&seen, &remaining, &counts);
+    // `hopwise status` counts them: node 0 published 85, node 1 had 85 + 20 delivered.
+    let publisher = net.status(0).await.expect("status").pubsub;
+    assert_eq!((publisher.published, publisher.publications), (85, 1));
+    let subscriber = net.status(1).await.expect("status").pubsub;
+    assert_eq!((subscriber.delivered, subscriber.subscriptions), (105, 1));
     cli_sub.kill().await.ok();
     net.stop().await;
 }

@@ -6,6 +6,7 @@ use hopwise_proto::e2e::E2eStats;
 use hopwise_proto::forward::Forwards;
 use hopwise_proto::kv::Kv;
 use hopwise_proto::peers::KnownNode;
+use hopwise_proto::pubsub::PubSub;
 use hopwise_proto::service::ports;
 use hopwise_proto::vpn::Vpn;
 use hopwise_proto::{Coordinate, LinkKind, Node, NodeId};
@@ -148,6 +149,8 @@ pub struct Status {
     pub data_delivered: u64,
     pub end_to_end: EndToEnd,
     pub kv: KvStatus,
+    #[serde(default)]
+    pub pubsub: PubSubStatus,
     /// Present when the node runs `--vpn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpn: Option<VpnStatus>,
@@ -320,6 +323,52 @@ impl KvStatus {
     }
 }
 
+/// Publish/subscribe on this node: its topics and trees, what it delivered and forwarded, and
+/// what it repaired, lost or refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PubSubStatus {
+    pub subscriptions: usize,
+    pub publications: usize,
+    pub trees: usize,
+    /// Topics this node is a rendezvous for.
+    pub rendezvous_topics: usize,
+    pub published: u64,
+    pub delivered: u64,
+    pub forwarded: u64,
+    pub repairs_sent: u64,
+    pub nacks_sent: u64,
+    pub upstream_moves: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub refused: u64,
+    pub dropped_malformed: u64,
+}
+
+impl PubSubStatus {
+    fn new(host: &NodeHost) -> Self {
+        let Some(pubsub) = host.service_at::<PubSub>(ports::PUBSUB) else {
+            return Self::default();
+        };
+        let stats = pubsub.stats();
+        Self {
+            subscriptions: pubsub.subscriptions().count(),
+            publications: pubsub.publications().count(),
+            trees: pubsub.trees().count(),
+            rendezvous_topics: pubsub.rendezvous_topics(),
+            published: stats.published,
+            delivered: stats.delivered,
+            forwarded: stats.forwarded,
+            repairs_sent: stats.repairs_sent,
+            nacks_sent: stats.nacks_sent,
+            upstream_moves: stats.upstream_moves,
+            lost: stats.lost,
+            duplicates: stats.duplicate_link_crossings + stats.duplicate_arrivals,
+            refused: stats.refused,
+            dropped_malformed: stats.malformed,
+        }
+    }
+}
+
 /// End-to-end sessions and what their layer dropped, by cause.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndToEnd {
@@ -401,6 +450,7 @@ impl Status {
             data_delivered: stats.data_delivered,
             end_to_end: EndToEnd::new(host),
             kv: KvStatus::new(host),
+            pubsub: PubSubStatus::new(host),
             vpn: VpnStatus::new(host),
             forwards: ForwardStatus::new(host, tcp),
         }
