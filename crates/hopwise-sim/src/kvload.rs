@@ -15,7 +15,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::report::{IP_UDP_HEADER_BYTES, MeanMax, Percentiles, percentiles_of};
+use crate::report::{MeanMax, Percentiles, percentiles_of, service_datagram_overhead};
 use crate::sim::{Recorded, Simulation};
 
 /// Ping tokens of the workload: this tag, and the operation's number.
@@ -505,14 +505,7 @@ impl KvWorkload {
         let stats = sim.all_kv_stats();
         let datagrams: u64 = stats.iter().map(|s| s.datagrams_sent).sum();
         let bytes: u64 = stats.iter().map(|s| s.bytes_sent).sum();
-        let per_datagram = hopwise_proto::e2e::OVERHEAD as u64
-            + (hopwise_proto::wire::MAX_DATAGRAM - hopwise_proto::wire::MAX_PAYLOAD) as u64
-            + IP_UDP_HEADER_BYTES
-            + if secure {
-                hopwise_proto::secure::OVERHEAD as u64
-            } else {
-                0
-            };
+        let per_datagram = service_datagram_overhead(secure);
         let node_seconds = sim.len() as f64 * duration.as_secs_f64();
         let sum = |f: fn(&hopwise_proto::kv::KvStats) -> u64| stats.iter().map(f).sum::<u64>();
         KvReport {

@@ -19,7 +19,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::report::IP_UDP_HEADER_BYTES;
+use crate::report::service_datagram_overhead;
 use crate::sim::{Recorded, Simulation};
 
 /// Publishers start this long after the subscriptions, once the first trees can form.
@@ -481,14 +481,7 @@ impl PubSubWorkload {
             }
         }
         let total = |f: fn(&PubSubStats) -> u64| self.stats.iter().map(f).sum::<u64>();
-        let per_datagram = hopwise_proto::e2e::OVERHEAD as u64
-            + (hopwise_proto::wire::MAX_DATAGRAM - hopwise_proto::wire::MAX_PAYLOAD) as u64
-            + IP_UDP_HEADER_BYTES
-            + if secure {
-                hopwise_proto::secure::OVERHEAD as u64
-            } else {
-                0
-            };
+        let per_datagram = service_datagram_overhead(secure);
         let node_seconds = sim.len() as f64 * duration.as_secs_f64();
         let bytes = total(|s| s.bytes_sent) + total(|s| s.datagrams_sent) * per_datagram;
         let mut rdp = std::mem::take(&mut self.rdp);

@@ -21,6 +21,20 @@ use crate::sim::{SimConfig, Simulation};
 /// IPv4 + UDP headers, added to every datagram's payload to count bytes as they are on the wire.
 pub const IP_UDP_HEADER_BYTES: u64 = 28;
 
+/// The bytes every service datagram carries beyond its own on the wire at its first hop: the
+/// end-to-end and overlay headers, IPv4/UDP, and the secure layer's where it runs.
+pub fn service_datagram_overhead(secure: bool) -> u64 {
+    let secure_layer = if secure {
+        hopwise_proto::secure::OVERHEAD as u64
+    } else {
+        0
+    };
+    hopwise_proto::e2e::OVERHEAD as u64
+        + (hopwise_proto::wire::MAX_DATAGRAM - hopwise_proto::wire::MAX_PAYLOAD) as u64
+        + IP_UDP_HEADER_BYTES
+        + secure_layer
+}
+
 /// Times (s) at which coordinate accuracy is recorded, besides the end of the run.
 const CHECKPOINTS_S: [i64; 4] = [10, 30, 60, 120];
 
