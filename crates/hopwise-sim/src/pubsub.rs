@@ -123,6 +123,9 @@ pub struct PubSubReport {
     pub delivered_fraction: f64,
     pub expected_deliveries: u64,
     pub missing_deliveries: u64,
+    /// (Publisher, subscriber) pairs that missed some measured messages, and all of them.
+    pub pairs_missing_some: usize,
+    pub pairs_missing_all: usize,
     /// Copies of a message that crossed a tree link beyond the first, summed over all nodes;
     /// and copies that reached a node over a second link (tree moves in flight).
     pub duplicate_link_crossings: u64,
@@ -451,6 +454,7 @@ impl PubSubWorkload {
         let failed_at = self.failure.as_ref().map(|(at, _)| *at);
         let mut expected = 0u64;
         let mut delivered = 0u64;
+        let (mut pairs_short, mut pairs_empty) = (0usize, 0usize);
         for (index, pair) in self.pairs.iter().enumerate() {
             let publication = &self.publications[pair.publication];
             if failed.contains(&pair.subscriber) || !sim.is_running(pair.subscriber) {
@@ -466,7 +470,14 @@ impl PubSubWorkload {
                 })
                 .count() as u64;
             expected += counted;
-            delivered += self.delivered[index].min(counted);
+            let had = self.delivered[index].min(counted);
+            delivered += had;
+            if had < counted {
+                pairs_short += 1;
+                if had == 0 {
+                    pairs_empty += 1;
+                }
+            }
         }
         let mut gaps: Vec<f64> = Vec::new();
         if let Some(failed_at) = failed_at {
@@ -503,6 +514,8 @@ impl PubSubWorkload {
             },
             expected_deliveries: expected,
             missing_deliveries: expected - delivered,
+            pairs_missing_some: pairs_short,
+            pairs_missing_all: pairs_empty,
             duplicate_link_crossings: total(|s| s.duplicate_link_crossings),
             duplicate_arrivals: total(|s| s.duplicate_arrivals),
             repaired_pairs: gaps.len(),

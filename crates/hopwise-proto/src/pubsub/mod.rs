@@ -65,8 +65,8 @@ pub const SOFT_STATE: Duration = Duration::from_secs(30);
 pub const PUBLICATION_IDLE: Duration = Duration::from_secs(600);
 /// How often trees are checked against the routes, and nacks and joins sent again.
 const TICK: Duration = Duration::from_millis(100);
-/// The least wait before asking again (a join or a nack), on top of the round trip.
-const RETRY_MARGIN: Duration = Duration::from_millis(20);
+/// The least wait before asking again (a join or a nack), on top of twice the round trip.
+const RETRY_MARGIN: Duration = Duration::from_millis(30);
 
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,12 +233,13 @@ fn check_topic(topic: &str) -> Result<u64, PubSubError> {
     Ok(key_hash(topic.as_bytes()))
 }
 
-/// How long to wait for an answer from `neighbour`: its round trip and a margin.
+/// How long to wait for an answer from `neighbour`: twice its round trip (the route's metric
+/// can be below what a datagram takes) and a margin.
 fn retry_after(overlay: &Node, neighbour: NodeId) -> Duration {
     let rtt_ms = overlay
         .route(&neighbour)
         .map_or(200.0, |route| route.metric_ms);
-    Duration::from_millis_f64(rtt_ms * 1.5) + RETRY_MARGIN
+    Duration::from_millis_f64(rtt_ms * 2.0) + RETRY_MARGIN
 }
 
 impl PubSub {
@@ -539,21 +540,14 @@ impl PubSub {
                     return;
                 }
                 let mut lacking = false;
-                // What arrived here more recently than the child would ask again went down
-                // to the children with its arrival and is on its way: sending it again would
-                // cross the link twice.
                 let in_flight = retry_after(overlay, from);
                 for seq in first..first.saturating_add(count.into()) {
-                    match tree.stored(seq) {
-                        Some((_, arrived)) if now < arrived + in_flight => {}
-                        Some((bytes, _)) => {
-                            self.stats.repairs_sent += 1;
-                            self.out.send(&mut self.stats, from, bytes.to_vec());
-                        }
-                        None => {
-                            tree.want(seq, now);
-                            lacking = true;
-                        }
+                    if !tree.has(seq) {
+                        tree.want(seq, now);
+                        lacking = true;
+                    } else if let Some(bytes) = tree.repair_for(seq, from, now, in_flight) {
+                        self.stats.repairs_sent += 1;
+                        self.out.send(&mut self.stats, from, bytes.to_vec());
                     }
                 }
                 if lacking {

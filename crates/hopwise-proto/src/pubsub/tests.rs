@@ -130,8 +130,8 @@ fn the_recent_window_is_bounded_and_what_fell_out_cannot_be_wanted() {
     for seq in 1..=total {
         tree.accept(seq, node(2), &data(seq), DATA_OVERHEAD, at(0));
     }
-    assert!(tree.stored(10).is_none());
-    assert!(tree.stored(11).is_some());
+    assert!(!tree.has(10));
+    assert!(tree.has(11));
     tree.want(5, at(1));
     assert_eq!(tree.missing_count(), 0, "out of the window: not fetched");
     // A jump far ahead tracks at most a window of missing numbers.
@@ -231,4 +231,31 @@ fn a_subscriber_that_does_not_keep_up_loses_messages_and_is_told_how_many() {
         "every message delivered or reported lost"
     );
     assert_eq!(pubsub.stats().lost, lost);
+}
+
+#[test]
+fn a_copy_on_its_way_is_not_sent_again_to_the_same_child() {
+    let mut tree = member(0);
+    tree.accept(1, node(2), &data(1), DATA_OVERHEAD, at(0));
+    let in_flight = Duration::from_millis(100);
+    assert!(
+        tree.repair_for(1, node(3), at(50), in_flight).is_none(),
+        "it went down with its arrival"
+    );
+    assert_eq!(
+        tree.repair_for(1, node(3), at(150), in_flight),
+        Some(&data(1)[..])
+    );
+    assert!(
+        tree.repair_for(1, node(3), at(300), in_flight).is_none(),
+        "answered already"
+    );
+    assert!(
+        tree.repair_for(1, node(4), at(300), in_flight).is_some(),
+        "another child"
+    );
+    assert!(
+        tree.repair_for(1, node(3), at(600), in_flight).is_some(),
+        "asked again later"
+    );
 }

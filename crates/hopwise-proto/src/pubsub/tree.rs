@@ -37,6 +37,8 @@ struct Stored {
     bytes: Vec<u8>,
     message_at: usize,
     arrived: Instant,
+    /// The last member it was sent to again in answer to a nack, and when.
+    repaired: Option<(NodeId, Instant)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +191,7 @@ impl Tree {
                 bytes: bytes.to_vec(),
                 message_at,
                 arrived: now,
+                repaired: None,
             },
         );
         while self.recent.len() > RECENT {
@@ -197,11 +200,31 @@ impl Tree {
         Accepted::New
     }
 
-    /// The stored data message `seq`, to hand out again, and when it arrived here.
-    pub fn stored(&self, seq: u64) -> Option<(&[u8], Instant)> {
-        self.recent
-            .get(&seq)
-            .map(|stored| (stored.bytes.as_slice(), stored.arrived))
+    /// Whether this member has data message `seq`.
+    pub fn has(&self, seq: u64) -> bool {
+        self.recent.contains_key(&seq)
+    }
+
+    /// Data message `seq` to send `child` again in answer to its nack, unless a copy is still on
+    /// its way there: what arrived here within `in_flight` went down to the children with its
+    /// arrival, and what was sent to `child` again within twice that was its answer already.
+    /// Sending either again would cross the link twice.
+    pub fn repair_for(
+        &mut self,
+        seq: u64,
+        child: NodeId,
+        now: Instant,
+        in_flight: Duration,
+    ) -> Option<&[u8]> {
+        let stored = self.recent.get_mut(&seq)?;
+        let answered = stored
+            .repaired
+            .is_some_and(|(to, at)| to == child && now < at + in_flight + in_flight);
+        if now < stored.arrived + in_flight || answered {
+            return None;
+        }
+        stored.repaired = Some((child, now));
+        Some(&stored.bytes)
     }
 
     /// The next messages for local delivery in order: what has arrived, passing over what was
