@@ -43,10 +43,13 @@ fn topics_run(seconds: i64, loss: f64, fail_nodes: f64) -> PubSubReport {
 
 #[test]
 fn every_subscriber_gets_every_message_once_per_link_along_unicast_grade_paths() {
-    let report = topics_run(75, 0.0, 0.0);
+    // Long enough for the end-to-end sessions of the trees to re-key (120 s) and for the keys
+    // they replaced to expire (30 s later): a peer left sealing with those keys was once
+    // black-holed until its next re-key.
+    let report = topics_run(200, 0.0, 0.0);
     eprintln!("{report:?}");
     assert_eq!(report.publishers, 12);
-    assert!(report.expected_deliveries > 10_000, "{report:?}");
+    assert!(report.expected_deliveries > 50_000, "{report:?}");
     assert!(report.delivered_fraction >= 0.9999, "{report:?}");
     assert_eq!(report.duplicate_link_crossings, 0, "{report:?}");
     assert!(report.rdp.median <= 1.05, "{report:?}");

@@ -612,7 +612,13 @@ impl EndToEnd {
                 self.accept_plain(peer, &plain, false);
             }
             Err(OpenError::Replayed) => self.stats.dropped_replayed += 1,
-            Err(OpenError::BadTag) => self.stats.dropped_bad_tag += 1,
+            Err(OpenError::BadTag) => {
+                self.stats.dropped_bad_tag += 1;
+                // The peer may be sealing with keys this node has let go (a re-key whose
+                // confirmation went astray): a new handshake puts both on one session again,
+                // rather than leaving the peer black-holed. Rate-limited like any recovery.
+                self.recover(now, peer, via);
+            }
         }
         self.scratch = plain;
     }
