@@ -209,6 +209,8 @@ struct Peer {
     initiation: Option<Initiation>,
     /// When this node last started a handshake because the peer sent data it could not open.
     recovery_at: Option<Instant>,
+    /// Keys of this peer's sessions were forgotten: data it seals with them fails here.
+    let_keys_go: bool,
 }
 
 impl Peer {
@@ -586,6 +588,7 @@ impl EndToEnd {
             self.recover(now, peer, via);
             return;
         };
+        let keys_gone = entry.let_keys_go;
         let mut plain = std::mem::take(&mut self.scratch);
         let sessions = entry
             .current
@@ -614,10 +617,13 @@ impl EndToEnd {
             Err(OpenError::Replayed) => self.stats.dropped_replayed += 1,
             Err(OpenError::BadTag) => {
                 self.stats.dropped_bad_tag += 1;
-                // The peer may be sealing with keys this node has let go (a re-key whose
-                // confirmation went astray): a new handshake puts both on one session again,
-                // rather than leaving the peer black-holed. Rate-limited like any recovery.
-                self.recover(now, peer, via);
+                // Once this node has let keys of the peer go, the peer may still be sealing
+                // with them (a re-key whose confirmation went astray): a new handshake puts
+                // both on one session again, rather than leaving the peer black-holed.
+                // Rate-limited like any recovery.
+                if keys_gone {
+                    self.recover(now, peer, via);
+                }
             }
         }
         self.scratch = plain;
@@ -715,8 +721,10 @@ impl EndToEnd {
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_INTERVAL;
             for peer in self.peers.values_mut() {
+                let before = peer.retired.len();
                 peer.retired
                     .retain(|s| s.retired.is_none_or(|at| now - at < RETIRED_KEYS_LIFETIME));
+                peer.let_keys_go |= peer.retired.len() < before;
             }
             self.peers.retain(|_, p| !p.is_idle(now));
         }
