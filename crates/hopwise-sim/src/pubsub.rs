@@ -426,7 +426,7 @@ impl PubSubWorkload {
         };
         let Some(&published) = self.publications[publication]
             .published
-            .get(delivery.seq as usize - 1)
+            .get((delivery.seq as usize).wrapping_sub(1))
         else {
             return;
         };

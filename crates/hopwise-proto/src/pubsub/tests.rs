@@ -259,3 +259,35 @@ fn a_copy_on_its_way_is_not_sent_again_to_the_same_child() {
         "asked again later"
     );
 }
+
+#[test]
+fn numbers_near_the_end_of_the_range_neither_panic_nor_cost_more_than_a_window() {
+    let mut tree = member(0);
+    tree.accept(1, node(2), &data(1), DATA_OVERHEAD, at(0));
+    // A child asking for numbers far beyond anything known is not followed.
+    for seq in [u64::MAX, u64::MAX - 1, RECENT as u64 * 4] {
+        tree.want(seq, at(1));
+    }
+    assert_eq!(tree.highest, 1);
+    assert_eq!(tree.missing_count(), 0);
+    // An upstream jumping to the end of the range: the missing numbers are a window at most,
+    // and delivery passes over the rest at once.
+    let last = u64::MAX - 1;
+    assert_eq!(
+        tree.accept(last, node(2), &data(last), DATA_OVERHEAD, at(2)),
+        Accepted::New
+    );
+    assert!(tree.missing_count() < RECENT);
+    assert_eq!(
+        tree.accept(u64::MAX, node(2), &data(u64::MAX), DATA_OVERHEAD, at(3)),
+        Accepted::New
+    );
+    let late = at(3) + GIVE_UP + Duration::from_millis(1);
+    assert_eq!(
+        delivered(&mut tree, late),
+        vec![last, u64::MAX],
+        "1 fell below the window"
+    );
+    assert!(tree.lost_unreported >= last - 2);
+    assert!(tree.due_nacks(late, Duration::from_millis(50)).is_empty());
+}

@@ -16,6 +16,8 @@ use crate::{Duration, Instant, NodeId};
 pub const RECENT: usize = 1_024;
 /// A member that joins a publication of at most this many messages fetches all of them.
 pub const CATCH_UP: u64 = 64;
+/// The window of numbers a member keeps track of, below its highest.
+const WINDOW: u64 = RECENT as u64;
 /// A missing message not recovered in this long is given up (and counted as lost).
 pub const GIVE_UP: Duration = Duration::from_secs(3);
 
@@ -126,7 +128,7 @@ impl Tree {
         if highest <= self.highest {
             return;
         }
-        let from = (self.highest + 1).max(highest.saturating_sub(RECENT as u64 - 1));
+        let from = (self.highest + 1).max(highest.saturating_sub(WINDOW - 1));
         for seq in from..=highest {
             if !self.recent.contains_key(&seq) {
                 self.missing.entry(seq).or_insert(Missing {
@@ -141,7 +143,13 @@ impl Tree {
     /// A child asked for `seq`, which this member lacks: it is missing here too, if it can
     /// still be had.
     pub fn want(&mut self, seq: u64, now: Instant) {
-        if seq == 0 || self.recent.contains_key(&seq) || seq + (RECENT as u64) <= self.highest {
+        // A child is at most a window ahead of its parent (it came from another one); a
+        // number further on is no one's.
+        if seq == 0
+            || self.recent.contains_key(&seq)
+            || self.below_window(seq)
+            || seq > self.highest.saturating_add(WINDOW)
+        {
             return;
         }
         if seq > self.highest {
@@ -152,6 +160,11 @@ impl Tree {
                 nacked: None,
             });
         }
+    }
+
+    /// Older than the window below the highest number known.
+    fn below_window(&self, seq: u64) -> bool {
+        seq.saturating_add(WINDOW) <= self.highest
     }
 
     /// Takes in data message `seq` (`bytes`, with the message itself from `message_at` on)
@@ -178,7 +191,7 @@ impl Tree {
             self.learn_highest(seq - 1, now);
         }
         let wanted = self.missing.remove(&seq).is_some() || seq > self.highest;
-        if !wanted || seq + (RECENT as u64) <= self.highest {
+        if !wanted || self.below_window(seq) {
             return Accepted::Old;
         }
         // Everything below `seq` in its window that has not arrived is missing now.
@@ -230,6 +243,13 @@ impl Tree {
     /// The next messages for local delivery in order: what has arrived, passing over what was
     /// given up or can no longer be had (counted in `lost_unreported`).
     pub fn deliverable(&mut self, now: Instant, out: &mut VecDeque<(u64, Vec<u8>)>) {
+        // What lies below the window can no longer be had: passed over at once, so a jump in
+        // the numbers costs no more than a window's work.
+        let floor = self.highest.saturating_sub(WINDOW);
+        if self.delivered < floor {
+            self.lost_unreported += floor - self.delivered;
+            self.delivered = floor;
+        }
         while self.delivered < self.highest {
             let next = self.delivered + 1;
             if let Some(stored) = self.recent.get(&next) {
