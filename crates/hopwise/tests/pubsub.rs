@@ -215,6 +215,7 @@ async fn ten_nodes_deliver_two_publishers_in_order_through_the_api_the_cli_and_n
         .args(["pub", TOPIC, "--api", &api[0].to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .expect("hopwise pub starts");
     let mut stdin = cli_pub.stdin.take().unwrap();
