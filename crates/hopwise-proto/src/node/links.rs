@@ -29,6 +29,8 @@ const HOP_COST: Metric = Metric(2);
 /// `SHUN_FOR`.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const SHUN_FOR: Duration = Duration::from_secs(300);
+/// An open not accepted after this long is sent again with the link's probes.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
 /// A session is closed after this long without traffic.
 const SESSION_IDLE: Duration = Duration::from_secs(20);
 /// Probe interval of a session that carries no traffic right now.
@@ -155,6 +157,12 @@ impl Node {
             .links
             .entry(id)
             .or_insert_with(|| RoutingLink::new(addr, kind, now));
+        if !link.is_routing() {
+            // A session turned into a routing link: the open timeout runs from now. From the
+            // session's start, the link was given up at once, unanswered, while the other end
+            // accepted it and kept a link that exchanged no routes.
+            link.opened_at = now;
+        }
         link.kind = kind;
         link.next_probe_at = now;
         self.next_link_probe_at = now;
@@ -285,10 +293,13 @@ impl Node {
                 self.send_routes(from, &dump);
             }
             LinkOp::Accept => {
-                let Some(link) = self.links.get_mut(&sender) else {
+                // An acceptance of a link this node gave up on: the other end keeps it as a
+                // link, and would wait for routes that never come. It is closed instead.
+                let Some(link) = self.links.get_mut(&sender).filter(|l| l.is_routing()) else {
+                    self.send(from, Message::Link(LinkOp::Close));
                     return;
                 };
-                if link.is_routing() && !link.accepted {
+                if !link.accepted {
                     link.accepted = true;
                     let dump = self.routes.full_dump(sender);
                     self.send_routes(from, &dump);
@@ -341,7 +352,12 @@ impl Node {
                         let ms = 1.5 * l.srtt_ms() + 4.0 * l.rttvar_ms();
                         Duration::from_millis_f64(ms.clamp(100.0, 1_500.0))
                     });
-                due.push((*id, link.addr, timeout));
+                // An open or its acceptance may be lost: ask again with the probes until
+                // accepted (an open of an existing link is accepted again, with a full table,
+                // so not before an answer could have come).
+                let reopen =
+                    link.is_routing() && !link.accepted && now - link.opened_at >= REOPEN_AFTER;
+                due.push((*id, link.addr, timeout, reopen));
                 link.next_probe_at = now + interval;
             }
             next = next.min(link.next_probe_at);
@@ -351,7 +367,10 @@ impl Node {
             let never_answered = self.links.get(&id).is_some_and(|l| l.link.is_none());
             self.drop_link(id, never_answered);
         }
-        for (id, addr, timeout) in due {
+        for (id, addr, timeout, reopen) in due {
+            if reopen {
+                self.send(addr, Message::Link(LinkOp::Open));
+            }
             self.send_probe_with(addr, ProbePurpose::Link(id), timeout, Vec::new());
         }
     }
