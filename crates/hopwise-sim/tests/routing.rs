@@ -356,3 +356,107 @@ fn zoned_routing_reaches_every_pair_with_a_fraction_of_the_routes() {
     assert!(routes < 0.6 * 199.0, "{routes} routes per node");
     assert!(report.traffic.by_kind.directory > 0.0);
 }
+
+/// Round trips in ms between four nodes: two relays (0, and 3 farther) between nodes 1 and 2,
+/// which have no direct path (the topology of the real-process failover test).
+fn two_relays() -> Matrix {
+    let rows: [[f64; 4]; 4] = [
+        [0.0, 4.0, 4.0, 3.0],
+        [4.0, 0.0, -1.0, 6.0],
+        [4.0, -1.0, 0.0, 6.0],
+        [3.0, 6.0, 6.0, 0.0],
+    ];
+    let rows = rows
+        .iter()
+        .map(|row| row.iter().map(|&ms| (ms > 0.0).then_some(ms)).collect())
+        .collect();
+    Matrix::from_rows(rows).expect("a square matrix")
+}
+
+/// For each seed, plain and secure: nodes 1 and 2 ping each other every 20 ms, and the relay
+/// their route crosses is killed 2 s in. Returns, per direction, how long after the kill the
+/// first ping that came back was sent (None: none within 8 s).
+fn relay_kill_recoveries(seeds: u64, loss: f64) -> Vec<Option<Duration>> {
+    const STEP_MS: i64 = 20;
+    const ROUNDS: u64 = 500;
+    const KILL_ROUND: u64 = 100;
+    let mut recoveries = Vec::new();
+    for seed in 0..seeds {
+        for secure in [false, true] {
+            let mut config = SimConfig {
+                seed,
+                secure,
+                ..SimConfig::default()
+            };
+            config.network.loss = loss;
+            let mut sim = Simulation::new(two_relays(), &config);
+            let start = secs(30);
+            sim.run_until(start);
+            let Some(relay) = sim
+                .node(1)
+                .and_then(|n| n.route(&sim.id_of(2)))
+                .and_then(|r| sim.index_of_id(&r.next_hop))
+            else {
+                recoveries.extend([None, None]);
+                continue;
+            };
+            for round in 0..ROUNDS {
+                sim.run_until(start + Duration::from_millis(STEP_MS * round as i64));
+                if round == KILL_ROUND {
+                    sim.stop_node(relay);
+                }
+                sim.ping(1, 2, round);
+                sim.ping(2, 1, round | 1 << 32);
+            }
+            sim.run_until(start + Duration::from_secs(15));
+            let mut first = [None::<u64>; 2];
+            for recorded in sim.take_recorded() {
+                if let Event::PingReply { token, .. } = recorded.event {
+                    let (direction, round) = ((token >> 32) as usize, token & 0xffff_ffff);
+                    if round >= KILL_ROUND && first[direction].is_none_or(|f| round < f) {
+                        first[direction] = Some(round);
+                    }
+                }
+            }
+            recoveries.extend(first.map(|round| {
+                round.map(|r| Duration::from_millis(STEP_MS * (r - KILL_ROUND) as i64))
+            }));
+        }
+    }
+    recoveries
+}
+
+#[test]
+fn a_dead_relay_between_two_nodes_without_a_direct_path_is_routed_around_for_every_seed() {
+    let recoveries = relay_kill_recoveries(40, 0.0);
+    let worst = recoveries.iter().max().copied().flatten();
+    assert!(
+        recoveries
+            .iter()
+            .all(|r| r.is_some_and(|r| r <= Duration::from_secs(1))),
+        "worst recovery {worst:?} of {recoveries:?}"
+    );
+}
+
+/// The same under 5% loss on every packet, for the figures in docs/ARCHITECTURE.md:
+/// `cargo test --release -p hopwise-sim --test routing -- --ignored --nocapture lossy`.
+#[test]
+#[ignore = "a measurement: 400 runs"]
+fn a_dead_relay_under_lossy_paths_measured() {
+    let recoveries = relay_kill_recoveries(200, 0.05);
+    let over = |limit: Duration| {
+        recoveries
+            .iter()
+            .filter(|r| r.is_none_or(|r| r > limit))
+            .count()
+    };
+    println!(
+        "{} directions: over 1 s {}, over 2 s {}, over 5 s {}, not within 8 s {}",
+        recoveries.len(),
+        over(Duration::from_secs(1)),
+        over(Duration::from_secs(2)),
+        over(Duration::from_secs(5)),
+        recoveries.iter().filter(|r| r.is_none()).count()
+    );
+    assert!(over(Duration::from_secs(2)) <= recoveries.len() / 6);
+}

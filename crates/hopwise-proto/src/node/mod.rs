@@ -13,6 +13,7 @@
 
 mod links;
 mod nearest;
+mod requests;
 mod routing;
 mod zones;
 
@@ -424,7 +425,7 @@ pub struct Node {
     /// Nodes that refused or never answered a link or session, until when to leave them alone.
     shunned: Map<NodeId, Instant>,
     /// Sequence-number requests recently sent or forwarded, so each travels once.
-    recent_requests: Map<(NodeId, crate::routing::Seqno), routing::PendingRequest>,
+    requests: requests::SeqnoRequests,
     next_seq: u32,
     next_probe_at: Instant,
     /// Bootstrap addresses that have never answered; retried with exponential backoff, so a
@@ -490,7 +491,7 @@ impl Node {
             next_refresh_at,
             last_relay_swap: now,
             shunned: Map::with_hasher(hash_key),
-            recent_requests: Map::with_hasher(hash_key),
+            requests: requests::SeqnoRequests::new(hash_key),
             next_seq: 0,
             // The first timer fires at once and greets the bootstrap addresses.
             next_probe_at: now,
@@ -566,6 +567,7 @@ impl Node {
             self.flush_at,
             Some(self.next_review_at),
             Some(self.next_refresh_at),
+            self.requests.next_resend(),
         ]
         .into_iter()
         .flatten()

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::links::{RoutingLink, hop_costs};
 use super::{Event, Node, Output};
-use crate::routing::{Metric, SeqnoWanted};
+use crate::routing::{Metric, Seqno, SeqnoWanted};
 use crate::wire::{
     BASE_DATAGRAM, Data, DataBody, MAX_DATAGRAM, MAX_ROUTE_ENTRIES, Message, RouteEntry,
     RouteUpdate, SeqnoRequest, Trace, payload_for_datagram,
@@ -14,13 +14,9 @@ use crate::{Duration, Instant, NodeId};
 
 /// A sequence-number request travels at most this many hops.
 const SEQNO_REQUEST_HOPS: u8 = 16;
-/// The same request is not sent or forwarded twice within this time.
-const REQUEST_MEMORY: Duration = Duration::from_secs(2);
 /// How long a route lost to unfeasibility keeps carrying packets: a seqno request is answered
 /// within a round trip or two.
 pub(super) const LOST_ROUTE_FALLBACK: Duration = Duration::from_secs(2);
-/// Bound on remembered requests.
-const MAX_RECENT_REQUESTS: usize = 4_096;
 
 /// [`Node::send_data`] refused a payload of this many bytes: more than one datagram carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,14 +33,6 @@ impl std::fmt::Display for PayloadTooLarge {
 }
 
 impl std::error::Error for PayloadTooLarge {}
-
-/// A sequence-number request this node sent or forwarded.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct PendingRequest {
-    at: Instant,
-    /// The neighbour it was forwarded for; `None` for our own.
-    requester: Option<NodeId>,
-}
 
 /// A route as a driver sees it (`hopwise routes`, simulator reports).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -359,7 +347,7 @@ impl Node {
             .filter_map(|entry| self.routes.on_update(sender, entry, now, cost))
             .collect();
         self.after_route_change(wanted);
-        if !self.recent_requests.is_empty() {
+        if !self.requests.is_empty() {
             for destination in &destinations {
                 self.answer_forwarded_requests(destination);
             }
@@ -385,12 +373,46 @@ impl Node {
     }
 
     fn request_seqno(&mut self, wanted: SeqnoWanted) {
-        let request = SeqnoRequest {
-            destination: wanted.destination,
-            seqno: wanted.seqno,
-            hop_limit: SEQNO_REQUEST_HOPS,
-        };
-        self.send_seqno_request(wanted.ask, request, None);
+        if self
+            .requests
+            .own((wanted.destination, wanted.seqno), self.now)
+        {
+            self.send_seqno_request(
+                wanted.ask,
+                wanted.destination,
+                wanted.seqno,
+                SEQNO_REQUEST_HOPS,
+            );
+        }
+    }
+
+    /// Own requests still unanswered go out again, to whichever neighbour is best to ask now. A
+    /// destination that no longer starves drops its request; one that now wants another seqno
+    /// asks for that instead.
+    fn resend_requests(&mut self) {
+        let cost = hop_costs(&self.links, &self.neighbours);
+        let mut resends = Vec::new();
+        let mut renewed = Vec::new();
+        for key in self.requests.due(self.now) {
+            match self.routes.still_wanted(&key.0, cost) {
+                Some(wanted) if wanted.seqno == key.1 => resends.push(wanted),
+                wanted => {
+                    self.requests.drop_own(&key);
+                    renewed.extend(wanted);
+                }
+            }
+        }
+        for wanted in resends {
+            self.send_seqno_request(
+                wanted.ask,
+                wanted.destination,
+                wanted.seqno,
+                SEQNO_REQUEST_HOPS,
+            );
+        }
+        for wanted in renewed {
+            self.request_seqno(wanted);
+        }
     }
 
     /// Sends `destination`'s current route to one neighbour only.
@@ -403,46 +425,25 @@ impl Node {
         }
     }
 
-    /// Requests this node forwarded that the route to `destination` now satisfies are answered
-    /// back towards whoever asked.
+    /// Requests this node sent or passed on that the route to `destination` now satisfies are
+    /// forgotten, and answered back towards whoever asked.
     fn answer_forwarded_requests(&mut self, destination: &NodeId) {
         let Some(seqno) = self.routes.selected(destination).map(|s| s.seqno) else {
             return;
         };
-        let satisfied: Vec<NodeId> = self
-            .recent_requests
-            .extract_if(.., |(dest, wanted), r| {
-                dest == destination && !wanted.is_newer_than(seqno) && r.requester.is_some()
-            })
-            .filter_map(|(_, r)| r.requester)
-            .collect();
-        for requester in satisfied {
+        for requester in self.requests.answered(destination, seqno) {
             self.answer_request(requester, destination);
         }
     }
 
-    /// Sends (or forwards, on behalf of `requester`) a request, unless it went out recently.
-    fn send_seqno_request(&mut self, to: NodeId, request: SeqnoRequest, requester: Option<NodeId>) {
-        let key = (request.destination, request.seqno);
-        let now = self.now;
-        if self
-            .recent_requests
-            .get(&key)
-            .is_some_and(|r| now - r.at < REQUEST_MEMORY)
-        {
-            return;
-        }
-        if self.recent_requests.len() >= MAX_RECENT_REQUESTS {
-            self.recent_requests
-                .retain(|_, r| now - r.at < REQUEST_MEMORY);
-            if self.recent_requests.len() >= MAX_RECENT_REQUESTS {
-                return;
-            }
-        }
-        self.recent_requests
-            .insert(key, PendingRequest { at: now, requester });
+    fn send_seqno_request(&mut self, to: NodeId, destination: NodeId, seqno: Seqno, hop_limit: u8) {
         let Some(addr) = self.links.get(&to).map(|l| l.addr) else {
             return;
+        };
+        let request = SeqnoRequest {
+            destination,
+            seqno,
+            hop_limit,
         };
         self.send(addr, Message::SeqnoRequest(request));
     }
@@ -482,12 +483,13 @@ impl Node {
                 self.answer_forwarded_requests(&request.destination);
             }
             _ if request.hop_limit > 1 => {
-                if let Some(next) = self.routes.request_next_hop(&request.destination, &sender) {
-                    let forwarded = SeqnoRequest {
-                        hop_limit: request.hop_limit - 1,
-                        ..request
-                    };
-                    self.send_seqno_request(next, forwarded, Some(sender));
+                let key = (request.destination, request.seqno);
+                let next = self.routes.request_next_hop(&request.destination, &sender);
+                if let Some(next) = next
+                    && self.requests.passed_on(key, sender, self.now)
+                {
+                    let hops = request.hop_limit - 1;
+                    self.send_seqno_request(next, request.destination, request.seqno, hops);
                 }
             }
             _ => {}
@@ -500,6 +502,9 @@ impl Node {
         if refresh || self.flush_at.is_some_and(|at| self.now >= at) {
             self.flush_updates(refresh);
         }
+        if self.requests.next_resend().is_some_and(|at| self.now >= at) {
+            self.resend_requests();
+        }
         if self.now >= self.next_link_probe_at {
             self.probe_links();
         }
@@ -507,6 +512,7 @@ impl Node {
             let jitter = self.rng_factor();
             self.next_review_at = self.now + self.config.routing.review_interval.mul_f64(jitter);
             self.routes.forget_unreachable(self.now);
+            self.requests.forget_old(self.now);
             self.review_zone();
             let starving = self
                 .routes

@@ -752,6 +752,19 @@ impl RouteTable {
             .collect()
     }
 
+    /// What a resend of a request for `destination` should ask for now, if it still starves.
+    pub fn still_wanted(
+        &self,
+        destination: &NodeId,
+        cost: impl Fn(&NodeId) -> Option<Metric>,
+    ) -> Option<SeqnoWanted> {
+        let entry = self.destinations.get(destination)?;
+        if !self.worth_asking(destination, entry.selected.is_some()) {
+            return None;
+        }
+        entry.seqno_wanted(*destination, &cost)
+    }
+
     /// Whether a seqno request for `id` is worth sending, by a node that keeps a route to it
     /// (`routed`, asking for a better offer) or has none: always in flat routing. In zoned
     /// routing only by a node without a route, and only for heads and members of our zone.
