@@ -424,7 +424,8 @@ pub struct Node {
     last_relay_swap: Instant,
     /// Nodes that refused or never answered a link or session, until when to leave them alone.
     shunned: Map<NodeId, Instant>,
-    /// Sequence-number requests recently sent or forwarded, so each travels once.
+    /// Sequence-number requests recently sent or passed on: duplicates held back, askers
+    /// answered, own ones resent while unanswered.
     requests: requests::SeqnoRequests,
     next_seq: u32,
     next_probe_at: Instant,

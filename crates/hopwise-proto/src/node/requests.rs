@@ -136,7 +136,9 @@ impl SeqnoRequests {
             })
             .flat_map(|(_, pending)| pending.requesters)
             .collect();
-        self.update_next_resend();
+        if self.next_resend.is_some() {
+            self.update_next_resend();
+        }
         requesters
     }
 

@@ -377,13 +377,17 @@ impl Node {
             .requests
             .own((wanted.destination, wanted.seqno), self.now)
         {
-            self.send_seqno_request(
-                wanted.ask,
-                wanted.destination,
-                wanted.seqno,
-                SEQNO_REQUEST_HOPS,
-            );
+            self.send_own_request(wanted);
         }
+    }
+
+    fn send_own_request(&mut self, wanted: SeqnoWanted) {
+        let SeqnoWanted {
+            destination,
+            seqno,
+            ask,
+        } = wanted;
+        self.send_seqno_request(ask, destination, seqno, SEQNO_REQUEST_HOPS);
     }
 
     /// Own requests still unanswered go out again, to whichever neighbour is best to ask now. A
@@ -403,12 +407,7 @@ impl Node {
             }
         }
         for wanted in resends {
-            self.send_seqno_request(
-                wanted.ask,
-                wanted.destination,
-                wanted.seqno,
-                SEQNO_REQUEST_HOPS,
-            );
+            self.send_own_request(wanted);
         }
         for wanted in renewed {
             self.request_seqno(wanted);

@@ -747,8 +747,7 @@ impl RouteTable {
     pub fn starving(&self, cost: impl Fn(&NodeId) -> Option<Metric>) -> Vec<SeqnoWanted> {
         self.destinations
             .iter()
-            .filter(|(id, d)| self.worth_asking(id, d.selected.is_some()))
-            .filter_map(|(id, d)| d.seqno_wanted(*id, &cost))
+            .filter_map(|(id, d)| self.wanted(id, d, &cost))
             .collect()
     }
 
@@ -759,10 +758,19 @@ impl RouteTable {
         cost: impl Fn(&NodeId) -> Option<Metric>,
     ) -> Option<SeqnoWanted> {
         let entry = self.destinations.get(destination)?;
-        if !self.worth_asking(destination, entry.selected.is_some()) {
+        self.wanted(destination, entry, &cost)
+    }
+
+    fn wanted(
+        &self,
+        id: &NodeId,
+        entry: &Destination,
+        cost: &impl Fn(&NodeId) -> Option<Metric>,
+    ) -> Option<SeqnoWanted> {
+        if !self.worth_asking(id, entry.selected.is_some()) {
             return None;
         }
-        entry.seqno_wanted(*destination, &cost)
+        entry.seqno_wanted(*id, cost)
     }
 
     /// Whether a seqno request for `id` is worth sending, by a node that keeps a route to it
