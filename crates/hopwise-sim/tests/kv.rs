@@ -165,6 +165,42 @@ fn a_key_survives_losing_two_of_its_three_replicas_and_is_back_on_three_within_1
 }
 
 #[test]
+fn a_replica_that_leaves_hands_its_keys_to_the_member_taking_its_place() {
+    let mut sim = routed();
+    let key = b"handed-over";
+    let writer = 0;
+    set(&mut sim, writer, key, b"sub", b"value").unwrap();
+    // Let the write reach all three replicas (W is two).
+    sim.run_until(sim.now() + Duration::from_secs(2));
+    let holders: Vec<usize> = (0..sim.len())
+        .filter(|&i| sim.kv(i).is_some_and(|kv| kv.store().get(key).is_some()))
+        .collect();
+    assert_eq!(holders.len(), 3, "{holders:?}");
+    let leaving = *holders.iter().find(|&&i| i != writer).unwrap();
+    sim.with_kv(leaving, |kv, now| kv.leave(now)).unwrap();
+    // The runner gives the leaving node's last messages up to a second (LEAVE_LINGER).
+    sim.run_until(sim.now() + Duration::from_secs(1));
+    // Then every other copy goes at once: the other replicas and the writer, which would
+    // otherwise place its own entry again.
+    for &node in holders.iter().chain([&writer]) {
+        sim.stop_node(node);
+    }
+    let reader = (0..sim.len()).find(|i| sim.kv(*i).is_some()).unwrap();
+    let gone = sim.now();
+    let mut entries: Result<Entries, KvError> = Err(KvError::TimedOut);
+    while sim.now() < gone + Duration::from_secs(15)
+        && !matches!(&entries, Ok(found) if !found.is_empty())
+    {
+        entries = read(&mut sim, reader, key);
+    }
+    assert_eq!(
+        entries.unwrap(),
+        vec![(b"sub".to_vec(), b"value".to_vec())],
+        "the entry left with its three replicas"
+    );
+}
+
+#[test]
 fn a_watch_sees_set_del_and_expire_in_version_order() {
     let mut sim = routed();
     let watch = sim

@@ -343,6 +343,11 @@ impl EndToEnd {
         self.responding.len() + self.initiations()
     }
 
+    /// Payloads waiting for a handshake to complete before they can go out.
+    pub fn payloads_waiting(&self) -> usize {
+        self.queued
+    }
+
     /// Handshakes this node started and waits on.
     fn initiations(&self) -> usize {
         self.peers

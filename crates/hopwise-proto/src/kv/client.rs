@@ -831,8 +831,9 @@ impl super::Kv {
     }
 
     /// This node is leaving: its ephemeral entries are deleted now rather than when their
-    /// lease runs out.
+    /// lease runs out, and the keys it holds go to the members that take its place.
     pub fn leave(&mut self, now: Instant) {
+        self.hand_off_on_leave(now);
         let ephemeral: Vec<(Vec<u8>, Vec<u8>)> = self
             .own
             .iter()

@@ -305,6 +305,28 @@ impl super::Kv {
         self.placed.retain(|key, _| self.store.get(key).is_some());
     }
 
+    /// This node is leaving: each key it holds goes to the members that take its place in the
+    /// key's replica set. Without this a departure would leave a key on two copies until the
+    /// others' views drop this node and repair runs, and losing those two meanwhile would lose
+    /// the entries whose writers are gone too.
+    pub(super) fn hand_off_on_leave(&mut self, now: Instant) {
+        let successors = self.view.without(&[self.id]);
+        let keys: Vec<Vec<u8>> = self.store.keys().cloned().collect();
+        for key in keys {
+            let holders = self.placed.get(&key).cloned().unwrap_or_default();
+            let newcomers: Vec<NodeId> = successors
+                .closest(key_hash(&key), self.config.replicas)
+                .iter()
+                .map(|member| member.id)
+                .filter(|id| !holders.contains(id))
+                .collect();
+            if !newcomers.is_empty() {
+                self.stats.handoffs += 1;
+                self.push_key(now, &key, &newcomers);
+            }
+        }
+    }
+
     fn push_key(&mut self, now: Instant, key: &[u8], to: &[NodeId]) {
         let entries = self.wire_entries(key, None, now);
         for part in into_parts(entries) {

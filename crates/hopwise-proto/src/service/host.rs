@@ -174,6 +174,11 @@ impl<O: OverlayNode> Host<O> {
         self.e2e.handshakes_in_progress()
     }
 
+    /// Service datagrams held until a handshake with their destination completes.
+    pub fn payloads_waiting(&self) -> usize {
+        self.e2e.payloads_waiting()
+    }
+
     /// Puts `service` on `port`: every datagram for that port goes to it, and it sends from
     /// that port.
     pub fn register<S: Service>(

@@ -124,6 +124,8 @@ const BATCHES_PER_WAKE: usize = 16;
 const TRACE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Bound on traces waiting for an answer: each costs a pending entry.
 const MAX_PENDING_TRACES: usize = 1_024;
+/// How long a leaving node waits for handshakes that hold its last messages.
+const LEAVE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a trace through the overlay found.
 #[derive(Debug, Clone)]
@@ -315,12 +317,35 @@ impl Runner {
         // The deletes start at the store's next timeout, which is now.
         self.host.handle_input(Input::Timeout(self.clock.now()));
         self.drain_outputs();
+        self.linger_for_handshakes(&mut receiver).await;
         self.host.overlay_mut().node_mut().leave(self.clock.now());
         self.drain_outputs();
         if let Some(capture) = &mut self.capture
             && let Err(error) = capture.flush()
         {
             warn!(%error, "cannot write the capture");
+        }
+    }
+
+    /// The store's last messages (hand-offs of the keys this node holds, deletes of its
+    /// ephemeral entries) to members without a session wait for a handshake: they get up to
+    /// `LEAVE_LINGER` to go out before the routing links close, with the node still receiving
+    /// and routing.
+    async fn linger_for_handshakes(&mut self, receiver: &mut BatchReceiver) {
+        let until = tokio::time::Instant::now() + LEAVE_LINGER;
+        while self.host.payloads_waiting() > 0 && tokio::time::Instant::now() < until {
+            let deadline = self.clock.to_tokio(self.host.poll_timeout()).min(until);
+            tokio::select! {
+                readable = self.socket.readable() => {
+                    if readable.is_ok() {
+                        self.receive_all(receiver);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    self.host.handle_input(Input::Timeout(self.clock.now()));
+                }
+            }
+            self.drain_outputs();
         }
     }
 
