@@ -427,3 +427,41 @@ fn entries_written_before_any_route_reach_their_replicas() {
         );
     }
 }
+
+#[test]
+fn a_replica_that_missed_a_write_does_not_read_the_entry_as_missing() {
+    let mut sim = routed();
+    // A first write fills the writer's view of the members.
+    set(&mut sim, 0, b"other", b"n0", b"").unwrap();
+    let replicas: Vec<usize> = sim
+        .kv(0)
+        .unwrap()
+        .replicas_of(b"claimed")
+        .iter()
+        .map(|id| sim.index_of_id(id).unwrap())
+        .collect();
+    let missing = *replicas.iter().find(|index| **index != 0).unwrap();
+    let rtt = |a: usize, b: usize| sim.matrix().rtt_ms(a, b).unwrap_or(f64::INFINITY);
+    // A reader whose nearest replica is the one that misses the write.
+    let reader = (0..sim.len())
+        .filter(|node| !replicas.contains(node))
+        .filter(|node| {
+            let others = replicas.iter().filter(|r| **r != missing);
+            others
+                .map(|r| rtt(*node, *r))
+                .all(|far| rtt(*node, missing) < far)
+        })
+        .min_by(|a, b| rtt(*a, missing).total_cmp(&rtt(*b, missing)))
+        .expect("a reader nearest to that replica");
+    // Cut off while the write goes out: the other two acknowledge it, which is enough, and
+    // until the writer's next attempt reaches it, it is the one replica without the entry.
+    let mut side = vec![false; sim.len()];
+    side[missing] = true;
+    sim.network_mut().partition(side);
+    set(&mut sim, 0, b"claimed", b"n0", b"mine").unwrap();
+    sim.network_mut().heal();
+    assert_eq!(
+        read(&mut sim, reader, b"claimed"),
+        Ok(vec![(b"n0".to_vec(), b"mine".to_vec())])
+    );
+}

@@ -27,6 +27,8 @@ const READ_REPAIR_WINDOW: Duration = Duration::from_millis(500);
 /// A watch whose replica has not answered its renewal within this (plus the round trip)
 /// moves to another replica.
 const WATCH_ANSWER_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// A first answer without the entry waits this long at most for a second replica to confirm it.
+const MISS_CONFIRM_WINDOW: Duration = Duration::from_millis(500);
 /// Stale-version retries of one write.
 const MAX_STALE_RETRIES: u8 = 3;
 
@@ -70,6 +72,11 @@ pub(super) struct PendingGet {
     parts: BTreeMap<NodeId, Vec<Option<Vec<WireEntry>>>>,
     /// The first complete answer (the user has it), kept for read repair.
     answer: Option<(NodeId, Vec<WireEntry>)>,
+    /// A first complete answer without a live entry, held until a second replica confirms
+    /// it: with writes acknowledged by two replicas of three, one replica may not have a
+    /// write yet (it missed it, or it came back empty and repair has not reached it), and a
+    /// miss answered from it alone would say that an existing entry does not exist.
+    miss: Option<(NodeId, Vec<WireEntry>)>,
     next_hedge: Instant,
     give_up_at: Instant,
 }
@@ -334,6 +341,7 @@ impl super::Kv {
                 asked: 0,
                 parts: BTreeMap::new(),
                 answer: None,
+                miss: None,
                 next_hedge: now,
                 give_up_at: now + self.config.operation_timeout,
             },
@@ -399,67 +407,96 @@ impl super::Kv {
             .flatten()
             .flatten()
             .collect();
-        match &get.answer {
-            None => {
-                let live = newest_by_sub(&entries)
-                    .into_values()
-                    .filter(|e| matches!(e.state, State::Live(_)))
-                    .map(entry_of)
-                    .collect();
-                let op = get.op;
-                // Replicas asked before this one and silent: suspects, and a hint to this one.
-                let silent: Vec<NodeId> = get.targets[..get.asked]
-                    .iter()
-                    .map(|m| m.id)
-                    .filter(|id| *id != from)
-                    .collect();
-                get.answer = Some((from, entries));
-                get.next_hedge = Instant::MAX;
-                get.give_up_at = now + READ_REPAIR_WINDOW;
-                self.stats.reads_ok += 1;
-                self.emit(
-                    now,
-                    KvEvent::Read {
-                        op,
-                        result: Ok(live),
-                    },
-                );
-                for node in silent {
-                    self.send(from, KvMessage::Suspect { node });
+        if get.answer.is_none() {
+            let held = get.miss.take();
+            let mut seen: Vec<&WireEntry> = entries.iter().collect();
+            seen.extend(held.iter().flat_map(|(_, held)| held));
+            let live: Vec<Entry> = newest_by_sub(seen)
+                .into_values()
+                .filter(|e| matches!(e.state, State::Live(_)))
+                .map(entry_of)
+                .collect();
+            if live.is_empty() && held.is_none() && get.targets.len() > 1 {
+                get.miss = Some((from, entries));
+                get.give_up_at = get.give_up_at.min(now + MISS_CONFIRM_WINDOW);
+                self.ask_next(now, req);
+                return;
+            }
+            let get = self.gets.get_mut(&req).expect("present");
+            let op = get.op;
+            let answered: Vec<NodeId> = std::iter::once(from)
+                .chain(held.as_ref().map(|(first, _)| *first))
+                .collect();
+            // Replicas asked before these and silent: suspects, and a hint to this one.
+            let silent: Vec<NodeId> = get.targets[..get.asked]
+                .iter()
+                .map(|m| m.id)
+                .filter(|id| !answered.contains(id))
+                .collect();
+            self.stats.reads_ok += 1;
+            self.emit(
+                now,
+                KvEvent::Read {
+                    op,
+                    result: Ok(live),
+                },
+            );
+            for node in silent {
+                self.send(from, KvMessage::Suspect { node });
+            }
+            let get = self.gets.get_mut(&req).expect("present");
+            match held {
+                // The read is answered; a later answer only repairs.
+                None => {
+                    get.answer = Some((from, entries));
+                    get.next_hedge = Instant::MAX;
+                    get.give_up_at = now + READ_REPAIR_WINDOW;
+                }
+                // Two answers are in: repair between them now.
+                Some(first) => {
+                    let get = self.gets.remove(&req).expect("present");
+                    self.repair_between(&get.key, first, (from, entries));
                 }
             }
-            Some((first, first_entries)) => {
-                let first = *first;
-                let key = get.key.clone();
-                let ours = newest_by_sub(first_entries);
-                let theirs = newest_by_sub(&entries);
-                let behind = |a: &BTreeMap<Vec<u8>, &WireEntry>,
-                              b: &BTreeMap<Vec<u8>, &WireEntry>| {
-                    b.values()
-                        .filter(|e| {
-                            a.get(&e.sub).is_none_or(|mine| {
-                                (mine.version, mine.writer, mine.state.rank())
-                                    < (e.version, e.writer, e.state.rank())
-                            })
-                        })
-                        .map(|e| (*e).clone())
-                        .collect::<Vec<_>>()
-                };
-                let to_first = behind(&ours, &theirs);
-                let to_second = behind(&theirs, &ours);
-                self.gets.remove(&req);
-                for (to, entries) in [(first, to_first), (from, to_second)] {
-                    if !entries.is_empty() {
-                        self.stats.read_repairs += 1;
-                        self.send(
-                            to,
-                            KvMessage::Push {
-                                key: key.clone(),
-                                entries,
-                            },
-                        );
-                    }
-                }
+            return;
+        }
+        let get = self.gets.remove(&req).expect("present");
+        let first = get.answer.expect("answered");
+        self.repair_between(&get.key, first, (from, entries));
+    }
+
+    /// Read repair: each of two replicas' answers for `key` gets what it lacks of the other's.
+    fn repair_between(
+        &mut self,
+        key: &[u8],
+        (first, first_entries): (NodeId, Vec<WireEntry>),
+        (second, second_entries): (NodeId, Vec<WireEntry>),
+    ) {
+        let ours = newest_by_sub(&first_entries);
+        let theirs = newest_by_sub(&second_entries);
+        let behind = |a: &BTreeMap<Vec<u8>, &WireEntry>, b: &BTreeMap<Vec<u8>, &WireEntry>| {
+            b.values()
+                .filter(|e| {
+                    a.get(&e.sub).is_none_or(|mine| {
+                        (mine.version, mine.writer, mine.state.rank())
+                            < (e.version, e.writer, e.state.rank())
+                    })
+                })
+                .map(|e| (*e).clone())
+                .collect::<Vec<_>>()
+        };
+        let to_first = behind(&ours, &theirs);
+        let to_second = behind(&theirs, &ours);
+        for (to, entries) in [(first, to_first), (second, to_second)] {
+            if !entries.is_empty() {
+                self.stats.read_repairs += 1;
+                self.send(
+                    to,
+                    KvMessage::Push {
+                        key: key.to_vec(),
+                        entries,
+                    },
+                );
             }
         }
     }
@@ -723,7 +760,17 @@ impl super::Kv {
             let get = self.gets.get_mut(&req).expect("present");
             if get.give_up_at <= now {
                 let get = self.gets.remove(&req).expect("present");
-                if get.answer.is_none() {
+                if get.answer.is_none() && get.miss.is_some() {
+                    // No second replica confirmed the miss in time: it stands.
+                    self.stats.reads_ok += 1;
+                    self.emit(
+                        now,
+                        KvEvent::Read {
+                            op: get.op,
+                            result: Ok(Vec::new()),
+                        },
+                    );
+                } else if get.answer.is_none() {
                     // Every replica asked stayed silent: the next read asks others.
                     for target in &get.targets[..get.asked] {
                         self.suspect(target.id, now);

@@ -724,7 +724,9 @@ fn check_len(what: &'static str, bytes: &[u8], max: usize) -> Result<(), KvError
 }
 
 /// The sets of sub-keys that differ between two lists of entries (for read repair).
-fn newest_by_sub(entries: &[wire::WireEntry]) -> BTreeMap<Vec<u8>, &wire::WireEntry> {
+fn newest_by_sub<'a>(
+    entries: impl IntoIterator<Item = &'a wire::WireEntry>,
+) -> BTreeMap<Vec<u8>, &'a wire::WireEntry> {
     let mut newest: BTreeMap<Vec<u8>, &wire::WireEntry> = BTreeMap::new();
     for entry in entries {
         let key = |e: &wire::WireEntry| (e.version, e.writer, e.state.rank());
