@@ -460,6 +460,10 @@ fn a_replica_that_missed_a_write_does_not_read_the_entry_as_missing() {
     sim.network_mut().partition(side);
     set(&mut sim, 0, b"claimed", b"n0", b"mine").unwrap();
     sim.network_mut().heal();
+    assert!(
+        sim.kv(missing).unwrap().store().get(b"claimed").is_none(),
+        "the cut-off replica missed the write"
+    );
     assert_eq!(
         read(&mut sim, reader, b"claimed"),
         Ok(vec![(b"n0".to_vec(), b"mine".to_vec())])

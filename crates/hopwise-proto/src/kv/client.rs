@@ -407,62 +407,61 @@ impl super::Kv {
             .flatten()
             .flatten()
             .collect();
-        if get.answer.is_none() {
-            let held = get.miss.take();
-            let mut seen: Vec<&WireEntry> = entries.iter().collect();
-            seen.extend(held.iter().flat_map(|(_, held)| held));
-            let live: Vec<Entry> = newest_by_sub(seen)
+        // An answer after the user has one only repairs.
+        if let Some(first) = get.answer.take() {
+            let key = self.gets.remove(&req).expect("present").key;
+            self.repair_between(&key, first, (from, entries));
+            return;
+        }
+        let held = get.miss.take();
+        let live: Vec<Entry> =
+            newest_by_sub(entries.iter().chain(held.iter().flat_map(|(_, held)| held)))
                 .into_values()
                 .filter(|e| matches!(e.state, State::Live(_)))
                 .map(entry_of)
                 .collect();
-            if live.is_empty() && held.is_none() && get.targets.len() > 1 {
-                get.miss = Some((from, entries));
-                get.give_up_at = get.give_up_at.min(now + MISS_CONFIRM_WINDOW);
-                self.ask_next(now, req);
-                return;
-            }
-            let get = self.gets.get_mut(&req).expect("present");
-            let op = get.op;
-            let answered: Vec<NodeId> = std::iter::once(from)
-                .chain(held.as_ref().map(|(first, _)| *first))
-                .collect();
-            // Replicas asked before these and silent: suspects, and a hint to this one.
-            let silent: Vec<NodeId> = get.targets[..get.asked]
-                .iter()
-                .map(|m| m.id)
-                .filter(|id| !answered.contains(id))
-                .collect();
-            self.stats.reads_ok += 1;
-            self.emit(
-                now,
-                KvEvent::Read {
-                    op,
-                    result: Ok(live),
-                },
-            );
-            for node in silent {
-                self.send(from, KvMessage::Suspect { node });
-            }
-            let get = self.gets.get_mut(&req).expect("present");
-            match held {
-                // The read is answered; a later answer only repairs.
-                None => {
-                    get.answer = Some((from, entries));
-                    get.next_hedge = Instant::MAX;
-                    get.give_up_at = now + READ_REPAIR_WINDOW;
-                }
-                // Two answers are in: repair between them now.
-                Some(first) => {
-                    let get = self.gets.remove(&req).expect("present");
-                    self.repair_between(&get.key, first, (from, entries));
-                }
-            }
+        if live.is_empty() && held.is_none() && get.targets.len() > 1 {
+            get.miss = Some((from, entries));
+            get.give_up_at = get.give_up_at.min(now + MISS_CONFIRM_WINDOW);
+            self.ask_next(now, req);
             return;
         }
-        let get = self.gets.remove(&req).expect("present");
-        let first = get.answer.expect("answered");
-        self.repair_between(&get.key, first, (from, entries));
+        let op = get.op;
+        let confirmed_miss_from = held.as_ref().map(|(first, _)| *first);
+        // Replicas asked before these and silent: suspects, and a hint to this one.
+        let silent: Vec<NodeId> = get.targets[..get.asked]
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| *id != from && Some(*id) != confirmed_miss_from)
+            .collect();
+        let repair = match held {
+            // Kept for read repair with a later answer.
+            None => {
+                get.answer = Some((from, entries));
+                get.next_hedge = Instant::MAX;
+                get.give_up_at = now + READ_REPAIR_WINDOW;
+                None
+            }
+            // Two answers are in: repair between them now.
+            Some(first) => {
+                let key = self.gets.remove(&req).expect("present").key;
+                Some((key, first, (from, entries)))
+            }
+        };
+        self.stats.reads_ok += 1;
+        self.emit(
+            now,
+            KvEvent::Read {
+                op,
+                result: Ok(live),
+            },
+        );
+        for node in silent {
+            self.send(from, KvMessage::Suspect { node });
+        }
+        if let Some((key, first, second)) = repair {
+            self.repair_between(&key, first, second);
+        }
     }
 
     /// Read repair: each of two replicas' answers for `key` gets what it lacks of the other's.
@@ -760,29 +759,34 @@ impl super::Kv {
             let get = self.gets.get_mut(&req).expect("present");
             if get.give_up_at <= now {
                 let get = self.gets.remove(&req).expect("present");
-                if get.answer.is_none() && get.miss.is_some() {
+                match (&get.answer, &get.miss) {
+                    // Answered already: the repair window is over.
+                    (Some(_), _) => {}
                     // No second replica confirmed the miss in time: it stands.
-                    self.stats.reads_ok += 1;
-                    self.emit(
-                        now,
-                        KvEvent::Read {
-                            op: get.op,
-                            result: Ok(Vec::new()),
-                        },
-                    );
-                } else if get.answer.is_none() {
-                    // Every replica asked stayed silent: the next read asks others.
-                    for target in &get.targets[..get.asked] {
-                        self.suspect(target.id, now);
+                    (None, Some(_)) => {
+                        self.stats.reads_ok += 1;
+                        self.emit(
+                            now,
+                            KvEvent::Read {
+                                op: get.op,
+                                result: Ok(Vec::new()),
+                            },
+                        );
                     }
-                    self.stats.reads_failed += 1;
-                    self.emit(
-                        now,
-                        KvEvent::Read {
-                            op: get.op,
-                            result: Err(KvError::TimedOut),
-                        },
-                    );
+                    // Every replica asked stayed silent: the next read asks others.
+                    (None, None) => {
+                        for target in &get.targets[..get.asked] {
+                            self.suspect(target.id, now);
+                        }
+                        self.stats.reads_failed += 1;
+                        self.emit(
+                            now,
+                            KvEvent::Read {
+                                op: get.op,
+                                result: Err(KvError::TimedOut),
+                            },
+                        );
+                    }
                 }
                 continue;
             }

@@ -723,7 +723,8 @@ fn check_len(what: &'static str, bytes: &[u8], max: usize) -> Result<(), KvError
     Ok(())
 }
 
-/// The sets of sub-keys that differ between two lists of entries (for read repair).
+/// The newest entry of each sub-key among `entries` (by version, writer, then tombstone over
+/// live).
 fn newest_by_sub<'a>(
     entries: impl IntoIterator<Item = &'a wire::WireEntry>,
 ) -> BTreeMap<Vec<u8>, &'a wire::WireEntry> {
