@@ -469,3 +469,58 @@ fn a_replica_that_missed_a_write_does_not_read_the_entry_as_missing() {
         Ok(vec![(b"n0".to_vec(), b"mine".to_vec())])
     );
 }
+
+#[test]
+fn an_ephemeral_entry_stays_live_on_a_replica_its_writer_does_not_count() {
+    let mut sim = routed();
+    set(&mut sim, 0, b"other", b"n0", b"").unwrap();
+    let replicas: Vec<usize> = sim
+        .kv(0)
+        .unwrap()
+        .replicas_of(b"claimed")
+        .iter()
+        .map(|id| sim.index_of_id(id).unwrap())
+        .collect();
+    let silent = *replicas.iter().find(|index| **index != 0).unwrap();
+    let claim = |sim: &mut Simulation, value: &'static [u8]| {
+        let op = sim
+            .with_kv(0, |kv, now| {
+                kv.set(now, b"claimed", b"n0", value, None, true)
+            })
+            .unwrap()
+            .unwrap();
+        answer(sim, 0, |event| match event {
+            KvEvent::Written { op: done, result } if done == op => Some(result),
+            _ => None,
+        })
+        .unwrap();
+    };
+    // A replica cut off during a write stays silent until the writer suspects it...
+    let mut side = vec![false; sim.len()];
+    side[silent] = true;
+    sim.network_mut().partition(side);
+    claim(&mut sim, b"first");
+    sim.run_until(sim.now() + Duration::from_secs(2));
+    sim.network_mut().heal();
+    // ...so the writer's next write leaves it out (and renews the entry's lease on the others
+    // only), while the other nodes still count it among the key's replicas and repair gives
+    // it a copy.
+    claim(&mut sim, b"mine");
+    assert!(
+        !sim.kv(0)
+            .unwrap()
+            .replicas_of(b"claimed")
+            .contains(&sim.id_of(silent)),
+        "the writer no longer counts the cut-off replica"
+    );
+    // Well past the lease's lifetime: the writer is alive, so its entry is live everywhere.
+    sim.run_until(sim.now() + Duration::from_secs(20));
+    for reader in 0..sim.len() {
+        assert_eq!(
+            read(&mut sim, reader, b"claimed"),
+            Ok(vec![(b"n0".to_vec(), b"mine".to_vec())]),
+            "read from node {reader}; the silent replica {silent} holds {:?}",
+            sim.kv(silent).unwrap().store().get_sub(b"claimed", b"n0")
+        );
+    }
+}

@@ -7,8 +7,8 @@ use super::placement::Member;
 use super::store::{Stored, digest_of};
 use super::wire::{KvMessage, PutStatus, State, WireEntry};
 use super::{
-    Entry, EventKind, KvError, KvEvent, MAX_KEY, MAX_OPERATIONS, MAX_SUB, MAX_VALUE, MAX_WATCHES,
-    OpId, WatchId, check_len, key_hash, newest_by_sub,
+    Entry, EventKind, KvError, KvEvent, MAX_KEY, MAX_LEASE_HOLDERS, MAX_OPERATIONS, MAX_SUB,
+    MAX_VALUE, MAX_WATCHES, OpId, WatchId, check_len, key_hash, newest_by_sub,
 };
 use crate::{Duration, Instant, NodeId};
 
@@ -825,32 +825,47 @@ impl super::Kv {
         }
     }
 
-    /// Renews the lease of this node's ephemeral entries on every replica that holds one.
+    /// Renews the lease of this node's ephemeral entries on every replica that holds one, and
+    /// on the members that said they hold copies (while they are in the view).
     pub(super) fn renew_leases(&mut self, now: Instant) {
         if now < self.next_lease {
             return;
         }
         self.next_lease = now + self.config.lease_interval;
-        let holders: BTreeSet<NodeId> = self
+        let mut holders: BTreeSet<NodeId> = self
             .own
             .values()
             .filter(|own| own.entry.ephemeral)
             .flat_map(|own| own.placed_on.iter().copied())
             .collect();
+        if holders.is_empty() {
+            self.lease_holders.clear();
+        }
+        let view = &self.view;
+        self.lease_holders.retain(|holder| view.contains(holder));
+        holders.extend(self.lease_holders.iter().copied());
         for holder in holders {
             self.send(holder, KvMessage::Lease);
         }
     }
 
     /// A replica expired some of this node's ephemeral entries for a lapsed lease (it did not
-    /// hear from this node in time, during a change of replicas): those still held live here
-    /// are written again, with a new version, to the key's replicas.
+    /// hear from this node in time, during a change of replicas, or it holds a copy without
+    /// being among the replicas in this node's view): those still held live here are written
+    /// again, with a new version, to the key's replicas and to it, and its lease is renewed
+    /// from now on.
     pub(super) fn on_lease_lost(
         &mut self,
         now: Instant,
         from: NodeId,
         entries: Vec<(Vec<u8>, Vec<u8>)>,
     ) {
+        let holds_own = entries
+            .iter()
+            .any(|id| self.own.get(id).is_some_and(|own| own.entry.ephemeral));
+        if holds_own && self.lease_holders.len() < MAX_LEASE_HOLDERS {
+            self.lease_holders.insert(from);
+        }
         for id in entries {
             let Some(version) = self
                 .own

@@ -22,7 +22,7 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use blake2::{Blake2s256, Digest};
@@ -56,6 +56,8 @@ const MAX_WATCHERS_PER_NODE: usize = 256;
 const SUSPICION: Duration = Duration::from_secs(30);
 /// Lapsed entries remembered per writer (the rest are found by the next lapse).
 const MAX_LEASE_LOST: usize = 256;
+/// Members outside its entries' replicas that a writer renews leases on.
+const MAX_LEASE_HOLDERS: usize = 64;
 /// Entries per part of a reply: parts stay well inside one fragmented message.
 const PART_BYTES: usize = 8 * 1024;
 
@@ -276,6 +278,10 @@ pub struct Kv {
     /// Ephemeral entries expired here for a lapsed lease, by writer: a writer that turns out
     /// to be alive is told, and writes them again.
     lease_lost: BTreeMap<NodeId, Vec<EntryName>>,
+    /// Writer side: members that hold copies of this node's ephemeral entries without being
+    /// among the replicas it placed them on (their view of the key's replicas differs), as
+    /// they said when its lease lapsed there: their leases are renewed too.
+    lease_holders: BTreeSet<NodeId>,
     /// Requests answered in a handshake's first flight, and the reads waiting for their
     /// writes.
     early: early::EarlyRequests,
@@ -342,6 +348,7 @@ impl Kv {
             unstarted: Vec::new(),
             last_now: now,
             lease_lost: BTreeMap::new(),
+            lease_holders: BTreeSet::new(),
             loopback: VecDeque::new(),
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
@@ -654,12 +661,8 @@ impl Service for Kv {
             let lapsed = self
                 .store
                 .expire(now, |key| placed.get(key).is_some_and(|r| r.contains(&id)));
-            for (writer, key, sub) in lapsed {
-                let lost = self.lease_lost.entry(writer).or_default();
-                if lost.len() < MAX_LEASE_LOST {
-                    lost.push((key, sub));
-                }
-            }
+            self.forget_rewritten_lapses();
+            self.report_lapsed(lapsed);
             self.expire_own(now);
             self.expire_watchers(now);
             self.early.expire(now);

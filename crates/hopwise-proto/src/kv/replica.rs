@@ -1,11 +1,11 @@
 //! The replica half of the store: answering writes, reads and watches from other nodes, and
 //! keeping each key on its replicas (digests, pulls and pushes, hand-off, liveness checks).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::store::{Merged, Stored};
-use super::wire::{KvMessage, PutStatus, WireEntry};
-use super::{MAX_WATCHERS, MAX_WATCHERS_PER_NODE, into_parts, key_hash};
+use super::wire::{KvMessage, PutStatus, State, WireEntry};
+use super::{EntryName, MAX_LEASE_LOST, MAX_WATCHERS, MAX_WATCHERS_PER_NODE, into_parts, key_hash};
 use crate::{Duration, Instant, NodeId};
 
 /// A replica keeps a watcher this long after its last renewal.
@@ -493,12 +493,48 @@ impl super::Kv {
     }
 
     /// The writer of ephemeral entries is alive; if some of its entries expired here for a
-    /// lapsed lease, it is told.
+    /// lapsed lease and are still tombstones, it is told.
     pub(super) fn on_lease(&mut self, now: Instant, from: NodeId) {
         self.store.renew_lease(from, now);
+        self.forget_rewritten_lapses();
         if let Some(entries) = self.lease_lost.remove(&from) {
             self.send(from, KvMessage::LeaseLost { entries });
         }
+    }
+
+    /// Ephemeral entries that expired here for a lapsed lease: their writer is told at once,
+    /// because a live writer whose view leaves this node out of the key's replicas never
+    /// renews the lease here, although repair from the other replicas gave this node a copy.
+    /// They are kept to tell the writer again when a lease shows it alive (it may have been
+    /// out of reach).
+    pub(super) fn report_lapsed(&mut self, lapsed: Vec<(NodeId, Vec<u8>, Vec<u8>)>) {
+        let mut by_writer: BTreeMap<NodeId, Vec<EntryName>> = BTreeMap::new();
+        for (writer, key, sub) in lapsed {
+            let lost = by_writer.entry(writer).or_default();
+            if lost.len() < MAX_LEASE_LOST {
+                lost.push((key, sub));
+            }
+        }
+        for (writer, entries) in by_writer {
+            let lost = self.lease_lost.entry(writer).or_default();
+            let room = MAX_LEASE_LOST.saturating_sub(lost.len());
+            lost.extend(entries.iter().take(room).cloned());
+            self.send(writer, KvMessage::LeaseLost { entries });
+        }
+    }
+
+    /// Lapsed entries whose tombstone is gone, or that their writer wrote again, need no
+    /// telling any more.
+    pub(super) fn forget_rewritten_lapses(&mut self) {
+        let store = &self.store;
+        self.lease_lost.retain(|_, entries| {
+            entries.retain(|(key, sub)| {
+                store
+                    .get_sub(key, sub)
+                    .is_some_and(|stored| stored.state == State::Expired)
+            });
+            !entries.is_empty()
+        });
     }
 
     /// A reader could not reach `node`: check it now, and suspect it if it stays silent.
