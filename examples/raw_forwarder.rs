@@ -29,6 +29,8 @@ async fn main() -> anyhow::Result<()> {
     let (mut receiver, mut sender) = (BatchReceiver::new(&socket)?, BatchSender::new(&socket)?);
     let mut client: Option<SocketAddr> = None;
     let mut outbox = Vec::new();
+    // Buffers of sent datagrams, used again, as a node does.
+    let mut spare: Vec<Vec<u8>> = Vec::new();
     let (mut forwarded, mut bytes, mut reported) = (0u64, 0u64, 0u64);
     let mut report = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -55,15 +57,18 @@ async fn main() -> anyhow::Result<()> {
                     bytes += data.len() as u64;
                     target
                 };
+                let mut contents = spare.pop().unwrap_or_default();
+                contents.clear();
+                contents.extend_from_slice(data);
                 outbox.push(Transmit {
                     destination,
-                    contents: data.to_vec(),
+                    contents,
                 });
             });
             if received.is_err() {
                 break;
             }
         }
-        sender.send_all(&socket, &mut outbox, |to| to);
+        sender.send_all(&socket, &mut outbox, |to| to, |buffer| spare.push(buffer));
     }
 }

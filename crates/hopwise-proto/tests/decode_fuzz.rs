@@ -7,7 +7,8 @@ use hopwise_proto::routing::{Metric, Seqno};
 use hopwise_proto::tags::TagFilter;
 use hopwise_proto::wire::{
     Data, DataBody, GossipEntry, LinkOp, MAX_GOSSIP, MAX_ROUTE_ENTRIES, MAX_TRACE_HOPS, Message,
-    Packet, Probe, RouteEntry, RouteUpdate, SeqnoRequest, Trace, TraceHop, WireCoord,
+    Packet, Probe, RelayHeader, RouteEntry, RouteUpdate, SeqnoRequest, Trace, TraceHop, WireCoord,
+    rewrite_for_next_hop,
 };
 use hopwise_proto::{Config, Input, Instant, Node, NodeId, Output};
 use proptest::prelude::*;
@@ -205,6 +206,64 @@ proptest! {
         if let Ok(decoded) = Packet::parse(&mutated) {
             // Whatever decodes re-encodes to exactly the bytes it came from.
             prop_assert_eq!(decoded.to_bytes(), mutated);
+        }
+    }
+
+    #[test]
+    fn the_relay_fast_path_reads_and_rewrites_as_the_decoder_does(
+        packet in packet(),
+        relay in any::<[u8; NodeId::LEN]>().prop_map(NodeId::from_bytes),
+    ) {
+        let mut bytes = packet.to_bytes();
+        let peeked = RelayHeader::peek(&bytes);
+        let Message::Data(data) = packet.message else {
+            prop_assert_eq!(peeked, None);
+            return Ok(());
+        };
+        if !matches!(data.body, DataBody::Payload(_) | DataBody::Sealed(_)) {
+            prop_assert_eq!(peeked, None);
+            return Ok(());
+        }
+        prop_assert_eq!(peeked, Some(RelayHeader {
+            sender: packet.sender,
+            source: data.source,
+            destination: data.destination,
+            ttl: data.ttl,
+            source_zone: data.source_zone,
+            destination_zone: data.destination_zone,
+        }));
+        rewrite_for_next_hop(&mut bytes, relay);
+        let relayed = Packet {
+            sender: relay,
+            message: Message::Data(Data {
+                ttl: data.ttl.saturating_sub(1),
+                hops: data.hops.saturating_add(1),
+                ..data
+            }),
+        };
+        prop_assert_eq!(bytes, relayed.to_bytes());
+    }
+
+    #[test]
+    fn what_the_relay_fast_path_takes_the_decoder_takes_too(
+        packet in packet(),
+        flip in any::<prop::sample::Index>(),
+        xor in 1u8..=255,
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = packet.to_bytes();
+        let at = flip.index(bytes.len());
+        bytes[at] ^= xor;
+        for candidate in [&bytes[..], &bytes[..cut.index(bytes.len())]] {
+            if let Some(header) = RelayHeader::peek(candidate) {
+                let decoded = Packet::parse(candidate);
+                prop_assert!(decoded.is_ok(), "peeked {:?} but the decoder says {:?}", header, decoded);
+                let decoded = decoded.unwrap();
+                let Message::Data(data) = decoded.message else {
+                    return Err(TestCaseError::fail("peeked a packet that is no data"));
+                };
+                prop_assert_eq!((header.sender, header.destination, header.ttl), (decoded.sender, data.destination, data.ttl));
+            }
         }
     }
 

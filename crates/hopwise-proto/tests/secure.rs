@@ -40,6 +40,8 @@ struct Wire {
     events: Vec<(SocketAddr, Event)>,
     /// Every datagram that crossed the wire.
     captured: Vec<Vec<u8>>,
+    /// Pairs of addresses the wire does not carry between (either way).
+    blocked: Vec<(SocketAddr, SocketAddr)>,
 }
 
 const ONE_WAY: Duration = Duration::from_millis(10);
@@ -51,6 +53,7 @@ impl Wire {
             in_flight: Vec::new(),
             events: Vec::new(),
             captured: Vec::new(),
+            blocked: Vec::new(),
         }
     }
 
@@ -78,6 +81,11 @@ impl Wire {
                 .partition(|d| d.0 <= now);
             self.in_flight = later;
             for (_, source, destination, data) in due {
+                if self.blocked.iter().any(|&(a, b)| {
+                    (a, b) == (source, destination) || (b, a) == (source, destination)
+                }) {
+                    continue;
+                }
                 if let Some(index) = self.nodes.iter().position(|(a, _)| *a == destination) {
                     let input = Input::Datagram {
                         now,
@@ -141,6 +149,50 @@ fn members_handshake_measure_and_route_with_nothing_in_the_clear() {
     wire.run(secs(10), secs(11));
     assert!(wire.events.iter().any(|(at, event)| *at == addr(1)
         && matches!(event, Event::TraceReply { token: 9, destination, .. } if *destination == target)));
+}
+
+#[test]
+fn a_relay_forwards_data_it_only_carries_intact_and_counted() {
+    let mut wire = Wire::new((1..=3).map(|n| (addr(n), member(n, NETWORK_KEY))).collect());
+    // Nodes 2 and 3 cannot reach each other: node 1 relays between them.
+    wire.blocked.push((addr(2), addr(3)));
+    wire.run(Instant::ZERO, secs(10));
+    let target = wire.node(2).node().id();
+    let relay_before = wire.node(0).node().stats().clone();
+    for n in 0..50u16 {
+        let payload = n.to_be_bytes().repeat(300);
+        let node = wire.nodes[1].1.node_mut();
+        node.send_data(secs(10), target, payload)
+            .expect("fits a datagram");
+    }
+    wire.drain(1, secs(10));
+    wire.run(secs(10), secs(11));
+    let delivered: Vec<(u8, Vec<u8>)> = wire
+        .events
+        .iter()
+        .filter(|(at, _)| *at == addr(3))
+        .filter_map(|(_, event)| match event {
+            Event::Delivered { hops, payload, .. } => Some((*hops, payload.clone())),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(u8, Vec<u8>)> = (0..50u16)
+        .map(|n| (2, n.to_be_bytes().repeat(300)))
+        .collect();
+    assert_eq!(
+        delivered, expected,
+        "every payload, in order, after two hops"
+    );
+    let relay = wire.node(0).node().stats();
+    assert_eq!(relay.data_relayed - relay_before.data_relayed, 50);
+    assert_eq!(
+        relay.sent.data.datagrams - relay_before.sent.data.datagrams,
+        50
+    );
+    assert_eq!(
+        relay.data_delivered, relay_before.data_delivered,
+        "none was for the relay"
+    );
 }
 
 #[test]

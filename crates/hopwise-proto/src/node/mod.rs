@@ -284,7 +284,7 @@ pub struct Volume {
 }
 
 impl Volume {
-    fn add(&mut self, bytes: usize) {
+    pub(super) fn add(&mut self, bytes: usize) {
         self.datagrams += 1;
         self.bytes += bytes as u64;
     }
@@ -544,6 +544,11 @@ impl Node {
             }
             Input::Timeout(now) => self.advance(now),
         }
+        self.run_timers();
+    }
+
+    /// What falls due at the node's current time.
+    fn run_timers(&mut self) {
         if self.next_expiry.is_some_and(|at| self.now >= at) {
             self.expire_probes();
         }

@@ -7,8 +7,8 @@ use super::links::{RoutingLink, hop_costs};
 use super::{Event, Node, Output};
 use crate::routing::{Metric, Seqno, SeqnoWanted};
 use crate::wire::{
-    BASE_DATAGRAM, Data, DataBody, MAX_DATAGRAM, MAX_ROUTE_ENTRIES, Message, RouteEntry,
-    RouteUpdate, SeqnoRequest, Trace, payload_for_datagram,
+    BASE_DATAGRAM, Data, DataBody, MAX_DATAGRAM, MAX_ROUTE_ENTRIES, Message, RelayHeader,
+    RouteEntry, RouteUpdate, SeqnoRequest, Trace, payload_for_datagram, rewrite_for_next_hop,
 };
 use crate::{Duration, Instant, NodeId};
 
@@ -172,7 +172,7 @@ impl Node {
 
     /// Overlay data that `via` handed to this node.
     pub(super) fn on_data(&mut self, via: NodeId, data: Data) {
-        self.learn_source_zone(&data);
+        self.learn_source_zone(data.source, data.source_zone);
         if data.destination == self.config.id {
             self.deliver(via, data);
         } else if data.ttl <= 1 {
@@ -272,8 +272,17 @@ impl Node {
     /// Where a packet goes next: towards its destination if a route or a measured direct link
     /// reaches it, else (zoned routing) towards the head of the destination's zone.
     fn next_hop(&self, data: &Data) -> Option<(NodeId, Metric)> {
-        self.next_hop_to(&data.destination).or_else(|| {
-            data.destination_zone
+        self.next_hop_towards(&data.destination, data.destination_zone)
+    }
+
+    /// The next hop to `destination`, or else to the head of its zone.
+    fn next_hop_towards(
+        &self,
+        destination: &NodeId,
+        destination_zone: Option<NodeId>,
+    ) -> Option<(NodeId, Metric)> {
+        self.next_hop_to(destination).or_else(|| {
+            destination_zone
                 .filter(|head| *head != self.config.id)
                 .and_then(|head| self.next_hop_to(&head))
         })
@@ -301,6 +310,35 @@ impl Node {
             (Some(r), Some(d)) => Some(if d.1 <= r.1 { d } else { r }),
             (r, d) => r.or(d),
         }
+    }
+
+    /// The relay's fast path: a data packet carrying application bytes for another node goes on
+    /// as it arrived, rewritten in place ([`rewrite_for_next_hop`]), instead of being decoded
+    /// into a [`Data`] and encoded again, with the same bookkeeping as [`Node::handle_input`]
+    /// would do. Returns the next hop's address, where the caller sends the packet; `None`
+    /// leaves the packet untouched for `handle_input`: anything else, or a packet that needs
+    /// more than forwarding (for this node, out of TTL, without a route).
+    pub fn relay_in_place(&mut self, now: Instant, packet: &mut [u8]) -> Option<SocketAddr> {
+        let header = RelayHeader::peek(packet)?;
+        let id = self.config.id;
+        if header.destination == id || header.sender == id || header.ttl <= 1 {
+            return None;
+        }
+        self.advance(now);
+        let (next_hop, _) = self.next_hop_towards(&header.destination, header.destination_zone)?;
+        let addr = self.hop_addr(&next_hop)?;
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += packet.len() as u64;
+        self.learn_source_zone(header.source, header.source_zone);
+        self.stats.data_relayed += 1;
+        if !self.links.contains_key(&next_hop) {
+            self.ensure_session(next_hop);
+        }
+        self.mark_traffic(next_hop);
+        rewrite_for_next_hop(packet, id);
+        self.stats.sent.data.add(packet.len());
+        self.run_timers();
+        Some(addr)
     }
 
     pub(super) fn forward(&mut self, data: Data) {

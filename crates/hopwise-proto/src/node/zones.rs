@@ -212,9 +212,9 @@ impl Node {
     }
 
     /// What a packet tells about its source's zone.
-    pub(super) fn learn_source_zone(&mut self, data: &Data) {
-        if let (Some(zone), true) = (data.source_zone, self.zoned()) {
-            self.remember_zone(data.source, zone);
+    pub(super) fn learn_source_zone(&mut self, source: NodeId, source_zone: Option<NodeId>) {
+        if let (Some(zone), true) = (source_zone, self.zoned()) {
+            self.remember_zone(source, zone);
         }
     }
 

@@ -153,11 +153,9 @@ pub enum Sealed {
     Dropped,
 }
 
-/// An authentic packet from a peer, decrypted.
-pub struct Opened {
-    pub sender: NodeId,
-    pub packet: Vec<u8>,
-}
+/// Buffers kept for the datagrams to come ([`Channels::recycle`]): a node's outgoing
+/// datagrams, forwarded ones above all, reuse them instead of allocating one each.
+const MAX_SPARE_BUFFERS: usize = 256;
 
 pub struct Channels {
     private_key: [u8; KEY_LEN],
@@ -170,6 +168,7 @@ pub struct Channels {
     stats: SecureStats,
     /// Sessions that came up since the caller last asked, with their queued packets.
     established: Vec<(SocketAddr, Vec<Vec<u8>>)>,
+    spare: Vec<Vec<u8>>,
 }
 
 impl Channels {
@@ -190,6 +189,14 @@ impl Channels {
             outputs: VecDeque::new(),
             stats: SecureStats::default(),
             established: Vec::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Takes back the buffer of a datagram that has been sent, for a later one.
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE_BUFFERS {
+            self.spare.push(buffer);
         }
     }
 
@@ -216,21 +223,23 @@ impl Channels {
             .min()
     }
 
-    /// Encrypts `packet` for `to`, or holds it while a handshake with `to` runs; returns
+    /// Encrypts `packet` for `to`, or holds a copy while a handshake with `to` runs; returns
     /// whether it was held.
-    pub fn seal(&mut self, now: Instant, to: SocketAddr, packet: Vec<u8>) -> Sealed {
+    pub fn seal(&mut self, now: Instant, to: SocketAddr, packet: &[u8]) -> Sealed {
         let stale = match self.sessions.get_mut(&to) {
             Some(session) => {
                 let counter = session.next_counter;
                 session.next_counter += 1;
                 session.last_sent = now;
                 let unanswered_since = *session.unanswered_since.get_or_insert(now);
-                let mut datagram = vec![0; OVERHEAD + packet.len()];
+                let mut datagram = self.spare.pop().unwrap_or_default();
+                datagram.clear();
+                datagram.resize(OVERHEAD + packet.len(), 0);
                 datagram[0] = TYPE_DATA;
                 datagram[1..9].copy_from_slice(&counter.to_be_bytes());
                 let sealed = session
                     .transport
-                    .write_message(counter, &packet, &mut datagram[9..]);
+                    .write_message(counter, packet, &mut datagram[9..]);
                 if sealed.is_ok() {
                     self.outputs.push_back(Transmit {
                         destination: to,
@@ -247,14 +256,14 @@ impl Channels {
         Sealed::Sent
     }
 
-    fn queue(&mut self, now: Instant, to: SocketAddr, packet: Vec<u8>) -> Sealed {
+    fn queue(&mut self, now: Instant, to: SocketAddr, packet: &[u8]) -> Sealed {
         match self.handshakes.get_mut(&to) {
             Some(handshake) if handshake.queued.len() < MAX_QUEUED_PER_PEER => {
-                handshake.queued.push(packet);
+                handshake.queued.push(packet.to_vec());
                 Sealed::Held
             }
             Some(_) => Sealed::Dropped,
-            None => self.initiate(now, to, vec![packet]),
+            None => self.initiate(now, to, vec![packet.to_vec()]),
         }
     }
 
@@ -318,14 +327,21 @@ impl Channels {
             .retain(|_, s| now - s.last_received.max(s.last_sent) < SESSION_IDLE);
     }
 
-    /// Handles one received datagram; returns the packet it carried, if it was authentic data.
-    pub fn open(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> Option<Opened> {
+    /// Handles one received datagram; if it was authentic data, the packet it carried is in
+    /// `packet` (whatever was there before is gone) and the peer's id is returned.
+    pub fn open(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        packet: &mut Vec<u8>,
+    ) -> Option<NodeId> {
         if datagram.len() > MAX_SECURE_DATAGRAM {
             self.stats.dropped_malformed += 1;
             return None;
         }
         match datagram.first() {
-            Some(&TYPE_DATA) => self.open_data(now, from, datagram),
+            Some(&TYPE_DATA) => self.open_data(now, from, datagram, packet),
             Some(&TYPE_HELLO) => {
                 self.on_hello(now, from, datagram);
                 None
@@ -345,7 +361,13 @@ impl Channels {
         }
     }
 
-    fn open_data(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> Option<Opened> {
+    fn open_data(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        packet: &mut Vec<u8>,
+    ) -> Option<NodeId> {
         let Some(session) = self.sessions.get_mut(&from) else {
             self.stats.dropped_no_session += 1;
             return None;
@@ -355,7 +377,8 @@ impl Channels {
             return None;
         }
         let counter = u64::from_be_bytes(datagram[1..9].try_into().expect("8 bytes"));
-        let mut packet = vec![0; datagram.len() - OVERHEAD];
+        packet.clear();
+        packet.resize(datagram.len() - OVERHEAD, 0);
         let sealed = &datagram[9..];
         let keys = std::iter::once((&session.transport, &mut session.replay)).chain(
             session
@@ -370,7 +393,7 @@ impl Channels {
                 replayed = true;
                 continue;
             }
-            if let Ok(len) = transport.read_message(counter, sealed, &mut packet) {
+            if let Ok(len) = transport.read_message(counter, sealed, packet) {
                 replay.accept(counter);
                 opened = Some(len);
                 break;
@@ -387,10 +410,7 @@ impl Channels {
         packet.truncate(len);
         session.last_received = now;
         session.unanswered_since = None;
-        Some(Opened {
-            sender: session.remote,
-            packet,
-        })
+        Some(session.remote)
     }
 
     fn on_hello(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {

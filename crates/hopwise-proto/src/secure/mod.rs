@@ -47,6 +47,8 @@ pub struct SecureNode {
     now: Instant,
     /// Copies of the decrypted packets, while an operator captures them.
     capture: Option<VecDeque<Captured>>,
+    /// The packet of the datagram being handled, decrypted: one buffer for every datagram.
+    opened: Vec<u8>,
 }
 
 /// A packet as the node sees it, after decryption or before encryption (see
@@ -78,6 +80,7 @@ impl SecureNode {
             channels,
             now,
             capture: None,
+            opened: Vec::new(),
         }
     }
 
@@ -124,23 +127,20 @@ impl SecureNode {
         match input {
             Input::Datagram { now, from, data } => {
                 self.now = self.now.max(now);
-                let opened = self.channels.open(now, from, data);
+                let mut packet = std::mem::take(&mut self.opened);
+                let sender = self.channels.open(now, from, data, &mut packet);
                 self.flush_established();
-                let Some(opened) = opened else {
-                    self.node.handle_input(Input::Timeout(now));
-                    return;
-                };
-                if claimed_sender(&opened.packet) != Some(opened.sender) {
-                    self.channels.count_wrong_sender();
-                    self.node.handle_input(Input::Timeout(now));
-                    return;
+                match sender {
+                    Some(sender) if claimed_sender(&packet) == Some(sender) => {
+                        self.on_packet(now, from, &mut packet);
+                    }
+                    Some(_) => {
+                        self.channels.count_wrong_sender();
+                        self.node.handle_input(Input::Timeout(now));
+                    }
+                    None => self.node.handle_input(Input::Timeout(now)),
                 }
-                self.keep(from, false, &opened.packet);
-                self.node.handle_input(Input::Datagram {
-                    now,
-                    from,
-                    data: &opened.packet,
-                });
+                self.opened = packet;
             }
             Input::Timeout(now) => {
                 self.now = self.now.max(now);
@@ -150,13 +150,35 @@ impl SecureNode {
         }
     }
 
+    /// An authentic packet from `from`: relayed at once when it only passes through (sealed
+    /// for the next hop from the buffer it was opened into), handed to the node otherwise.
+    fn on_packet(&mut self, now: Instant, from: SocketAddr, packet: &mut [u8]) {
+        self.keep(from, false, packet);
+        match self.node.relay_in_place(now, packet) {
+            Some(next_hop) => {
+                self.keep(next_hop, true, packet);
+                self.channels.seal(now, next_hop, packet);
+            }
+            None => self.node.handle_input(Input::Datagram {
+                now,
+                from,
+                data: packet,
+            }),
+        }
+    }
+
+    /// Takes back the buffer of a datagram the driver has sent, for one to come.
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        self.channels.recycle(buffer);
+    }
+
     /// Packets that waited for a handshake go out now. A probe request is re-timed first: its
     /// round trip must not include the handshake.
     fn flush_established(&mut self) {
         for (peer, queued) in self.channels.take_established() {
             for packet in queued {
                 if let Some(packet) = self.retimed(packet) {
-                    self.channels.seal(self.now, peer, packet);
+                    self.channels.seal(self.now, peer, &packet);
                 }
             }
         }
@@ -181,7 +203,8 @@ impl SecureNode {
                     let probe_seq = wire::probe_request_seq(&transmit.contents);
                     let sealed =
                         self.channels
-                            .seal(self.now, transmit.destination, transmit.contents);
+                            .seal(self.now, transmit.destination, &transmit.contents);
+                    self.channels.recycle(transmit.contents);
                     if let (Sealed::Held, Some(seq)) = (sealed, probe_seq) {
                         self.node.hold_probe(seq, HANDSHAKE_TIMEOUT);
                     }

@@ -201,6 +201,74 @@ fn read_bytes(reader: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
     Ok(reader.slice(len)?.to_vec())
 }
 
+/// What a relay reads of a data packet that carries application bytes (a payload or an end-to-end
+/// sealed datagram, nearly all the data a relay forwards), found without copying the body: the
+/// relay's fast path forwards such a packet as it arrived, rewritten in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayHeader {
+    /// The hop it came from.
+    pub sender: NodeId,
+    pub source: NodeId,
+    pub destination: NodeId,
+    pub ttl: u8,
+    pub source_zone: Option<NodeId>,
+    pub destination_zone: Option<NodeId>,
+}
+
+/// Where a data packet's TTL and hop count are.
+const TTL_AT: usize = super::HEADER_LEN + 2 * NodeId::LEN;
+const HOPS_AT: usize = TTL_AT + 1;
+
+impl RelayHeader {
+    /// The header of `datagram` if it is a data packet with a payload or sealed body that the
+    /// full decoder ([`super::Packet::parse`]) accepts; `None` for anything else, which takes
+    /// the decoder's path.
+    pub fn peek(datagram: &[u8]) -> Option<Self> {
+        if datagram.len() > super::MAX_DATAGRAM {
+            return None;
+        }
+        let mut reader = Reader::new(datagram);
+        if reader.bytes::<4>().ok()? != [super::MAGIC, super::VERSION, super::KIND_DATA, 0] {
+            return None;
+        }
+        let sender = NodeId::from_bytes(reader.bytes().ok()?);
+        let source = NodeId::from_bytes(reader.bytes().ok()?);
+        let destination = NodeId::from_bytes(reader.bytes().ok()?);
+        let ttl = reader.u8().ok()?;
+        let _hops = reader.u8().ok()?;
+        let kind = reader.u8().ok()?;
+        let (source_zone, destination_zone) = if kind & ZONES_PRESENT != 0 {
+            let source = zone_from_wire(NodeId::from_bytes(reader.bytes().ok()?));
+            (
+                source,
+                zone_from_wire(NodeId::from_bytes(reader.bytes().ok()?)),
+            )
+        } else {
+            (None, None)
+        };
+        if !matches!(kind & !ZONES_PRESENT, BODY_PAYLOAD | BODY_SEALED) {
+            return None;
+        }
+        let len = usize::from(reader.u16().ok()?);
+        (reader.remaining() == len).then_some(Self {
+            sender,
+            source,
+            destination,
+            ttl,
+            source_zone,
+            destination_zone,
+        })
+    }
+}
+
+/// Readies a packet [`RelayHeader::peek`] accepted for its next hop, in place: sent by `relay`,
+/// its TTL one less and its hop count one more, as a relay that decoded and encoded it would.
+pub fn rewrite_for_next_hop(datagram: &mut [u8], relay: NodeId) {
+    datagram[4..super::HEADER_LEN].copy_from_slice(relay.as_bytes());
+    datagram[TTL_AT] = datagram[TTL_AT].saturating_sub(1);
+    datagram[HOPS_AT] = datagram[HOPS_AT].saturating_add(1);
+}
+
 fn zone_from_wire(id: NodeId) -> Option<NodeId> {
     (id != NO_ZONE).then_some(id)
 }

@@ -26,8 +26,8 @@ use std::fmt;
 
 use crate::NodeId;
 pub use data::{
-    BASE_PAYLOAD, Data, DataBody, INITIAL_TTL, MAX_PAYLOAD, MAX_TRACE_HOPS, Trace, TraceHop,
-    payload_for_datagram,
+    BASE_PAYLOAD, Data, DataBody, INITIAL_TTL, MAX_PAYLOAD, MAX_TRACE_HOPS, RelayHeader, Trace,
+    TraceHop, payload_for_datagram, rewrite_for_next_hop,
 };
 pub use probe::{GossipEntry, MAX_GOSSIP, Probe, WireCoord};
 pub use route::{LinkOp, MAX_ROUTE_ENTRIES, RouteEntry, RouteUpdate, SeqnoRequest};

@@ -80,12 +80,13 @@ impl BatchSender {
     /// Sends every datagram of `outbox` (in order) and empties it: consecutive datagrams to
     /// one destination go in one system call where the platform segments them. `address` maps
     /// a destination to the form the socket sends to. A full socket buffer drops, as the
-    /// network would.
+    /// network would. Each datagram's buffer goes to `sent` afterwards, to be used again.
     pub fn send_all(
         &mut self,
         socket: &UdpSocket,
         outbox: &mut Vec<Transmit>,
         address: impl Fn(SocketAddr) -> SocketAddr,
+        sent: impl FnMut(Vec<u8>),
     ) {
         let max_segments = self.state.max_gso_segments().max(1);
         let mut rest = &outbox[..];
@@ -120,7 +121,10 @@ impl BatchSender {
             let _ = socket.try_io(Interest::WRITABLE, || state.send(socket.into(), &transmit));
             rest = &rest[count..];
         }
-        outbox.clear();
+        outbox
+            .drain(..)
+            .map(|transmit| transmit.contents)
+            .for_each(sent);
     }
 }
 
@@ -166,7 +170,7 @@ mod tests {
             .collect();
         #[cfg(target_os = "linux")]
         assert!(sender.state.max_gso_segments() > 1, "runs go out segmented");
-        sender.send_all(&socket, &mut outbox, |to| to);
+        sender.send_all(&socket, &mut outbox, |to| to, drop);
         assert!(outbox.is_empty());
         for (receiver, address) in receivers.iter().zip([a, b]) {
             let mut buffer = vec![0; 65_536];

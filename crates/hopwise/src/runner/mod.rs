@@ -430,9 +430,13 @@ impl Runner {
         self.deliver_to_sockets();
         self.write_capture();
         let dual_stack = self.dual_stack;
-        self.sender.send_all(&self.socket, &mut self.outbox, |to| {
-            for_socket(to, dual_stack)
-        });
+        let overlay = self.host.overlay_mut();
+        self.sender.send_all(
+            &self.socket,
+            &mut self.outbox,
+            |to| for_socket(to, dual_stack),
+            |buffer| overlay.recycle(buffer),
+        );
     }
 
     fn poll_host(&mut self) {
