@@ -428,18 +428,24 @@ fn entries_written_before_any_route_reach_their_replicas() {
     }
 }
 
-#[test]
-fn a_replica_that_missed_a_write_does_not_read_the_entry_as_missing() {
+/// A routed network, and the replicas of `key` in node 0's view once a first write of node 0
+/// has filled its view of the members.
+fn routed_with_replicas_of(key: &[u8]) -> (Simulation, Vec<usize>) {
     let mut sim = routed();
-    // A first write fills the writer's view of the members.
     set(&mut sim, 0, b"other", b"n0", b"").unwrap();
-    let replicas: Vec<usize> = sim
+    let replicas = sim
         .kv(0)
         .unwrap()
-        .replicas_of(b"claimed")
+        .replicas_of(key)
         .iter()
         .map(|id| sim.index_of_id(id).unwrap())
         .collect();
+    (sim, replicas)
+}
+
+#[test]
+fn a_replica_that_missed_a_write_does_not_read_the_entry_as_missing() {
+    let (mut sim, replicas) = routed_with_replicas_of(b"claimed");
     let missing = *replicas.iter().find(|index| **index != 0).unwrap();
     let rtt = |a: usize, b: usize| sim.matrix().rtt_ms(a, b).unwrap_or(f64::INFINITY);
     // A reader whose nearest replica is the one that misses the write.
@@ -472,15 +478,7 @@ fn a_replica_that_missed_a_write_does_not_read_the_entry_as_missing() {
 
 #[test]
 fn an_ephemeral_entry_stays_live_on_a_replica_its_writer_does_not_count() {
-    let mut sim = routed();
-    set(&mut sim, 0, b"other", b"n0", b"").unwrap();
-    let replicas: Vec<usize> = sim
-        .kv(0)
-        .unwrap()
-        .replicas_of(b"claimed")
-        .iter()
-        .map(|id| sim.index_of_id(id).unwrap())
-        .collect();
+    let (mut sim, replicas) = routed_with_replicas_of(b"claimed");
     let silent = *replicas.iter().find(|index| **index != 0).unwrap();
     let claim = |sim: &mut Simulation, value: &'static [u8]| {
         let op = sim
