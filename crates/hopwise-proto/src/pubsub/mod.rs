@@ -57,12 +57,17 @@ pub const MAX_TREES: usize = 8_192;
 pub const MAX_CHILDREN: usize = 256;
 /// Events waiting for the service's user at most; a user that does not keep up loses messages.
 pub const MAX_EVENTS: usize = 16_384;
-/// Joins, announcements and interests are renewed this often, and forgotten when they were not
-/// renewed for [`SOFT_STATE`]. Renewals are the whole cost of an idle topic, so they are slow
-/// (PIM-SM renews its joins every minute): what changes is told at once instead (a tree's
-/// route moving is checked every tick, a topic's rendezvous every [`RENDEZVOUS_CHECK`]).
+/// Announcements and interests are renewed this often, and forgotten when they were not
+/// renewed for [`SOFT_STATE`]. These renewals are most of what an idle topic costs, so they are
+/// slow: what changes is told at once instead (a topic's rendezvous is checked every
+/// [`RENDEZVOUS_CHECK`]), and a lost one is sent again after a retry time.
 pub const REFRESH: Duration = Duration::from_secs(30);
 pub const SOFT_STATE: Duration = Duration::from_secs(90);
+/// Joins are renewed this often, and a child is dropped when it did not renew for
+/// [`JOIN_SOFT_STATE`]. Slower renewals (30 s) lost about 0.1 % of the messages under 2 % loss
+/// in the simulator (150 nodes), against 0.001 % with these.
+pub const JOIN_REFRESH: Duration = Duration::from_secs(10);
+pub const JOIN_SOFT_STATE: Duration = Duration::from_secs(30);
 /// How often subscriptions and publications check whether their topic's rendezvous moved (a
 /// rendezvous died, or a closer member appeared): the new ones are told at once.
 const RENDEZVOUS_CHECK: Duration = Duration::from_secs(1);
@@ -696,7 +701,7 @@ impl PubSub {
             self.stats.refused += 1;
             return;
         }
-        tree.children.insert(from, now + SOFT_STATE);
+        tree.children.insert(from, now + JOIN_SOFT_STATE);
         let answer = Message::Joined {
             tree: id,
             epoch: tree.epoch,
@@ -874,7 +879,7 @@ impl PubSub {
         let due = tree.upstream.is_some()
             && tree.join_sent.is_none_or(|sent| {
                 let wait = if tree.acked {
-                    REFRESH
+                    JOIN_REFRESH
                 } else {
                     retry_after(overlay, tree.upstream.expect("checked"))
                 };
@@ -914,7 +919,7 @@ impl PubSub {
                 self.publications.contains_key(&id.topic) && id.publisher == self.local;
             let tree = self.trees.get_mut(&id).expect("listed");
             tree.expire_children(now);
-            let silent = now >= tree.heard + SOFT_STATE;
+            let silent = now >= tree.heard + JOIN_SOFT_STATE;
             if !publishing && tree.children.is_empty() && (!tree.local || silent) {
                 if let Some(upstream) = tree.upstream {
                     self.stats.leaves_sent += 1;
