@@ -57,20 +57,10 @@ pub const MAX_TREES: usize = 8_192;
 pub const MAX_CHILDREN: usize = 256;
 /// Events waiting for the service's user at most; a user that does not keep up loses messages.
 pub const MAX_EVENTS: usize = 16_384;
-/// Announcements and interests are renewed this often, and forgotten when they were not
-/// renewed for [`SOFT_STATE`]. These renewals are most of what an idle topic costs, so they are
-/// slow: what changes is told at once instead (a topic's rendezvous is checked every
-/// [`RENDEZVOUS_CHECK`]), and a lost one is sent again after a retry time.
-pub const REFRESH: Duration = Duration::from_secs(30);
-pub const SOFT_STATE: Duration = Duration::from_secs(90);
-/// Joins are renewed this often, and a child is dropped when it did not renew for
-/// [`JOIN_SOFT_STATE`]. Slower renewals (30 s) lost about 0.1 % of the messages under 2 % loss
-/// in the simulator (150 nodes), against 0.001 % with these.
-pub const JOIN_REFRESH: Duration = Duration::from_secs(10);
-pub const JOIN_SOFT_STATE: Duration = Duration::from_secs(30);
-/// How often subscriptions and publications check whether their topic's rendezvous moved (a
-/// rendezvous died, or a closer member appeared): the new ones are told at once.
-const RENDEZVOUS_CHECK: Duration = Duration::from_secs(1);
+/// Joins, announcements and interests are renewed this often, and forgotten when they were not
+/// renewed for [`SOFT_STATE`].
+pub const REFRESH: Duration = Duration::from_secs(10);
+pub const SOFT_STATE: Duration = Duration::from_secs(30);
 /// A publication nobody published on for this long is no longer announced.
 pub const PUBLICATION_IDLE: Duration = Duration::from_secs(600);
 /// How often trees are checked against the routes, and nacks and joins sent again.
@@ -179,108 +169,16 @@ pub struct TreeInfo {
 
 struct Subscription {
     name: String,
-    /// Where the topic's interest went, and when it is renewed.
-    interest: Registration,
+    /// When the topic's next interest is due.
+    interest_due: Instant,
 }
 
 struct Publication {
     name: String,
     epoch: u32,
     next_seq: u64,
-    /// Where the publication's announcement went, and when it is renewed.
-    announce: Registration,
+    announce_due: Instant,
     last_published: Instant,
-}
-
-/// A subscription's interest or a publication's announcement at its topic's rendezvous, sent
-/// again to a rendezvous that does not answer (a renewal is far away when one is lost).
-struct Registration {
-    due: Instant,
-    told: Vec<NodeId>,
-    /// Rendezvous told but not heard from yet: when to ask again, the last wait, and how
-    /// many times it was asked again.
-    unanswered: BTreeMap<NodeId, (Instant, Duration, u32)>,
-}
-
-/// Times a registration is sent again to a silent rendezvous, the wait doubling each time; a
-/// rendezvous still silent is left to the next renewal.
-const REGISTER_RETRIES: u32 = 4;
-
-impl Registration {
-    fn new(now: Instant) -> Self {
-        Self {
-            due: now,
-            told: Vec::new(),
-            unanswered: BTreeMap::new(),
-        }
-    }
-
-    fn retry_due(&self, now: Instant) -> bool {
-        self.unanswered.values().any(|(at, _, _)| now >= *at)
-    }
-
-    /// Rendezvous to ask again now, and when after that.
-    fn retries(&mut self, now: Instant) -> Vec<NodeId> {
-        let mut again = Vec::new();
-        self.unanswered.retain(|node, (at, wait, retries)| {
-            if now < *at {
-                return true;
-            }
-            if *retries >= REGISTER_RETRIES {
-                return false;
-            }
-            *retries += 1;
-            *wait = *wait + *wait;
-            *at = now + *wait;
-            again.push(*node);
-            true
-        });
-        again
-    }
-
-    /// `nodes` were told now.
-    fn sent(&mut self, now: Instant, nodes: &[NodeId], first_wait: impl Fn(NodeId) -> Duration) {
-        for node in nodes {
-            let wait = first_wait(*node);
-            self.unanswered.insert(*node, (now + wait, wait, 0));
-        }
-    }
-
-    /// `node` answered; true if it was asked (an answer, not news it pushed unasked).
-    fn answered(&mut self, node: NodeId) -> bool {
-        self.unanswered.remove(&node).is_some()
-    }
-
-    /// The rendezvous to tell now: all of them when the renewal is due, else (`check`) those
-    /// that became rendezvous since the last time.
-    fn rendezvous_to_tell(
-        &mut self,
-        now: Instant,
-        check: bool,
-        view: &View,
-        topic: u64,
-    ) -> Vec<NodeId> {
-        if now < self.due && !check {
-            return Vec::new();
-        }
-        let current: Vec<NodeId> = view
-            .closest(topic, RENDEZVOUS)
-            .into_iter()
-            .map(|member| member.id)
-            .collect();
-        let tell = if now >= self.due {
-            self.due = now + REFRESH;
-            current.clone()
-        } else {
-            current
-                .iter()
-                .filter(|node| !self.told.contains(node))
-                .copied()
-                .collect()
-        };
-        self.told = current;
-        tell
-    }
 }
 
 /// Datagrams to send, and those to this node itself (a rendezvous can be the node itself),
@@ -322,7 +220,6 @@ pub struct PubSub {
     events: VecDeque<PubSubEvent>,
     stats: PubSubStats,
     next_tick: Option<Instant>,
-    next_rendezvous_check: Instant,
     ready: VecDeque<(u64, Vec<u8>)>,
 }
 
@@ -366,7 +263,6 @@ impl PubSub {
             events: VecDeque::new(),
             stats: PubSubStats::default(),
             next_tick: None,
-            next_rendezvous_check: Instant::ZERO,
             ready: VecDeque::new(),
         }
     }
@@ -391,7 +287,7 @@ impl PubSub {
                 hash,
                 Subscription {
                     name: topic.to_string(),
-                    interest: Registration::new(now),
+                    interest_due: now,
                 },
             );
             for (_, tree) in self.trees.range_mut(Self::trees_of(hash)) {
@@ -457,7 +353,7 @@ impl PubSub {
                     name: topic.to_string(),
                     epoch,
                     next_seq: 1,
-                    announce: Registration::new(now),
+                    announce_due: now,
                     last_published: now,
                 },
             );
@@ -541,6 +437,14 @@ impl PubSub {
         ((z ^ (z >> 31)) as u32).max(1)
     }
 
+    fn rendezvous_of(overlay: &Node, topic: u64, now: Instant) -> Vec<NodeId> {
+        View::of(overlay, &BTreeMap::new(), now)
+            .closest(topic, RENDEZVOUS)
+            .into_iter()
+            .map(|member| member.id)
+            .collect()
+    }
+
     fn on_message(&mut self, now: Instant, from: NodeId, data: &[u8], overlay: &Node) {
         let Ok(message) = wire::decode(data) else {
             self.stats.malformed += 1;
@@ -549,14 +453,9 @@ impl PubSub {
         match message {
             Message::Announce { topic } => {
                 let tell = self.rendezvous.announce(topic, from, now + SOFT_STATE);
-                // An empty listing answers the announcement.
-                let answer = wire::encode_publishers(topic, std::iter::empty());
-                self.out.send(&mut self.stats, from, answer);
                 if !tell.is_empty() {
                     let listing = wire::encode_publishers(topic, std::iter::once(from));
                     for subscriber in tell {
-                        let wait = retry_after(overlay, subscriber);
-                        self.rendezvous.pushed(topic, subscriber, now, wait);
                         self.out.send(&mut self.stats, subscriber, listing.clone());
                     }
                 }
@@ -567,29 +466,8 @@ impl PubSub {
                 self.out.send(&mut self.stats, from, listing);
             }
             Message::Publishers { topic, .. } => {
-                let announce_answered = self
-                    .publications
-                    .get_mut(&topic)
-                    .is_some_and(|publication| publication.announce.answered(from));
-                if announce_answered && message.publishers().next().is_none() {
-                    // The answer to this node's announcement (an interest's answer from a
-                    // rendezvous that has it announced lists it).
+                if !self.subscriptions.contains_key(&topic) {
                     return;
-                }
-                let Some(subscription) = self.subscriptions.get_mut(&topic) else {
-                    return;
-                };
-                let asked = subscription.interest.answered(from);
-                if !asked && message.publishers().next().is_some() {
-                    // News of a publisher, pushed: an interest acknowledges it (and asks for
-                    // the whole listing), or the rendezvous pushes it again.
-                    let wait = retry_after(overlay, from);
-                    subscription.interest.sent(now, &[from], |_| wait);
-                    self.out.send(
-                        &mut self.stats,
-                        from,
-                        Message::Interest { topic }.to_bytes(),
-                    );
                 }
                 for publisher in message.publishers() {
                     if publisher == self.local {
@@ -701,7 +579,7 @@ impl PubSub {
             self.stats.refused += 1;
             return;
         }
-        tree.children.insert(from, now + JOIN_SOFT_STATE);
+        tree.children.insert(from, now + SOFT_STATE);
         let answer = Message::Joined {
             tree: id,
             epoch: tree.epoch,
@@ -828,44 +706,6 @@ impl PubSub {
         report_lost(&mut self.events, &mut self.stats, tree);
     }
 
-    /// Renews interests and announcements that are due, and tells a topic's new rendezvous.
-    fn register(&mut self, now: Instant, overlay: &Node) {
-        let check = now >= self.next_rendezvous_check;
-        if check {
-            self.next_rendezvous_check = now + RENDEZVOUS_CHECK;
-        }
-        let due =
-            |registration: &Registration| now >= registration.due || registration.retry_due(now);
-        if !check
-            && !self.publications.values().any(|p| due(&p.announce))
-            && !self.subscriptions.values().any(|s| due(&s.interest))
-        {
-            return;
-        }
-        let view = View::of(overlay, &BTreeMap::new(), now);
-        let first_wait = |node: NodeId| retry_after(overlay, node);
-        let mut sends = Vec::new();
-        let registrations = self
-            .publications
-            .iter_mut()
-            .map(|(&topic, p)| (Message::Announce { topic }, topic, &mut p.announce))
-            .chain(
-                self.subscriptions
-                    .iter_mut()
-                    .map(|(&topic, s)| (Message::Interest { topic }, topic, &mut s.interest)),
-            );
-        for (message, topic, registration) in registrations {
-            let mut nodes = registration.retries(now);
-            let told = registration.rendezvous_to_tell(now, check, &view, topic);
-            registration.sent(now, &told, first_wait);
-            nodes.extend(told);
-            sends.extend(nodes.into_iter().map(|node| (node, message.to_bytes())));
-        }
-        for (node, bytes) in sends {
-            self.out.send(&mut self.stats, node, bytes);
-        }
-    }
-
     /// Keeps tree `id` joined where the route to its publisher goes now.
     fn maintain(&mut self, id: TreeId, now: Instant, overlay: &Node) {
         if id.publisher == self.local {
@@ -879,7 +719,7 @@ impl PubSub {
         let due = tree.upstream.is_some()
             && tree.join_sent.is_none_or(|sent| {
                 let wait = if tree.acked {
-                    JOIN_REFRESH
+                    REFRESH
                 } else {
                     retry_after(overlay, tree.upstream.expect("checked"))
                 };
@@ -905,21 +745,41 @@ impl PubSub {
 
     fn tick(&mut self, now: Instant, overlay: &Node) {
         self.rendezvous.expire(now);
-        for (topic, subscriber) in self.rendezvous.pushes_due(now) {
-            let listing =
-                wire::encode_publishers(topic, self.rendezvous.publishers(topic).into_iter());
-            self.out.send(&mut self.stats, subscriber, listing);
-        }
         self.publications
             .retain(|_, publication| now < publication.last_published + PUBLICATION_IDLE);
-        self.register(now, overlay);
+        let mut announce = Vec::new();
+        for (&topic, publication) in &mut self.publications {
+            if now >= publication.announce_due {
+                publication.announce_due = now + REFRESH;
+                announce.push(topic);
+            }
+        }
+        let mut interest = Vec::new();
+        for (&topic, subscription) in &mut self.subscriptions {
+            if now >= subscription.interest_due {
+                subscription.interest_due = now + REFRESH;
+                interest.push(topic);
+            }
+        }
+        for topic in announce {
+            for node in Self::rendezvous_of(overlay, topic, now) {
+                let bytes = Message::Announce { topic }.to_bytes();
+                self.out.send(&mut self.stats, node, bytes);
+            }
+        }
+        for topic in interest {
+            for node in Self::rendezvous_of(overlay, topic, now) {
+                let bytes = Message::Interest { topic }.to_bytes();
+                self.out.send(&mut self.stats, node, bytes);
+            }
+        }
         let ids: Vec<TreeId> = self.trees.keys().copied().collect();
         for id in ids {
             let publishing =
                 self.publications.contains_key(&id.topic) && id.publisher == self.local;
             let tree = self.trees.get_mut(&id).expect("listed");
             tree.expire_children(now);
-            let silent = now >= tree.heard + JOIN_SOFT_STATE;
+            let silent = now >= tree.heard + SOFT_STATE;
             if !publishing && tree.children.is_empty() && (!tree.local || silent) {
                 if let Some(upstream) = tree.upstream {
                     self.stats.leaves_sent += 1;
