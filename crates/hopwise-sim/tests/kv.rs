@@ -63,8 +63,23 @@ fn set(
     sub: &[u8],
     value: &[u8],
 ) -> Result<u64, KvError> {
+    write(sim, node, key, sub, value, false)
+}
+
+/// Sets `sub` of `key` from `node`, ephemeral (alive while its writer is) or not, and waits
+/// for the answer.
+fn write(
+    sim: &mut Simulation,
+    node: usize,
+    key: &[u8],
+    sub: &[u8],
+    value: &[u8],
+    ephemeral: bool,
+) -> Result<u64, KvError> {
     let op = sim
-        .with_kv(node, |kv, now| kv.set(now, key, sub, value, None, false))
+        .with_kv(node, |kv, now| {
+            kv.set(now, key, sub, value, None, ephemeral)
+        })
         .unwrap()
         .unwrap();
     answer(sim, node, |event| match event {
@@ -480,18 +495,8 @@ fn a_replica_that_missed_a_write_does_not_read_the_entry_as_missing() {
 fn an_ephemeral_entry_stays_live_on_a_replica_its_writer_does_not_count() {
     let (mut sim, replicas) = routed_with_replicas_of(b"claimed");
     let silent = *replicas.iter().find(|index| **index != 0).unwrap();
-    let claim = |sim: &mut Simulation, value: &'static [u8]| {
-        let op = sim
-            .with_kv(0, |kv, now| {
-                kv.set(now, b"claimed", b"n0", value, None, true)
-            })
-            .unwrap()
-            .unwrap();
-        answer(sim, 0, |event| match event {
-            KvEvent::Written { op: done, result } if done == op => Some(result),
-            _ => None,
-        })
-        .unwrap();
+    let claim = |sim: &mut Simulation, value: &[u8]| {
+        write(sim, 0, b"claimed", b"n0", value, true).unwrap();
     };
     // A replica cut off during a write stays silent until the writer suspects it...
     let mut side = vec![false; sim.len()];

@@ -56,7 +56,7 @@ const MAX_WATCHERS_PER_NODE: usize = 256;
 const SUSPICION: Duration = Duration::from_secs(30);
 /// Lapsed entries remembered per writer (the rest are found by the next lapse).
 const MAX_LEASE_LOST: usize = 256;
-/// Members outside its entries' replicas that a writer renews leases on.
+/// Members besides its entries' replicas that a writer renews leases on.
 const MAX_LEASE_HOLDERS: usize = 64;
 /// Entries per part of a reply: parts stay well inside one fragmented message.
 const PART_BYTES: usize = 8 * 1024;
@@ -278,9 +278,9 @@ pub struct Kv {
     /// Ephemeral entries expired here for a lapsed lease, by writer: a writer that turns out
     /// to be alive is told, and writes them again.
     lease_lost: BTreeMap<NodeId, Vec<EntryName>>,
-    /// Writer side: members that hold copies of this node's ephemeral entries without being
-    /// among the replicas it placed them on (their view of the key's replicas differs), as
-    /// they said when its lease lapsed there: their leases are renewed too.
+    /// Writer side: members that said they hold copies of this node's ephemeral entries
+    /// (their lease lapsed there: often a member the writer did not place them on, whose view
+    /// of the key's replicas differs): their leases are renewed too.
     lease_holders: BTreeSet<NodeId>,
     /// Requests answered in a handshake's first flight, and the reads waiting for their
     /// writes.
