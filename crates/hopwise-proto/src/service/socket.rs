@@ -56,22 +56,39 @@ impl DatagramSocket {
     /// Queues `data` for port `port` of node `to`; the host sends it when it is next polled.
     /// A datagram larger than [`DatagramSocket::max_data`] is refused, never cut or dropped.
     pub fn send_to(&mut self, to: NodeId, port: Port, data: &[u8]) -> Result<(), SendError> {
-        if data.len() > self.max_data {
+        self.check_room(data.len())?;
+        self.queue(to, port, data.to_vec());
+        Ok(())
+    }
+
+    /// [`DatagramSocket::send_to`] for a datagram its caller owns already, which the socket
+    /// keeps rather than copies.
+    pub fn send_owned(&mut self, to: NodeId, port: Port, data: Vec<u8>) -> Result<(), SendError> {
+        self.check_room(data.len())?;
+        self.queue(to, port, data);
+        Ok(())
+    }
+
+    fn check_room(&self, len: usize) -> Result<(), SendError> {
+        if len > self.max_data {
             return Err(SendError::TooLarge {
-                len: data.len(),
+                len,
                 max: self.max_data,
             });
         }
         if self.outgoing.len() >= self.capacity {
             return Err(SendError::QueueFull);
         }
+        Ok(())
+    }
+
+    fn queue(&mut self, to: NodeId, port: Port, data: Vec<u8>) {
         self.outgoing.push_back(ServiceTransmit {
             early: false,
             to,
             port,
-            data: data.to_vec(),
+            data,
         });
-        Ok(())
     }
 
     /// The oldest datagram received and not yet taken.
@@ -132,6 +149,29 @@ mod tests {
                 Err(SendError::TooLarge { len: max + 1, max })
             );
             assert_eq!(socket.poll_transmit().map(|t| t.data.len()), Some(max));
+            // An owned datagram meets the same bound.
+            assert_eq!(
+                socket.send_owned(to, Port(9), vec![0; max + 1]),
+                Err(SendError::TooLarge { len: max + 1, max })
+            );
+            assert_eq!(socket.send_owned(to, Port(9), vec![7; max]), Ok(()));
+            assert_eq!(socket.poll_transmit().map(|t| t.data), Some(vec![7; max]));
         }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_either_way_of_sending() {
+        let to = NodeId::from_bytes([1; 8]);
+        let mut socket = DatagramSocket::new(2);
+        assert_eq!(socket.send_to(to, Port(9), b"one"), Ok(()));
+        assert_eq!(socket.send_owned(to, Port(9), b"two".to_vec()), Ok(()));
+        assert_eq!(
+            socket.send_to(to, Port(9), b"three"),
+            Err(SendError::QueueFull)
+        );
+        assert_eq!(
+            socket.send_owned(to, Port(9), b"three".to_vec()),
+            Err(SendError::QueueFull)
+        );
     }
 }

@@ -232,10 +232,10 @@ impl ForwardBridge {
             ForwardInput::Stream(datagram) => {
                 if let Ok(streams) = &self.streams {
                     // What does not fit or finds the queue full is lost; QUIC sends it again.
-                    let _ = host.service_mut(streams.handle).send_to(
+                    let _ = host.service_mut(streams.handle).send_owned(
                         datagram.to,
                         ports::STREAMS,
-                        &datagram.data,
+                        datagram.data,
                     );
                 }
             }

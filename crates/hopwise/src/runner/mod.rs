@@ -562,7 +562,7 @@ impl Runner {
                     Some(bound) => self
                         .host
                         .service_mut(bound.handle)
-                        .send_to(to, port, &data)
+                        .send_owned(to, port, data)
                         .map_err(SocketError::Send),
                     None => Err(SocketError::NotBound(from)),
                 };
