@@ -9,7 +9,7 @@
 //! from `measure_after` on count towards `delivered_fraction`; the last ones leave
 //! [`DRAIN`] before the end, so that repairs can finish.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use hopwise_proto::pubsub::{PubSub, PubSubEvent, PubSubStats};
 use hopwise_proto::service::{BASE_DATA, ServiceHandle, ports};
@@ -105,8 +105,14 @@ pub struct RepairSummary {
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct MaxOnly {
+pub struct Fanout {
+    /// The most children any publisher's tree had: the copies it sends of each message.
     pub max: usize,
+    /// That publisher's distinct routing next hops towards the topic's subscribers then.
+    pub next_hops_at_max: usize,
+    /// The most by which a publisher's children outnumbered its next hops towards the
+    /// subscribers (0: never more copies than next hops).
+    pub above_next_hops_max: usize,
 }
 
 /// The `pubsub` section of `report.json`.
@@ -134,7 +140,7 @@ pub struct PubSubReport {
     pub repair_ms: Option<RepairSummary>,
     pub repaired_pairs: usize,
     /// Children of a publisher in its own tree: the copies it sends of each message.
-    pub publisher_fanout: MaxOnly,
+    pub publisher_fanout: Fanout,
     /// The service's own traffic, with every header, at its first hop.
     pub bytes_per_node_per_sec: f64,
     pub nacks_sent: u64,
@@ -163,7 +169,7 @@ pub struct PubSubWorkload {
     delivered: Vec<u64>,
     /// The latest counters of each node (kept for nodes that stopped).
     stats: Vec<PubSubStats>,
-    fanout_max: usize,
+    fanout: Fanout,
     failure: Option<(Instant, Vec<usize>)>,
     ids: Vec<NodeId>,
     index_of: HashMap<NodeId, usize>,
@@ -244,7 +250,11 @@ impl PubSubWorkload {
             stop: end - DRAIN,
             measure_from: Instant::ZERO + config.measure_after,
             rdp: Vec::new(),
-            fanout_max: 0,
+            fanout: Fanout {
+                max: 0,
+                next_hops_at_max: 0,
+                above_next_hops_max: 0,
+            },
             failure: None,
             config,
             topics,
@@ -402,13 +412,42 @@ impl PubSubWorkload {
             }
             if let Some(pubsub) = sim.service(node, handle) {
                 self.stats[node] = *pubsub.stats();
-                for tree in pubsub.trees() {
-                    if tree.tree.publisher == self.ids[node] {
-                        self.fanout_max = self.fanout_max.max(tree.children);
-                    }
+                let publishing: Vec<(u64, usize)> = pubsub
+                    .trees()
+                    .filter(|tree| tree.tree.publisher == self.ids[node])
+                    .map(|tree| (tree.tree.topic, tree.children))
+                    .collect();
+                for (topic, children) in publishing {
+                    self.compare_fanout(sim, node, topic, children);
                 }
             }
         }
+    }
+
+    /// Holds publisher `node`'s copies per message on `topic` against its next hops towards
+    /// the topic's subscribers.
+    fn compare_fanout(&mut self, sim: &Simulation, node: usize, topic: u64, children: usize) {
+        let Some(overlay) = sim.node(node) else {
+            return;
+        };
+        let Some(topic) = self.topics.iter().find(|t| t.hash == topic) else {
+            return;
+        };
+        let next_hops: HashSet<NodeId> = topic
+            .subscribers
+            .iter()
+            .filter(|&&subscriber| subscriber != node && sim.is_running(subscriber))
+            .filter_map(|&subscriber| overlay.route(&self.ids[subscriber]))
+            .map(|route| route.next_hop)
+            .collect();
+        let fanout = &mut self.fanout;
+        if children > fanout.max {
+            fanout.max = children;
+            fanout.next_hops_at_max = next_hops.len();
+        }
+        fanout.above_next_hops_max = fanout
+            .above_next_hops_max
+            .max(children.saturating_sub(next_hops.len()));
     }
 
     fn take_delivery(&mut self, node: usize, delivery: &hopwise_proto::pubsub::Delivery) {
@@ -527,9 +566,7 @@ impl PubSubWorkload {
                     max: quantile(&mut as_f32, 1.0),
                 }
             }),
-            publisher_fanout: MaxOnly {
-                max: self.fanout_max,
-            },
+            publisher_fanout: self.fanout,
             bytes_per_node_per_sec: bytes as f64 / node_seconds,
             nacks_sent: total(|s| s.nacks_sent),
             repairs_sent: total(|s| s.repairs_sent),

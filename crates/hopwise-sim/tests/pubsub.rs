@@ -57,6 +57,12 @@ fn every_subscriber_gets_every_message_once_per_link_along_unicast_grade_paths()
     // A tree, not unicast to every subscriber: each publisher sends fewer copies than it has
     // subscribers (20 per topic).
     assert!(report.publisher_fanout.max < 20, "{report:?}");
+    // And no more than the publisher's routing next hops towards them (children are the
+    // nodes whose route to the publisher ends there, which is not always the way back).
+    assert!(
+        report.publisher_fanout.max <= report.publisher_fanout.next_hops_at_max,
+        "{report:?}"
+    );
 }
 
 #[test]

@@ -452,7 +452,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     );
     if let Some(pubsub) = &report.pubsub {
         println!(
-            "pubsub: {} topics, {} publishers, {} messages; rdp median {:.3} p95 {:.3} max {:.2}; delivered {:.5} ({} missing of {}); duplicate link crossings {}; repair {} (p50 / p95 / max ms, {} pairs); publisher fan-out max {}; {:.0} B/s per node",
+            "pubsub: {} topics, {} publishers, {} messages; rdp median {:.3} p95 {:.3} max {:.2}; delivered {:.5} ({} missing of {}); duplicate link crossings {}; repair {} (p50 / p95 / max ms, {} pairs); publisher fan-out max {} ({} next hops; at most {} above them); {:.0} B/s per node",
             pubsub.topics,
             pubsub.publishers,
             pubsub.published,
@@ -469,6 +469,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             )),
             pubsub.repaired_pairs,
             pubsub.publisher_fanout.max,
+            pubsub.publisher_fanout.next_hops_at_max,
+            pubsub.publisher_fanout.above_next_hops_max,
             pubsub.bytes_per_node_per_sec,
         );
     }
