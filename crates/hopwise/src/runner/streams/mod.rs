@@ -211,8 +211,8 @@ fn endpoint_config(mtu: u16) -> anyhow::Result<quinn::EndpointConfig> {
 }
 
 /// RFC 9002's initial congestion window for datagrams of `mtu` bytes. quinn's default counts
-/// 1,200-byte datagrams, and keeps under 14,720 bytes: on a jumbo path that is less than one
-/// datagram, and a connection would never send its first.
+/// ten 1,200-byte datagrams (12,000 bytes): on a path whose datagrams are that large it holds
+/// none, and a connection would never send its first.
 fn initial_window(mtu: u16) -> u64 {
     let mtu = u64::from(mtu);
     (10 * mtu).min((2 * mtu).max(14_720))
@@ -330,12 +330,12 @@ mod tests {
     /// Carries what one endpoint sends to the other, as the overlay does, keeping a copy.
     fn wire(
         from: NodeId,
-        mut ports: StreamPorts,
+        mut sent: mpsc::Receiver<StreamDatagram>,
         to: mpsc::Sender<SocketDatagram>,
     ) -> mpsc::UnboundedReceiver<Vec<u8>> {
         let (seen, copies) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Some(datagram) = ports.outgoing.recv().await {
+            while let Some(datagram) = sent.recv().await {
                 let _ = seen.send(datagram.data.clone());
                 let _ = to
                     .send(SocketDatagram {
@@ -354,16 +354,8 @@ mod tests {
         let (a, b) = (NodeId::from_bytes([0xa; 8]), NodeId::from_bytes([0xb; 8]));
         let (client, client_ports) = endpoint(a, 1_349).unwrap();
         let (server, server_ports) = endpoint(b, 1_349).unwrap();
-        let to_client = client_ports.incoming.clone();
-        let mut sent_by_client = wire(a, client_ports, server_ports.incoming.clone());
-        let _sent_by_server = wire(
-            b,
-            StreamPorts {
-                incoming: to_client.clone(),
-                ..server_ports
-            },
-            to_client,
-        );
+        let mut sent_by_client = wire(a, client_ports.outgoing, server_ports.incoming);
+        let _sent_by_server = wire(b, server_ports.outgoing, client_ports.incoming);
 
         let marker = b"bytes the overlay seals, not QUIC";
         let served = tokio::spawn(async move {
