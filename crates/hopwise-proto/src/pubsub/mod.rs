@@ -30,8 +30,6 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
-
 use crate::keyed::{self, Map};
 use crate::kv::key_hash;
 use crate::kv::placement::View;
@@ -39,7 +37,8 @@ use crate::node::Node;
 use crate::service::{Message as ServiceMessage, Service, ServiceTransmit, ports};
 use crate::{Duration, Instant, NodeId};
 use rendezvous::Rendezvous;
-use tree::{Accepted, Tree};
+use std::collections::{BTreeMap, VecDeque};
+use tree::{Accepted, Child, Tree};
 pub use tree::{CATCH_UP, GIVE_UP, RECENT};
 pub use wire::TreeId;
 use wire::{DATA_OVERHEAD, Message};
@@ -61,8 +60,15 @@ pub const MAX_EVENTS: usize = 16_384;
 /// renewed for [`SOFT_STATE`].
 pub const REFRESH: Duration = Duration::from_secs(10);
 pub const SOFT_STATE: Duration = Duration::from_secs(30);
+/// A subscriber renews its interest at one rendezvous a [`REFRESH`], in turn (at all of them
+/// when it subscribes), so each hears it every `RENDEZVOUS` refreshes; a rendezvous keeps it
+/// for three of those.
+pub const INTEREST_KEPT: Duration =
+    Duration::from_micros(REFRESH.as_micros() * RENDEZVOUS as i64 * 3);
 /// A publication nobody published on for this long is no longer announced.
 pub const PUBLICATION_IDLE: Duration = Duration::from_secs(600);
+/// Messages sent at once to a member that moved here; it asks for anything more.
+const MAX_CATCH_UP_PUSH: usize = 1_024;
 /// How often trees are checked against the routes, and nacks and joins sent again.
 const TICK: Duration = Duration::from_millis(100);
 /// The least wait before asking again (a join or a nack), on top of twice the round trip.
@@ -171,12 +177,16 @@ struct Subscription {
     name: String,
     /// When the topic's next interest is due.
     interest_due: Instant,
+    /// Interests sent so far: which rendezvous the next one goes to.
+    interests_sent: usize,
 }
 
 struct Publication {
     name: String,
     epoch: u32,
     next_seq: u64,
+    /// Whether it was announced yet: the first announcement says it starts from 0.
+    announced: bool,
     announce_due: Instant,
     last_published: Instant,
 }
@@ -288,6 +298,7 @@ impl PubSub {
                 Subscription {
                     name: topic.to_string(),
                     interest_due: now,
+                    interests_sent: 0,
                 },
             );
             for (_, tree) in self.trees.range_mut(Self::trees_of(hash)) {
@@ -353,6 +364,7 @@ impl PubSub {
                     name: topic.to_string(),
                     epoch,
                     next_seq: 1,
+                    announced: false,
                     announce_due: now,
                     last_published: now,
                 },
@@ -451,17 +463,34 @@ impl PubSub {
             return;
         };
         match message {
-            Message::Announce { topic } => {
+            Message::Announce { topic, since } => {
                 let tell = self.rendezvous.announce(topic, from, now + SOFT_STATE);
-                if !tell.is_empty() {
-                    let listing = wire::encode_publishers(topic, std::iter::once(from));
-                    for subscriber in tell {
-                        self.out.send(&mut self.stats, subscriber, listing.clone());
-                    }
+                let started = Message::Started {
+                    tree: TreeId {
+                        topic,
+                        publisher: from,
+                    },
+                    since,
+                }
+                .to_bytes();
+                for subscriber in tell {
+                    self.out.send(&mut self.stats, subscriber, started.clone());
                 }
             }
+            Message::Started { tree: id, since } => {
+                if !self.subscriptions.contains_key(&id.topic) || id.publisher == self.local {
+                    return;
+                }
+                let Some(tree) = self.tree_entry(id, now) else {
+                    return;
+                };
+                tree.local = true;
+                tree.heard = now;
+                tree.start_after(since);
+                self.maintain(id, now, overlay);
+            }
             Message::Interest { topic } => {
-                let publishers = self.rendezvous.interest(topic, from, now + SOFT_STATE);
+                let publishers = self.rendezvous.interest(topic, from, now + INTEREST_KEPT);
                 let listing = wire::encode_publishers(topic, publishers.into_iter());
                 self.out.send(&mut self.stats, from, listing);
             }
@@ -482,7 +511,12 @@ impl PubSub {
                     self.maintain(id, now, overlay);
                 }
             }
-            Message::Join(id) => self.on_join(now, from, id, overlay),
+            Message::Join {
+                tree,
+                ask,
+                epoch,
+                through,
+            } => self.on_join(now, from, tree, ask, (epoch, through), overlay),
             Message::Joined {
                 tree: id,
                 epoch,
@@ -567,7 +601,18 @@ impl PubSub {
         Some(self.trees.entry(id).or_insert_with(|| Tree::new(now, seed)))
     }
 
-    fn on_join(&mut self, now: Instant, from: NodeId, id: TreeId, overlay: &Node) {
+    /// A join from `from`, which has every message of publication `has.0` up to `has.1`. A
+    /// renewal is answered only when the child is behind (or asks): an idle tree's upkeep is
+    /// the joins alone.
+    fn on_join(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        id: TreeId,
+        ask: bool,
+        (epoch, through): (u32, u64),
+        overlay: &Node,
+    ) {
         if id.publisher == from {
             self.stats.malformed += 1;
             return;
@@ -575,19 +620,43 @@ impl PubSub {
         let Some(tree) = self.tree_entry(id, now) else {
             return;
         };
-        if !tree.children.contains_key(&from) && tree.children.len() >= MAX_CHILDREN {
+        let renewal = tree.children.contains_key(&from);
+        if !renewal && tree.children.len() >= MAX_CHILDREN {
             self.stats.refused += 1;
             return;
         }
-        tree.children.insert(from, now + SOFT_STATE);
-        let answer = Message::Joined {
-            tree: id,
-            epoch: tree.epoch,
-            highest: tree.highest,
-        }
-        .to_bytes();
+        tree.children.insert(
+            from,
+            Child {
+                until: now + SOFT_STATE,
+                epoch,
+                through,
+            },
+        );
         let known = tree.epoch != 0;
-        if known {
+        let behind = epoch != tree.epoch || through < tree.highest;
+        // A member of this publication that moved here (its route changed, a forwarder died):
+        // what it lacks goes at once, a round trip sooner than its nacks would ask.
+        let moved_here = known && !renewal && epoch == tree.epoch && through > 0;
+        let catch_up = if moved_here {
+            tree.catch_up(from, through, now, MAX_CATCH_UP_PUSH)
+        } else {
+            Vec::new()
+        };
+        let answer = (known && (ask || !renewal || behind)).then(|| {
+            Message::Joined {
+                tree: id,
+                epoch: tree.epoch,
+                highest: tree.highest,
+            }
+            .to_bytes()
+        });
+        for bytes in catch_up {
+            self.stats.repairs_sent += 1;
+            self.out.send(&mut self.stats, from, bytes);
+        }
+        // After the messages, so that the child sees what it still lacks when it reads this.
+        if let Some(answer) = answer {
             self.out.send(&mut self.stats, from, answer);
         }
         // Without an answer the child asks again; by then this node has joined upstream.
@@ -632,11 +701,9 @@ impl PubSub {
             }
             Accepted::Old => return,
         }
-        for &child in tree.children.keys() {
-            if child != from {
-                self.stats.forwarded += 1;
-                self.out.send(&mut self.stats, child, bytes.to_vec());
-            }
+        for child in tree.children_lacking(seq, from) {
+            self.stats.forwarded += 1;
+            self.out.send(&mut self.stats, child, bytes.to_vec());
         }
         self.send_nacks(id, now, overlay);
         self.deliver(id, now);
@@ -738,8 +805,13 @@ impl PubSub {
             tree.join_sent = Some(now);
             self.stats.joins_sent += 1;
             let upstream = tree.upstream.expect("set");
-            self.out
-                .send(&mut self.stats, upstream, Message::Join(id).to_bytes());
+            let join = Message::Join {
+                tree: id,
+                ask: !tree.acked,
+                epoch: tree.epoch,
+                through: tree.through(),
+            };
+            self.out.send(&mut self.stats, upstream, join.to_bytes());
         }
     }
 
@@ -751,24 +823,38 @@ impl PubSub {
         for (&topic, publication) in &mut self.publications {
             if now >= publication.announce_due {
                 publication.announce_due = now + REFRESH;
-                announce.push(topic);
+                let since = if publication.announced {
+                    publication.next_seq - 1
+                } else {
+                    0
+                };
+                publication.announced = true;
+                announce.push((topic, since));
             }
         }
         let mut interest = Vec::new();
         for (&topic, subscription) in &mut self.subscriptions {
             if now >= subscription.interest_due {
                 subscription.interest_due = now + REFRESH;
-                interest.push(topic);
+                // The first goes to every rendezvous.
+                let turn = (subscription.interests_sent > 0).then_some(subscription.interests_sent);
+                subscription.interests_sent += 1;
+                interest.push((topic, turn));
             }
         }
-        for topic in announce {
+        for (topic, since) in announce {
             for node in Self::rendezvous_of(overlay, topic, now) {
-                let bytes = Message::Announce { topic }.to_bytes();
+                let bytes = Message::Announce { topic, since }.to_bytes();
                 self.out.send(&mut self.stats, node, bytes);
             }
         }
-        for topic in interest {
-            for node in Self::rendezvous_of(overlay, topic, now) {
+        for (topic, turn) in interest {
+            let rendezvous = Self::rendezvous_of(overlay, topic, now);
+            let chosen = match turn {
+                Some(turn) if !rendezvous.is_empty() => vec![rendezvous[turn % rendezvous.len()]],
+                _ => rendezvous,
+            };
+            for node in chosen {
                 let bytes = Message::Interest { topic }.to_bytes();
                 self.out.send(&mut self.stats, node, bytes);
             }
@@ -779,6 +865,7 @@ impl PubSub {
                 self.publications.contains_key(&id.topic) && id.publisher == self.local;
             let tree = self.trees.get_mut(&id).expect("listed");
             tree.expire_children(now);
+            tree.forget_old(now);
             let silent = now >= tree.heard + SOFT_STATE;
             if !publishing && tree.children.is_empty() && (!tree.local || silent) {
                 if let Some(upstream) = tree.upstream {

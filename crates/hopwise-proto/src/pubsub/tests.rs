@@ -103,6 +103,7 @@ fn a_gap_not_recovered_in_time_is_passed_over_and_counted() {
 #[test]
 fn a_member_joining_a_young_publication_fetches_it_all_and_an_old_one_only_what_follows() {
     let mut young = Tree::new(at(0), 1);
+    young.local = true;
     young.learn_highest(CATCH_UP, at(0));
     assert_eq!(young.missing_count() as u64, CATCH_UP);
     let mut old = Tree::new(at(0), 1);
@@ -121,6 +122,153 @@ fn a_member_joining_a_young_publication_fetches_it_all_and_an_old_one_only_what_
         at(1),
     );
     assert_eq!(delivered(&mut old, at(1)), vec![CATCH_UP + 2]);
+}
+
+#[test]
+fn a_subscriber_that_was_there_when_the_publication_started_fetches_all_of_it() {
+    // Told by a rendezvous that the publication started (from 0) after it subscribed: at any
+    // rate, all of it, although the join's answer is far beyond CATCH_UP.
+    let mut early = Tree::new(at(0), 1);
+    early.local = true;
+    early.start_after(0);
+    early.learn_highest(500, at(0));
+    assert_eq!(early.missing_count(), 500);
+    // A rendezvous that heard of it late (it took over the topic) says where it was then.
+    let mut later = Tree::new(at(0), 1);
+    later.local = true;
+    later.start_after(450);
+    later.learn_highest(500, at(0));
+    assert_eq!(later.missing_count(), 50);
+    // Once started, a hint changes nothing.
+    later.start_after(0);
+    later.learn_highest(510, at(1));
+    assert_eq!(later.missing_count(), 60);
+}
+
+#[test]
+fn a_forwarder_fetches_only_what_its_children_lack_and_sends_none_what_it_has() {
+    // A forwarder that left a young publication and joined again: its children say how far
+    // they have it, and it fetches nothing below that.
+    let mut forwarder = Tree::new(at(0), 1);
+    forwarder.epoch = 7;
+    let child = |through| tree::Child {
+        until: at(30_000),
+        epoch: 7,
+        through,
+    };
+    forwarder.children.insert(node(3), child(20));
+    forwarder.children.insert(node(4), child(30));
+    forwarder.learn_highest(40, at(0));
+    assert_eq!(forwarder.missing_count(), 20, "21 to 40");
+    let to = |tree: &Tree, seq| {
+        let mut to: Vec<NodeId> = tree.children_lacking(seq, node(2)).collect();
+        to.sort();
+        to
+    };
+    assert_eq!(to(&forwarder, 25), vec![node(3)], "node 4 has 25");
+    assert_eq!(to(&forwarder, 31), vec![node(3), node(4)]);
+    // A child of another publication has nothing of this one.
+    forwarder.children.insert(
+        node(4),
+        tree::Child {
+            epoch: 6,
+            ..child(90)
+        },
+    );
+    assert_eq!(to(&forwarder, 25), vec![node(3), node(4)]);
+}
+
+/// What `pubsub` sends, decoded, as (to, message kind) pairs.
+fn sent(pubsub: &mut PubSub) -> Vec<(NodeId, String)> {
+    std::iter::from_fn(|| pubsub.poll_transmit())
+        .map(|transmit| {
+            let message = wire::decode(&transmit.data).expect("well formed");
+            let kind = format!("{message:?}");
+            (
+                transmit.to,
+                kind.split([' ', '(']).next().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn renewed_joins_of_children_that_are_up_to_date_are_not_answered() {
+    use crate::node::{Config, Node};
+    let overlay = Node::new(Config::new(node(2), 1), at(0));
+    let mut parent = PubSub::new(node(2), 1_100, 5);
+    let id = TreeId {
+        topic: 1,
+        publisher: node(9),
+    };
+    let hear = |pubsub: &mut PubSub, from: NodeId, message: Message<'_>, ms: i64| {
+        let data = message.to_bytes();
+        let message = ServiceMessage {
+            from,
+            source_port: ports::PUBSUB,
+            data: &data,
+        };
+        pubsub.handle_message(at(ms), message, &overlay);
+        sent(pubsub)
+    };
+    let join = |ask, epoch, through| Message::Join {
+        tree: id,
+        ask,
+        epoch,
+        through,
+    };
+    // Not known here yet: no answer, the child asks again.
+    assert!(hear(&mut parent, node(3), join(true, 0, 0), 0).is_empty());
+    assert_eq!(
+        hear(
+            &mut parent,
+            node(9),
+            Message::Data {
+                tree: id,
+                epoch: 7,
+                seq: 1,
+                message: b"a"
+            },
+            10
+        ),
+        vec![(node(3), "Data".to_string())]
+    );
+    let joined = vec![(node(3), "Joined".to_string())];
+    assert!(
+        hear(&mut parent, node(3), join(false, 7, 1), 20).is_empty(),
+        "up to date"
+    );
+    assert_eq!(
+        hear(&mut parent, node(3), join(true, 7, 1), 30),
+        joined,
+        "asked"
+    );
+    assert_eq!(
+        hear(&mut parent, node(3), join(false, 7, 0), 40),
+        joined,
+        "behind"
+    );
+    assert_eq!(
+        hear(&mut parent, node(4), join(false, 7, 1), 50),
+        vec![(node(4), "Joined".to_string())],
+        "new here"
+    );
+    // A child that had message 2 from elsewhere does not get it again.
+    assert!(hear(&mut parent, node(3), join(false, 7, 2), 60).is_empty());
+    assert_eq!(
+        hear(
+            &mut parent,
+            node(9),
+            Message::Data {
+                tree: id,
+                epoch: 7,
+                seq: 2,
+                message: b"b"
+            },
+            70
+        ),
+        vec![(node(4), "Data".to_string())]
+    );
 }
 
 #[test]

@@ -12,8 +12,12 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::keyed::{self, Map};
 use crate::{Duration, Instant, NodeId};
 
-/// Messages each member keeps for repairs.
-pub const RECENT: usize = 1_024;
+/// Messages each member keeps for repairs at most: enough for the [`GIVE_UP`] time at a
+/// thousand messages a second. They are kept for [`RETAIN`] (the last [`CATCH_UP`] for
+/// longer) and take [`RECENT_BYTES`] at most.
+pub const RECENT: usize = 4_096;
+pub const RECENT_BYTES: usize = 1 << 20;
+pub const RETAIN: Duration = Duration::from_secs(10);
 /// A member that joins a publication of at most this many messages fetches all of them.
 pub const CATCH_UP: u64 = 64;
 /// The window of numbers a member keeps track of, below its highest.
@@ -43,6 +47,17 @@ struct Stored {
     repaired: Option<(NodeId, Instant)>,
 }
 
+/// A member joined to this one.
+#[derive(Debug, Clone, Copy)]
+pub struct Child {
+    /// When its join expires unless renewed.
+    pub until: Instant,
+    /// It has every message of publication `epoch` up to `through` (its last join said so):
+    /// those are not sent to it again.
+    pub epoch: u32,
+    pub through: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Missing {
     noticed: Instant,
@@ -57,8 +72,8 @@ pub(super) struct Tree {
     /// The upstream answered the last join.
     pub acked: bool,
     pub join_sent: Option<Instant>,
-    /// Members joined here, with when their join expires.
-    pub children: Map<NodeId, Instant>,
+    /// Members joined here.
+    pub children: Map<NodeId, Child>,
     /// This node subscribes to the topic.
     pub local: bool,
     /// Messages left out of local delivery (given up or no room) not yet reported.
@@ -66,7 +81,11 @@ pub(super) struct Tree {
     /// The last time the publisher was heard of (data, an answered join, a listing).
     pub heard: Instant,
     recent: BTreeMap<u64, Stored>,
+    recent_bytes: usize,
     started: bool,
+    /// Where to start instead of the usual rule: the publication started after this node
+    /// subscribed, and this is where (see [`Tree::start_after`]).
+    start_hint: Option<u64>,
     /// Numbers at or below this were before this member's start.
     floor: u64,
     pub highest: u64,
@@ -87,7 +106,9 @@ impl Tree {
             lost_unreported: 0,
             heard: now,
             recent: BTreeMap::new(),
+            recent_bytes: 0,
             started: false,
+            start_hint: None,
             floor: 0,
             highest: 0,
             delivered: 0,
@@ -99,11 +120,21 @@ impl Tree {
     pub fn restart(&mut self, epoch: u32) {
         self.epoch = epoch;
         self.recent.clear();
+        self.recent_bytes = 0;
         self.missing.clear();
         self.started = false;
         self.floor = 0;
         self.highest = 0;
         self.delivered = 0;
+    }
+
+    /// A rendezvous said the publication started after this subscriber was there, from
+    /// message `since` on: a member that has not started yet fetches everything after it
+    /// (what its window holds), not just what comes after its join.
+    pub fn start_after(&mut self, since: u64) {
+        if !self.started {
+            self.start_hint = Some(since);
+        }
     }
 
     /// The publisher's own tree starts with its first message.
@@ -117,7 +148,11 @@ impl Tree {
     pub fn learn_highest(&mut self, highest: u64, now: Instant) {
         if !self.started {
             self.started = true;
-            self.floor = if highest <= CATCH_UP { 0 } else { highest };
+            self.floor = match self.start_hint.take() {
+                Some(since) => since.min(highest),
+                None if highest <= CATCH_UP => self.needed_from().min(highest),
+                None => highest,
+            };
             self.delivered = self.floor;
             self.highest = self.floor;
         }
@@ -160,6 +195,47 @@ impl Tree {
                 nacked: None,
             });
         }
+    }
+
+    /// Where a member that starts now has to fetch a young publication from: the start for a
+    /// subscriber, and otherwise only what its children lack (a forwarder that left the tree
+    /// and joined again would fetch what they have had from it before).
+    fn needed_from(&self) -> u64 {
+        if self.local {
+            return 0;
+        }
+        self.children
+            .values()
+            .map(|child| {
+                if child.epoch == self.epoch {
+                    child.through
+                } else {
+                    0
+                }
+            })
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The number up to which this member has every message (or gave up on it): what its joins
+    /// tell the upstream.
+    pub fn through(&self) -> u64 {
+        if !self.started {
+            return 0;
+        }
+        self.missing
+            .first_key_value()
+            .map_or(self.highest, |(&seq, _)| seq - 1)
+    }
+
+    /// The children to send data message `seq` to: all but `from` and those that have it.
+    pub fn children_lacking(&self, seq: u64, from: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        self.children
+            .iter()
+            .filter(move |(id, child)| {
+                **id != from && !(child.epoch == self.epoch && seq <= child.through)
+            })
+            .map(|(&id, _)| id)
     }
 
     /// Older than the window below the highest number known.
@@ -207,10 +283,43 @@ impl Tree {
                 repaired: None,
             },
         );
-        while self.recent.len() > RECENT {
-            self.recent.pop_first();
-        }
+        self.recent_bytes += bytes.len();
+        self.forget_old(now);
         Accepted::New
+    }
+
+    /// Lets go of the messages beyond the bounds of [`RECENT`].
+    pub fn forget_old(&mut self, now: Instant) {
+        while let Some((_, oldest)) = self.recent.first_key_value() {
+            let over = self.recent.len() > RECENT || self.recent_bytes > RECENT_BYTES;
+            let aged = self.recent.len() > CATCH_UP as usize && now >= oldest.arrived + RETAIN;
+            if !(over || aged) {
+                return;
+            }
+            let (_, dropped) = self.recent.pop_first().expect("seen");
+            self.recent_bytes -= dropped.bytes.len();
+        }
+    }
+
+    /// What a child that joined here from elsewhere lacks, having every message up to
+    /// `through`: the messages after that, at most `limit`, sent now (so a nack for one of
+    /// them soon after is not answered twice).
+    pub fn catch_up(
+        &mut self,
+        child: NodeId,
+        through: u64,
+        now: Instant,
+        limit: usize,
+    ) -> Vec<Vec<u8>> {
+        let from = through.saturating_add(1);
+        self.recent
+            .range_mut(from..)
+            .take(limit)
+            .map(|(_, stored)| {
+                stored.repaired = Some((child, now));
+                stored.bytes.clone()
+            })
+            .collect()
     }
 
     /// Whether this member has data message `seq`.
@@ -297,6 +406,6 @@ impl Tree {
 
     /// Joins that were not renewed in time end.
     pub fn expire_children(&mut self, now: Instant) {
-        self.children.retain(|_, until| now < *until);
+        self.children.retain(|_, child| now < child.until);
     }
 }

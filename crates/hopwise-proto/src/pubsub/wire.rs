@@ -3,19 +3,28 @@
 //! topic and its publisher.
 //!
 //! ```text
-//! announce    1 | topic u64                                        publisher -> rendezvous
+//! announce    1 | topic u64 | since u64                            publisher -> rendezvous
 //! interest    2 | topic u64                                        subscriber -> rendezvous
 //! publishers  3 | topic u64 | count u8 | publisher u64 * count     rendezvous -> subscriber
-//! join        4 | topic u64 | publisher u64                        child -> parent
+//! join        4 | topic u64 | publisher u64 | ask u8 | epoch u32 | through u64   child -> parent
 //! joined      5 | topic u64 | publisher u64 | epoch u32 | highest u64    parent -> child
 //! leave       6 | topic u64 | publisher u64                        child -> parent
 //! data        7 | topic u64 | publisher u64 | epoch u32 | seq u64 | message  parent -> child
 //! nack        8 | topic u64 | publisher u64 | epoch u32 | first u64 | count u16  child -> parent
+//! started     9 | topic u64 | publisher u64 | since u64          rendezvous -> subscriber
 //! ```
+//!
+//! A publisher's first announcement of a publication says `since` 0, later ones its highest
+//! number; a rendezvous that hears of a publisher for the first time passes that on to the
+//! interested nodes (`started`), which fetch the messages after it: subscribers that were there
+//! when a publication started get all of it, whatever the rate.
 //!
 //! An epoch is drawn by the publisher when it starts publishing on a topic, so sequence
 //! numbers that start again after a restart are not taken for old ones. Epoch 0 in `joined`
-//! means the parent has not heard from the publisher yet.
+//! means the parent has not heard from the publisher yet. A join says how far its sender has
+//! every message (`through`, in `epoch`), so that a parent sends a child nothing it has already,
+//! and answers a renewal only when the child is behind; `ask` 1 asks for an answer regardless
+//! (a first join to this parent).
 
 use crate::NodeId;
 use crate::wire::DecodeError;
@@ -29,6 +38,7 @@ const JOINED: u8 = 5;
 const LEAVE: u8 = 6;
 const DATA: u8 = 7;
 const NACK: u8 = 8;
+const STARTED: u8 = 9;
 
 /// Publishers one `publishers` message lists at most (and a rendezvous keeps per topic).
 pub const MAX_LISTED_PUBLISHERS: usize = 64;
@@ -48,6 +58,7 @@ pub struct TreeId {
 pub enum Message<'a> {
     Announce {
         topic: u64,
+        since: u64,
     },
     Interest {
         topic: u64,
@@ -57,7 +68,12 @@ pub enum Message<'a> {
         topic: u64,
         ids: &'a [u8],
     },
-    Join(TreeId),
+    Join {
+        tree: TreeId,
+        ask: bool,
+        epoch: u32,
+        through: u64,
+    },
     Joined {
         tree: TreeId,
         epoch: u32,
@@ -75,6 +91,10 @@ pub enum Message<'a> {
         epoch: u32,
         first: u64,
         count: u16,
+    },
+    Started {
+        tree: TreeId,
+        since: u64,
     },
 }
 
@@ -112,9 +132,10 @@ impl<'a> Message<'a> {
 
     pub fn encode(&self, out: &mut Vec<u8>) {
         match *self {
-            Self::Announce { topic } => {
+            Self::Announce { topic, since } => {
                 out.push(ANNOUNCE);
                 out.extend_from_slice(&topic.to_be_bytes());
+                out.extend_from_slice(&since.to_be_bytes());
             }
             Self::Interest { topic } => {
                 out.push(INTEREST);
@@ -124,7 +145,17 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&encode_publishers(topic, self.publishers()));
                 debug_assert!(ids.len() % 8 == 0);
             }
-            Self::Join(tree) => put_tree(out, JOIN, tree),
+            Self::Join {
+                tree,
+                ask,
+                epoch,
+                through,
+            } => {
+                put_tree(out, JOIN, tree);
+                out.push(u8::from(ask));
+                out.extend_from_slice(&epoch.to_be_bytes());
+                out.extend_from_slice(&through.to_be_bytes());
+            }
             Self::Joined {
                 tree,
                 epoch,
@@ -157,6 +188,10 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&first.to_be_bytes());
                 out.extend_from_slice(&count.to_be_bytes());
             }
+            Self::Started { tree, since } => {
+                put_tree(out, STARTED, tree);
+                out.extend_from_slice(&since.to_be_bytes());
+            }
         }
     }
 
@@ -180,6 +215,7 @@ pub fn decode(data: &[u8]) -> Result<Message<'_>, DecodeError> {
     let message = match reader.u8()? {
         ANNOUNCE => Message::Announce {
             topic: reader.u64()?,
+            since: reader.u64()?,
         },
         INTEREST => Message::Interest {
             topic: reader.u64()?,
@@ -195,7 +231,16 @@ pub fn decode(data: &[u8]) -> Result<Message<'_>, DecodeError> {
                 ids: reader.slice(count * 8)?,
             }
         }
-        JOIN => Message::Join(read_tree(&mut reader)?),
+        JOIN => Message::Join {
+            tree: read_tree(&mut reader)?,
+            ask: match reader.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::ReservedBitsSet),
+            },
+            epoch: reader.u32()?,
+            through: reader.u64()?,
+        },
         JOINED => Message::Joined {
             tree: read_tree(&mut reader)?,
             epoch: reader.u32()?,
@@ -228,6 +273,10 @@ pub fn decode(data: &[u8]) -> Result<Message<'_>, DecodeError> {
             }
             message
         }
+        STARTED => Message::Started {
+            tree: read_tree(&mut reader)?,
+            since: reader.u64()?,
+        },
         other => return Err(DecodeError::UnknownKind(other)),
     };
     reader.finish()?;
@@ -250,13 +299,21 @@ mod tests {
     fn every_message_reads_back_as_written() {
         let ids: Vec<u8> = [[1u8; 8], [2; 8]].concat();
         let messages = [
-            Message::Announce { topic: 5 },
+            Message::Announce {
+                topic: 5,
+                since: 17,
+            },
             Message::Interest { topic: 6 },
             Message::Publishers {
                 topic: 7,
                 ids: &ids,
             },
-            Message::Join(tree()),
+            Message::Join {
+                tree: tree(),
+                ask: true,
+                epoch: 3,
+                through: 98,
+            },
             Message::Joined {
                 tree: tree(),
                 epoch: 3,
@@ -274,6 +331,10 @@ mod tests {
                 epoch: 3,
                 first: 40,
                 count: 12,
+            },
+            Message::Started {
+                tree: tree(),
+                since: 7,
             },
         ];
         for message in messages {
