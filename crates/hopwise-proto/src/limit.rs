@@ -1,4 +1,4 @@
-//! Rate limits on handshakes: a token bucket per source (hashed into a fixed array, so a flood
+//! Token buckets, and the rate limits on handshakes built of them: a token bucket per source (hashed into a fixed array, so a flood
 //! of sources allocates nothing) and one for all sources together.
 //!
 //! The secure layer keys its buckets by the source IP of a hello; the end-to-end layer by the
@@ -11,14 +11,23 @@ use crate::keyed::HashKey;
 
 const SOURCE_BUCKETS: usize = 256;
 
+/// A token bucket, full when made.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct Bucket {
     tokens: f64,
     updated: Instant,
 }
 
 impl Bucket {
-    fn take(&mut self, now: Instant, rate: Rate) -> bool {
+    pub fn full(rate: Rate, now: Instant) -> Self {
+        Self {
+            tokens: rate.burst,
+            updated: now,
+        }
+    }
+
+    /// Takes a token if there is one at `rate`.
+    pub fn take(&mut self, now: Instant, rate: Rate) -> bool {
         let elapsed = now.saturating_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
         self.updated = now;
@@ -49,13 +58,9 @@ pub struct HandshakeLimiter {
 
 impl HandshakeLimiter {
     pub fn new(source_rate: Rate, overall_rate: Rate, hash_key: HashKey, now: Instant) -> Self {
-        let full = |rate: Rate| Bucket {
-            tokens: rate.burst,
-            updated: now,
-        };
         Self {
-            per_source: Box::new([full(source_rate); SOURCE_BUCKETS]),
-            overall: full(overall_rate),
+            per_source: Box::new([Bucket::full(source_rate, now); SOURCE_BUCKETS]),
+            overall: Bucket::full(overall_rate, now),
             source_rate,
             overall_rate,
             hash_key,

@@ -1,11 +1,16 @@
 //! Publish/subscribe on every node of a simulated PlanetLab network: trees along the unicast
-//! routes, repairs of random loss, and trees that follow the routes around dead forwarders.
+//! routes, repairs of random loss, trees that follow the routes around dead forwarders, and a
+//! member that subscribes to everything and floods.
 
 mod common;
 
-use hopwise_proto::Duration;
+use hopwise_proto::pubsub::{
+    MAX_PUBLISH_RATE, MAX_SUBSCRIPTIONS, MAX_TREES, PubSub, PubSubError, PubSubEvent,
+};
+use hopwise_proto::service::{BASE_DATA, ServiceHandle, ports};
+use hopwise_proto::{Duration, NodeId};
 use hopwise_sim::pubsub::{PubSubReport, PubSubWorkloadConfig};
-use hopwise_sim::{NetworkConfig, Scenario, SimConfig, run};
+use hopwise_sim::{NetworkConfig, Scenario, SimConfig, Simulation, run};
 
 /// 4 topics on the bundled 50 nodes, 40 % of them subscribed to each, 3 publishers per topic
 /// at 10 messages a second, for `seconds`.
@@ -86,4 +91,150 @@ fn trees_follow_the_routes_around_dead_forwarders_within_seconds() {
     assert!(report.repaired_pairs > 0);
     assert!(repair.max <= 3_000.0, "{report:?}");
     assert!(report.delivered_fraction >= 0.999, "{report:?}");
+}
+
+/// Takes the events of node `node`'s service: the sequence numbers of `source`'s messages in
+/// the order they came, and how many were reported lost.
+fn take_events(
+    sim: &mut Simulation,
+    node: usize,
+    handle: ServiceHandle<PubSub>,
+    source: NodeId,
+    got: &mut Vec<u64>,
+) -> u64 {
+    let events: Vec<PubSubEvent> = sim
+        .with_service(node, handle, |pubsub| {
+            std::iter::from_fn(|| pubsub.poll_event()).collect()
+        })
+        .unwrap_or_default();
+    let mut lost = 0;
+    for event in events {
+        match event {
+            PubSubEvent::Message(delivery) if delivery.source == source => got.push(delivery.seq),
+            PubSubEvent::Lost { count, .. } => lost += count,
+            PubSubEvent::Message(_) => {}
+        }
+    }
+    lost
+}
+
+#[test]
+fn a_member_subscribing_to_100000_topics_and_flooding_publishes_is_bounded_and_the_others_keep_delivering()
+ {
+    let mut sim = Simulation::new(common::bundled_planetlab(), &SimConfig::default());
+    sim.run_until(sim.now() + Duration::from_secs(40));
+    let handles: Vec<ServiceHandle<PubSub>> = (0..sim.len())
+        .map(|node| {
+            let service = PubSub::new(sim.id_of(node), BASE_DATA, node as u64);
+            sim.register(node, ports::PUBSUB, service)
+                .expect("running")
+                .expect("a free port")
+        })
+        .collect();
+    let (abuser, calm_publisher) = (5, 1);
+    let calm: Vec<usize> = (10..30).collect();
+    let storm: Vec<usize> = (30..40).collect();
+    let now = sim.now();
+    for (nodes, topic) in [(&calm, "calm"), (&storm, "storm")] {
+        for &node in nodes {
+            sim.with_service(node, handles[node], |pubsub| pubsub.subscribe(now, topic))
+                .unwrap()
+                .unwrap();
+        }
+    }
+    // The abuser subscribes to 100,000 topics: the first MAX_SUBSCRIPTIONS are taken.
+    let refused = sim
+        .with_service(abuser, handles[abuser], |pubsub| {
+            (0..100_000)
+                .filter(|t| pubsub.subscribe(now, &format!("t{t}")).is_err())
+                .count()
+        })
+        .unwrap();
+    assert_eq!(refused, 100_000 - MAX_SUBSCRIPTIONS);
+    sim.run_until(now + Duration::from_secs(5));
+
+    // For 10 s the abuser tries 10,000 messages a second on "storm", twice its rate, while
+    // another member publishes 10 a second on "calm".
+    let mut flood = (0, 0);
+    let mut calm_sent = 0;
+    let (mut calm_got, mut storm_got) = (vec![Vec::new(); sim.len()], vec![Vec::new(); sim.len()]);
+    let (mut lost, mut storm_lost) = (0, vec![0; sim.len()]);
+    let (abuser_id, calm_id) = (sim.id_of(abuser), sim.id_of(calm_publisher));
+    for step in 0..1_500 {
+        let now = sim.now();
+        if step < 1_000 {
+            let outcome = sim
+                .with_service(abuser, handles[abuser], |pubsub| {
+                    (0..100)
+                        .map(|_| pubsub.publish(now, "storm", b"flood"))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap();
+            for result in outcome {
+                match result {
+                    Ok(_) => flood.0 += 1,
+                    Err(error) => {
+                        assert_eq!(error, PubSubError::RateLimited);
+                        assert!(error.to_string().contains("messages a second"));
+                        flood.1 += 1;
+                    }
+                }
+            }
+            if step % 10 == 0 {
+                sim.with_service(calm_publisher, handles[calm_publisher], |pubsub| {
+                    pubsub.publish(now, "calm", b"calm")
+                })
+                .unwrap()
+                .unwrap();
+                calm_sent += 1;
+            }
+        }
+        sim.run_until(now + Duration::from_millis(10));
+        if step % 10 == 9 {
+            for &node in &calm {
+                lost += take_events(&mut sim, node, handles[node], calm_id, &mut calm_got[node]);
+            }
+            for &node in &storm {
+                storm_lost[node] += take_events(
+                    &mut sim,
+                    node,
+                    handles[node],
+                    abuser_id,
+                    &mut storm_got[node],
+                );
+            }
+        }
+    }
+    eprintln!("flood: {} published, {} refused", flood.0, flood.1);
+    let abuser_stats = *sim.service(abuser, handles[abuser]).unwrap().stats();
+    assert_eq!(abuser_stats.rate_limited, flood.1);
+    assert!(flood.0 <= 6 * MAX_PUBLISH_RATE as u64 * 2, "{flood:?}");
+    assert!(flood.1 >= 40_000, "{flood:?}");
+    // The calm topic lost nothing and kept its order; the storm's subscribers had what the
+    // flood's first second did not push out of the buffers before their trees formed, in
+    // order, and were told of the rest.
+    assert_eq!(lost, 0);
+    for &node in &calm {
+        assert_eq!(
+            calm_got[node],
+            (1..=calm_sent).collect::<Vec<u64>>(),
+            "node {node}"
+        );
+    }
+    for &node in &storm {
+        let got = &storm_got[node];
+        assert!(got.windows(2).all(|pair| pair[0] < pair[1]), "node {node}");
+        assert_eq!(got.len() as u64 + storm_lost[node], flood.0, "node {node}");
+        assert!(
+            got.len() as u64 >= flood.0 * 9 / 10,
+            "node {node}: {}",
+            got.len()
+        );
+    }
+    // Every node's state stayed within its bounds.
+    for (node, &handle) in handles.iter().enumerate() {
+        let pubsub = sim.service(node, handle).unwrap();
+        assert!(pubsub.trees().count() <= MAX_TREES);
+        assert!(pubsub.subscriptions().count() <= MAX_SUBSCRIPTIONS);
+    }
 }

@@ -574,7 +574,7 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
                 out,
                 "pubsub: {} subscriptions, {} publications, {} trees, rendezvous for {} · \
                  published {} · delivered {} · forwarded {} · repairs {} · nacks {} · moves {} · \
-                 lost {} · duplicates {} · refused {} · malformed {}",
+                 lost {} · duplicates {} · refused {} · rate limited {} · malformed {}",
                 pubsub.subscriptions,
                 pubsub.publications,
                 pubsub.trees,
@@ -588,6 +588,7 @@ fn print_response(out: &mut String, response: &Response, hop_by_hop: bool) {
                 pubsub.lost,
                 pubsub.duplicates,
                 pubsub.refused,
+                pubsub.rate_limited,
                 pubsub.dropped_malformed
             );
             if let Some(vpn) = &status.vpn {

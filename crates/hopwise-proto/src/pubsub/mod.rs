@@ -33,6 +33,7 @@ mod tests;
 use crate::keyed::{self, Map};
 use crate::kv::key_hash;
 use crate::kv::placement::View;
+use crate::limit::{Bucket, Rate};
 use crate::node::Node;
 use crate::service::{Message as ServiceMessage, Service, ServiceTransmit, ports};
 use crate::{Duration, Instant, NodeId};
@@ -54,6 +55,14 @@ pub const MAX_PUBLICATIONS: usize = 1_024;
 pub const MAX_TREES: usize = 8_192;
 /// Members one tree node forwards to at most: the fan-out of every message.
 pub const MAX_CHILDREN: usize = 256;
+/// Messages a node publishes a second at most, on all its topics together (and as many at
+/// once): a flood beyond it is refused, so that it cannot outrun the buffers that repair its
+/// messages ([`RECENT`]).
+pub const MAX_PUBLISH_RATE: u32 = 5_000;
+const PUBLISH_RATE: Rate = Rate {
+    per_second: MAX_PUBLISH_RATE as f64,
+    burst: MAX_PUBLISH_RATE as f64,
+};
 /// Events waiting for the service's user at most; a user that does not keep up loses messages.
 pub const MAX_EVENTS: usize = 16_384;
 /// Joins, announcements and interests are renewed this often, and forgotten when they were not
@@ -82,6 +91,7 @@ pub enum PubSubError {
     TooManySubscriptions,
     TooManyPublications,
     TooManyTrees,
+    RateLimited,
 }
 
 impl std::fmt::Display for PubSubError {
@@ -105,6 +115,10 @@ impl std::fmt::Display for PubSubError {
                 )
             }
             Self::TooManyTrees => write!(f, "this node is in {MAX_TREES} trees already"),
+            Self::RateLimited => write!(
+                f,
+                "this node publishes more than {MAX_PUBLISH_RATE} messages a second"
+            ),
         }
     }
 }
@@ -156,6 +170,8 @@ pub struct PubSubStats {
     pub unwanted: u64,
     /// Joins, trees and rendezvous state turned away by the bounds.
     pub refused: u64,
+    /// Publishes refused beyond [`MAX_PUBLISH_RATE`].
+    pub rate_limited: u64,
     pub malformed: u64,
     /// Service datagrams and their bytes (before end-to-end sealing).
     pub datagrams_sent: u64,
@@ -231,6 +247,7 @@ pub struct PubSub {
     stats: PubSubStats,
     next_tick: Option<Instant>,
     ready: VecDeque<(u64, Vec<u8>)>,
+    publish_tokens: Bucket,
 }
 
 fn check_topic(topic: &str) -> Result<u64, PubSubError> {
@@ -274,6 +291,7 @@ impl PubSub {
             stats: PubSubStats::default(),
             next_tick: None,
             ready: VecDeque::new(),
+            publish_tokens: Bucket::full(PUBLISH_RATE, Instant::ZERO),
         }
     }
 
@@ -345,6 +363,10 @@ impl PubSub {
                 len: message.len(),
                 max: self.max_message,
             });
+        }
+        if !self.publish_tokens.take(now, PUBLISH_RATE) {
+            self.stats.rate_limited += 1;
+            return Err(PubSubError::RateLimited);
         }
         let id = TreeId {
             topic: hash,
@@ -486,7 +508,7 @@ impl PubSub {
                 };
                 tree.local = true;
                 tree.heard = now;
-                tree.start_after(since);
+                tree.start_after(since, now);
                 self.maintain(id, now, overlay);
             }
             Message::Interest { topic } => {
@@ -598,7 +620,12 @@ impl PubSub {
             return None;
         }
         let seed = self.seed;
-        Some(self.trees.entry(id).or_insert_with(|| Tree::new(now, seed)))
+        let local = self.subscriptions.contains_key(&id.topic);
+        Some(self.trees.entry(id).or_insert_with(|| {
+            let mut tree = Tree::new(now, seed);
+            tree.local = local;
+            tree
+        }))
     }
 
     /// A join from `from`, which has every message of publication `has.0` up to `has.1`. A

@@ -130,19 +130,29 @@ fn a_subscriber_that_was_there_when_the_publication_started_fetches_all_of_it() 
     // rate, all of it, although the join's answer is far beyond CATCH_UP.
     let mut early = Tree::new(at(0), 1);
     early.local = true;
-    early.start_after(0);
+    early.start_after(0, at(0));
     early.learn_highest(500, at(0));
     assert_eq!(early.missing_count(), 500);
     // A rendezvous that heard of it late (it took over the topic) says where it was then.
     let mut later = Tree::new(at(0), 1);
     later.local = true;
-    later.start_after(450);
+    later.start_after(450, at(0));
     later.learn_highest(500, at(0));
     assert_eq!(later.missing_count(), 50);
-    // Once started, a hint changes nothing.
-    later.start_after(0);
+    // Once it delivered something, a hint changes nothing.
+    later.accept(451, node(2), &data(451), DATA_OVERHEAD, at(1));
+    assert_eq!(delivered(&mut later, at(1)), vec![451]);
+    later.start_after(0, at(1));
     later.learn_highest(510, at(1));
-    assert_eq!(later.missing_count(), 60);
+    assert_eq!(later.missing_count(), 59);
+    // A member that started as a forwarder, before the word came, goes back to it.
+    let mut forwarder = Tree::new(at(0), 1);
+    forwarder.epoch = 7;
+    forwarder.learn_highest(500, at(0));
+    assert_eq!(forwarder.missing_count(), 0);
+    forwarder.local = true;
+    forwarder.start_after(0, at(1));
+    assert_eq!(forwarder.missing_count(), 500);
 }
 
 #[test]
@@ -336,6 +346,28 @@ fn publishing_checks_topics_and_sizes_and_numbers_messages() {
 }
 
 #[test]
+fn a_flood_of_publishes_is_refused_beyond_the_rate_and_counted() {
+    let mut pubsub = PubSub::new(node(1), 1_100, 5);
+    let accepted = (0..20_000)
+        .filter(|_| pubsub.publish(at(1_000), "storm", b"m").is_ok())
+        .count();
+    assert_eq!(
+        accepted, MAX_PUBLISH_RATE as usize,
+        "a burst of a second's worth"
+    );
+    assert_eq!(
+        pubsub.publish(at(1_000), "calm", b"m"),
+        Err(PubSubError::RateLimited)
+    );
+    assert_eq!(pubsub.stats().rate_limited, 20_000 - accepted as u64 + 1);
+    // A tenth of a second later, a tenth of the rate again.
+    let later = (0..1_000)
+        .filter(|_| pubsub.publish(at(1_100), "calm", b"m").is_ok())
+        .count();
+    assert_eq!(later, MAX_PUBLISH_RATE as usize / 10);
+}
+
+#[test]
 fn subscriptions_are_bounded() {
     let mut pubsub = PubSub::new(node(1), 1_100, 5);
     for topic in 0..MAX_SUBSCRIPTIONS {
@@ -354,8 +386,9 @@ fn a_subscriber_that_does_not_keep_up_loses_messages_and_is_told_how_many() {
     let mut pubsub = PubSub::new(node(1), 1_100, 5);
     pubsub.subscribe(at(0), "firehose").unwrap();
     let published = MAX_EVENTS as u64 + 100;
+    // Within the publishing rate: a message a millisecond.
     for seq in 1..=published {
-        assert_eq!(pubsub.publish(at(0), "firehose", b"m"), Ok(seq));
+        assert_eq!(pubsub.publish(at(seq as i64), "firehose", b"m"), Ok(seq));
     }
     let events: Vec<PubSubEvent> = std::iter::from_fn(|| pubsub.poll_event()).collect();
     assert!(events.len() <= MAX_EVENTS);
@@ -364,7 +397,9 @@ fn a_subscriber_that_does_not_keep_up_loses_messages_and_is_told_how_many() {
         .filter(|e| matches!(e, PubSubEvent::Message(_)))
         .count() as u64;
     // Room again: the next message comes after a report of what was lost.
-    pubsub.publish(at(1), "firehose", b"m").unwrap();
+    pubsub
+        .publish(at(published as i64 + 1), "firehose", b"m")
+        .unwrap();
     let lost: u64 = std::iter::from_fn(|| pubsub.poll_event())
         .chain(events)
         .filter_map(|e| match e {

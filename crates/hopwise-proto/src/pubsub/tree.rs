@@ -130,11 +130,28 @@ impl Tree {
 
     /// A rendezvous said the publication started after this subscriber was there, from
     /// message `since` on: a member that has not started yet fetches everything after it
-    /// (what its window holds), not just what comes after its join.
-    pub fn start_after(&mut self, since: u64) {
+    /// (what its window holds), not just what comes after its join; one that started already
+    /// (it forwarded for others before the word came) goes back to `since` if it has delivered
+    /// nothing yet.
+    pub fn start_after(&mut self, since: u64, now: Instant) {
         if !self.started {
             self.start_hint = Some(since);
+            return;
         }
+        if since >= self.floor || self.delivered != self.floor {
+            return;
+        }
+        let from = (since + 1).max(self.highest.saturating_sub(WINDOW - 1));
+        for seq in from..=self.floor {
+            if !self.recent.contains_key(&seq) {
+                self.missing.entry(seq).or_insert(Missing {
+                    noticed: now,
+                    nacked: None,
+                });
+            }
+        }
+        self.floor = since;
+        self.delivered = since;
     }
 
     /// The publisher's own tree starts with its first message.

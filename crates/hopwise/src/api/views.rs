@@ -341,6 +341,9 @@ pub struct PubSubStatus {
     pub lost: u64,
     pub duplicates: u64,
     pub refused: u64,
+    /// Publishes refused beyond the node's publishing rate.
+    #[serde(default)]
+    pub rate_limited: u64,
     pub dropped_malformed: u64,
 }
 
@@ -364,6 +367,7 @@ impl PubSubStatus {
             lost: stats.lost,
             duplicates: stats.duplicate_link_crossings + stats.duplicate_arrivals,
             refused: stats.refused,
+            rate_limited: stats.rate_limited,
             dropped_malformed: stats.malformed,
         }
     }
