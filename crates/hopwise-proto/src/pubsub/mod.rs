@@ -30,6 +30,8 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+use std::collections::{BTreeMap, VecDeque};
+
 use crate::keyed::{self, Map};
 use crate::kv::key_hash;
 use crate::kv::placement::View;
@@ -38,7 +40,6 @@ use crate::node::Node;
 use crate::service::{Message as ServiceMessage, Service, ServiceTransmit, ports};
 use crate::{Duration, Instant, NodeId};
 use rendezvous::Rendezvous;
-use std::collections::{BTreeMap, VecDeque};
 use tree::{Accepted, Child, Tree};
 pub use tree::{CATCH_UP, GIVE_UP, RECENT};
 pub use wire::TreeId;
@@ -628,7 +629,7 @@ impl PubSub {
         }))
     }
 
-    /// A join from `from`, which has every message of publication `has.0` up to `has.1`. A
+    /// A join from `from`, which has every message of publication `epoch` up to `through`. A
     /// renewal is answered only when the child is behind (or asks): an idle tree's upkeep is
     /// the joins alone.
     fn on_join(

@@ -3,7 +3,9 @@
 //!
 //! Sequence numbers count a publisher's messages from 1. A member *starts* at the highest
 //! number its parent knows when it joins, or at 0 when the publication is young (at most
-//! [`CATCH_UP`] messages), so subscribers that join as a publisher starts get everything. From
+//! [`CATCH_UP`] messages), so subscribers that join as a publisher starts get everything; a
+//! subscriber that a rendezvous told the publication started after it subscribed starts where
+//! the rendezvous said, and a forwarder of a young one where its children need it. From
 //! there every number it learns of and has not received is *missing* until it arrives, is
 //! given up on ([`GIVE_UP`]), or falls out of the recent window.
 
