@@ -538,8 +538,8 @@ impl PubSub {
                 tree,
                 ask,
                 epoch,
-                through,
-            } => self.on_join(now, from, tree, ask, (epoch, through), overlay),
+                highest,
+            } => self.on_join(now, from, tree, ask, (epoch, highest), overlay),
             Message::Joined {
                 tree: id,
                 epoch,
@@ -629,7 +629,7 @@ impl PubSub {
         }))
     }
 
-    /// A join from `from`, which has every message of publication `epoch` up to `through`. A
+    /// A join from `from`, which has got to number `highest` of publication `epoch`. A
     /// renewal is answered only when the child is behind (or asks): an idle tree's upkeep is
     /// the joins alone.
     fn on_join(
@@ -638,7 +638,7 @@ impl PubSub {
         from: NodeId,
         id: TreeId,
         ask: bool,
-        (epoch, through): (u32, u64),
+        (epoch, highest): (u32, u64),
         overlay: &Node,
     ) {
         if id.publisher == from {
@@ -658,16 +658,16 @@ impl PubSub {
             Child {
                 until: now + SOFT_STATE,
                 epoch,
-                through,
+                highest,
             },
         );
         let known = tree.epoch != 0;
-        let behind = epoch != tree.epoch || through < tree.highest;
+        let behind = epoch != tree.epoch || highest < tree.highest;
         // A member of this publication that moved here (its route changed, a forwarder died):
         // what it lacks goes at once, a round trip sooner than its nacks would ask.
-        let moved_here = known && !renewal && epoch == tree.epoch && through > 0;
+        let moved_here = known && !renewal && epoch == tree.epoch && highest > 0;
         let catch_up = if moved_here {
-            tree.catch_up(from, through, now, MAX_CATCH_UP_PUSH)
+            tree.catch_up(from, highest, now, MAX_CATCH_UP_PUSH)
         } else {
             Vec::new()
         };
@@ -837,7 +837,7 @@ impl PubSub {
                 tree: id,
                 ask: !tree.acked,
                 epoch: tree.epoch,
-                through: tree.through(),
+                highest: tree.highest,
             };
             self.out.send(&mut self.stats, upstream, join.to_bytes());
         }

@@ -161,10 +161,10 @@ fn a_forwarder_fetches_only_what_its_children_lack_and_sends_none_what_it_has() 
     // they have it, and it fetches nothing below that.
     let mut forwarder = Tree::new(at(0), 1);
     forwarder.epoch = 7;
-    let child = |through| tree::Child {
+    let child = |highest| tree::Child {
         until: at(30_000),
         epoch: 7,
-        through,
+        highest,
     };
     forwarder.children.insert(node(3), child(20));
     forwarder.children.insert(node(4), child(30));
@@ -221,11 +221,11 @@ fn renewed_joins_of_children_that_are_up_to_date_are_not_answered() {
         pubsub.handle_message(at(ms), message, &overlay);
         sent(pubsub)
     };
-    let join = |ask, epoch, through| Message::Join {
+    let join = |ask, epoch, highest| Message::Join {
         tree: id,
         ask,
         epoch,
-        through,
+        highest,
     };
     // Not known here yet: no answer, the child asks again.
     assert!(hear(&mut parent, node(3), join(true, 0, 0), 0).is_empty());
@@ -278,6 +278,19 @@ fn renewed_joins_of_children_that_are_up_to_date_are_not_answered() {
             70
         ),
         vec![(node(4), "Data".to_string())]
+    );
+    // A member of the publication that moved here gets what it lacks above where it had got
+    // at once, ahead of the answer; one that had everything gets only the answer.
+    assert_eq!(
+        hear(&mut parent, node(5), join(true, 7, 1), 80),
+        vec![
+            (node(5), "Data".to_string()),
+            (node(5), "Joined".to_string())
+        ]
+    );
+    assert_eq!(
+        hear(&mut parent, node(6), join(true, 7, 2), 90),
+        vec![(node(6), "Joined".to_string())]
     );
 }
 

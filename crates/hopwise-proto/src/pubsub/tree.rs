@@ -54,10 +54,10 @@ struct Stored {
 pub struct Child {
     /// When its join expires unless renewed.
     pub until: Instant,
-    /// It has every message of publication `epoch` up to `through` (its last join said so):
-    /// those are not sent to it again.
+    /// It had got to number `highest` of publication `epoch` when it last joined: nothing up
+    /// to there is sent to it (it asks for what it lacks below that itself).
     pub epoch: u32,
-    pub through: u64,
+    pub highest: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -227,7 +227,7 @@ impl Tree {
             .values()
             .map(|child| {
                 if child.epoch == self.epoch {
-                    child.through
+                    child.highest
                 } else {
                     0
                 }
@@ -236,23 +236,12 @@ impl Tree {
             .unwrap_or(u64::MAX)
     }
 
-    /// The number up to which this member has every message (or gave up on it): what its joins
-    /// tell the upstream.
-    pub fn through(&self) -> u64 {
-        if !self.started {
-            return 0;
-        }
-        self.missing
-            .first_key_value()
-            .map_or(self.highest, |(&seq, _)| seq - 1)
-    }
-
     /// The children to send data message `seq` to: all but `from` and those that have it.
     pub fn children_lacking(&self, seq: u64, from: NodeId) -> impl Iterator<Item = NodeId> + '_ {
         self.children
             .iter()
             .filter(move |(id, child)| {
-                **id != from && !(child.epoch == self.epoch && seq <= child.through)
+                **id != from && !(child.epoch == self.epoch && seq <= child.highest)
             })
             .map(|(&id, _)| id)
     }
@@ -320,17 +309,17 @@ impl Tree {
         }
     }
 
-    /// What a child that joined here from elsewhere lacks, having every message up to
-    /// `through`: the messages after that, at most `limit`, sent now (so a nack for one of
-    /// them soon after is not answered twice).
+    /// What a child that joined here from elsewhere lacks, having got to `highest`: the
+    /// messages after that, at most `limit`, sent now (so a nack for one of them soon after is
+    /// not answered twice).
     pub fn catch_up(
         &mut self,
         child: NodeId,
-        through: u64,
+        highest: u64,
         now: Instant,
         limit: usize,
     ) -> Vec<Vec<u8>> {
-        let from = through.saturating_add(1);
+        let from = highest.saturating_add(1);
         self.recent
             .range_mut(from..)
             .take(limit)

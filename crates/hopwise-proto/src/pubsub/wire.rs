@@ -6,7 +6,7 @@
 //! announce    1 | topic u64 | since u64                            publisher -> rendezvous
 //! interest    2 | topic u64                                        subscriber -> rendezvous
 //! publishers  3 | topic u64 | count u8 | publisher u64 * count     rendezvous -> subscriber
-//! join        4 | topic u64 | publisher u64 | ask u8 | epoch u32 | through u64   child -> parent
+//! join        4 | topic u64 | publisher u64 | ask u8 | epoch u32 | highest u64   child -> parent
 //! joined      5 | topic u64 | publisher u64 | epoch u32 | highest u64    parent -> child
 //! leave       6 | topic u64 | publisher u64                        child -> parent
 //! data        7 | topic u64 | publisher u64 | epoch u32 | seq u64 | message  parent -> child
@@ -21,10 +21,10 @@
 //!
 //! An epoch is drawn by the publisher when it starts publishing on a topic, so sequence
 //! numbers that start again after a restart are not taken for old ones. Epoch 0 in `joined`
-//! means the parent has not heard from the publisher yet. A join says how far its sender has
-//! every message (`through`, in `epoch`), so that a parent sends a child nothing it has already,
-//! and answers a renewal only when the child is behind; `ask` 1 asks for an answer regardless
-//! (a first join to this parent).
+//! means the parent has not heard from the publisher yet. A join says how far its sender has got
+//! (`highest`, in `epoch`: it asks for what it lacks below that itself), so that a parent sends
+//! a child nothing up to there, and answers a renewal only when the child is behind; `ask` 1
+//! asks for an answer regardless (a first join to this parent).
 
 use crate::NodeId;
 use crate::wire::DecodeError;
@@ -72,7 +72,7 @@ pub enum Message<'a> {
         tree: TreeId,
         ask: bool,
         epoch: u32,
-        through: u64,
+        highest: u64,
     },
     Joined {
         tree: TreeId,
@@ -149,12 +149,12 @@ impl<'a> Message<'a> {
                 tree,
                 ask,
                 epoch,
-                through,
+                highest,
             } => {
                 put_tree(out, JOIN, tree);
                 out.push(u8::from(ask));
                 out.extend_from_slice(&epoch.to_be_bytes());
-                out.extend_from_slice(&through.to_be_bytes());
+                out.extend_from_slice(&highest.to_be_bytes());
             }
             Self::Joined {
                 tree,
@@ -239,7 +239,7 @@ pub fn decode(data: &[u8]) -> Result<Message<'_>, DecodeError> {
                 _ => return Err(DecodeError::ReservedBitsSet),
             },
             epoch: reader.u32()?,
-            through: reader.u64()?,
+            highest: reader.u64()?,
         },
         JOINED => Message::Joined {
             tree: read_tree(&mut reader)?,
@@ -312,7 +312,7 @@ mod tests {
                 tree: tree(),
                 ask: true,
                 epoch: 3,
-                through: 98,
+                highest: 98,
             },
             Message::Joined {
                 tree: tree(),

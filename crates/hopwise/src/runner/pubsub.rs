@@ -26,7 +26,9 @@ pub enum PubSubRequest {
 }
 
 /// Events a slow subscriber may fall behind by; it is told how many it lost beyond that.
-const STREAM_BACKLOG: usize = 1_024;
+/// Twice what one repair can hand over at once (a tree's recent messages), so a reader that
+/// keeps up with the publisher loses nothing to the burst after a repair.
+const STREAM_BACKLOG: usize = 2 * hopwise_proto::pubsub::RECENT;
 
 pub fn subscription_channel() -> (mpsc::Sender<PubSubEvent>, mpsc::Receiver<PubSubEvent>) {
     mpsc::channel(STREAM_BACKLOG)
