@@ -667,7 +667,7 @@ impl PubSub {
         // what it lacks goes at once, a round trip sooner than its nacks would ask.
         let moved_here = known && !renewal && epoch == tree.epoch && highest > 0;
         let catch_up = if moved_here {
-            tree.catch_up(highest, MAX_CATCH_UP_PUSH)
+            tree.catch_up(from, highest, now, MAX_CATCH_UP_PUSH)
         } else {
             Vec::new()
         };

@@ -310,14 +310,23 @@ impl Tree {
     }
 
     /// What a child that joined here from elsewhere lacks, having got to `highest`: the
-    /// messages after that, at most `limit`. They go ahead of the join's answer, so the child
-    /// asks only for those that were lost on the way, and such a nack is answered at once.
-    pub fn catch_up(&self, highest: u64, limit: usize) -> Vec<Vec<u8>> {
+    /// messages after that, at most `limit`, sent now (so a nack for one of them soon after is
+    /// not answered twice).
+    pub fn catch_up(
+        &mut self,
+        child: NodeId,
+        highest: u64,
+        now: Instant,
+        limit: usize,
+    ) -> Vec<Vec<u8>> {
         let from = highest.saturating_add(1);
         self.recent
-            .range(from..)
+            .range_mut(from..)
             .take(limit)
-            .map(|(_, stored)| stored.bytes.clone())
+            .map(|(_, stored)| {
+                stored.repaired = Some((child, now));
+                stored.bytes.clone()
+            })
             .collect()
     }
 
