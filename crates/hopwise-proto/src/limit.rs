@@ -1,5 +1,6 @@
-//! Token buckets, and the rate limits on handshakes built of them: a token bucket per source (hashed into a fixed array, so a flood
-//! of sources allocates nothing) and one for all sources together.
+//! Token buckets, and the rate limits on handshakes built of them: a token bucket per source
+//! (hashed into a fixed array, so a flood of sources allocates nothing) and one for all
+//! sources together. Pub/sub limits what a node publishes with a bucket of its own.
 //!
 //! The secure layer keys its buckets by the source IP of a hello; the end-to-end layer by the
 //! member that handed it the handshake (the last hop, whom the secure layer authenticated).

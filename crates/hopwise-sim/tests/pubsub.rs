@@ -208,7 +208,8 @@ fn a_member_subscribing_to_100000_topics_and_flooding_publishes_is_bounded_and_t
     eprintln!("flood: {} published, {} refused", flood.0, flood.1);
     let abuser_stats = *sim.service(abuser, handles[abuser]).unwrap().stats();
     assert_eq!(abuser_stats.rate_limited, flood.1);
-    assert!(flood.0 <= 6 * MAX_PUBLISH_RATE as u64 * 2, "{flood:?}");
+    // A second's burst and 10 s at the rate let through, no more.
+    assert!(flood.0 <= 11 * MAX_PUBLISH_RATE as u64, "{flood:?}");
     assert!(flood.1 >= 40_000, "{flood:?}");
     // The calm topic lost nothing and kept its order; the storm's subscribers had what the
     // flood's first second did not push out of the buffers before their trees formed, in

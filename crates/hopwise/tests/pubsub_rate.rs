@@ -118,10 +118,7 @@ fn stall_after(arrivals: &[Arrival], instant: Instant, within: Duration) -> Dura
 async fn nine_subscribers_get_1000_messages_a_second_in_order_through_a_relay_kill() {
     let matrix = cities(10);
     let dir = scratch("pubsub-rate");
-    let mut net = Testnet::create(binary(), &matrix, &dir, &NETWORK_KEY, 16).expect("create");
-    for i in 0..net.members.len() {
-        net.launch(i).expect("launch");
-    }
+    let mut net = Testnet::start(binary(), &matrix, &dir, &NETWORK_KEY, 16).expect("start");
     net.wait_for_routes(Duration::from_secs(45))
         .await
         .expect("routes");
@@ -259,4 +256,6 @@ async fn nine_subscribers_get_1000_messages_a_second_in_order_through_a_relay_ki
     }
     drop(sub_processes);
     net.stop().await;
+    // Kept when the test fails, for the nodes' logs.
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -504,10 +504,10 @@ impl PubSub {
                 if !self.subscriptions.contains_key(&id.topic) || id.publisher == self.local {
                     return;
                 }
+                // Made or kept local: this node subscribes to the topic.
                 let Some(tree) = self.tree_entry(id, now) else {
                     return;
                 };
-                tree.local = true;
                 tree.heard = now;
                 tree.start_after(since, now);
                 self.maintain(id, now, overlay);

@@ -227,20 +227,16 @@ fn renewed_joins_of_children_that_are_up_to_date_are_not_answered() {
         epoch,
         highest,
     };
+    let published = |seq| Message::Data {
+        tree: id,
+        epoch: 7,
+        seq,
+        message: b"m",
+    };
     // Not known here yet: no answer, the child asks again.
     assert!(hear(&mut parent, node(3), join(true, 0, 0), 0).is_empty());
     assert_eq!(
-        hear(
-            &mut parent,
-            node(9),
-            Message::Data {
-                tree: id,
-                epoch: 7,
-                seq: 1,
-                message: b"a"
-            },
-            10
-        ),
+        hear(&mut parent, node(9), published(1), 10),
         vec![(node(3), "Data".to_string())]
     );
     let joined = vec![(node(3), "Joined".to_string())];
@@ -266,17 +262,7 @@ fn renewed_joins_of_children_that_are_up_to_date_are_not_answered() {
     // A child that had message 2 from elsewhere does not get it again.
     assert!(hear(&mut parent, node(3), join(false, 7, 2), 60).is_empty());
     assert_eq!(
-        hear(
-            &mut parent,
-            node(9),
-            Message::Data {
-                tree: id,
-                epoch: 7,
-                seq: 2,
-                message: b"b"
-            },
-            70
-        ),
+        hear(&mut parent, node(9), published(2), 70),
         vec![(node(4), "Data".to_string())]
     );
     // A member of the publication that moved here gets what it lacks above where it had got

@@ -144,14 +144,7 @@ impl Tree {
             return;
         }
         let from = (since + 1).max(self.highest.saturating_sub(WINDOW - 1));
-        for seq in from..=self.floor {
-            if !self.recent.contains_key(&seq) {
-                self.missing.entry(seq).or_insert(Missing {
-                    noticed: now,
-                    nacked: None,
-                });
-            }
-        }
+        self.mark_missing(from..=self.floor, now);
         self.floor = since;
         self.delivered = since;
     }
@@ -183,14 +176,7 @@ impl Tree {
             return;
         }
         let from = (self.highest + 1).max(highest.saturating_sub(WINDOW - 1));
-        for seq in from..=highest {
-            if !self.recent.contains_key(&seq) {
-                self.missing.entry(seq).or_insert(Missing {
-                    noticed: now,
-                    nacked: None,
-                });
-            }
-        }
+        self.mark_missing(from..=highest, now);
         self.highest = highest;
     }
 
@@ -209,10 +195,7 @@ impl Tree {
         if seq > self.highest {
             self.note_missing_up_to(seq, now);
         } else {
-            self.missing.entry(seq).or_insert(Missing {
-                noticed: now,
-                nacked: None,
-            });
+            self.mark_missing(seq..=seq, now);
         }
     }
 
@@ -244,6 +227,19 @@ impl Tree {
                 **id != from && !(child.epoch == self.epoch && seq <= child.highest)
             })
             .map(|(&id, _)| id)
+    }
+
+    /// The numbers of `seqs` that have not arrived are missing (from `now`, unless they were
+    /// already).
+    fn mark_missing(&mut self, seqs: std::ops::RangeInclusive<u64>, now: Instant) {
+        for seq in seqs {
+            if !self.recent.contains_key(&seq) {
+                self.missing.entry(seq).or_insert(Missing {
+                    noticed: now,
+                    nacked: None,
+                });
+            }
+        }
     }
 
     /// Older than the window below the highest number known.
