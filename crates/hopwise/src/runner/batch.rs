@@ -16,6 +16,11 @@ use tokio::net::UdpSocket;
 const SLOTS: usize = 8;
 /// The most the kernel coalesces into one received buffer.
 const GRO_MAX: usize = 65_536;
+/// The socket's receive and send buffers asked for (the kernel caps them at
+/// `net.core.rmem_max` and `wmem_max`): a burst (a pub/sub catch-up of a thousand messages, a
+/// repair) arrives faster than the runner reads it, and the default of about 200 KiB holds
+/// only a few hundred datagrams.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 pub struct BatchReceiver {
     state: UdpSocketState,
@@ -26,6 +31,12 @@ pub struct BatchReceiver {
 impl BatchReceiver {
     pub fn new(socket: &UdpSocket) -> io::Result<Self> {
         let state = UdpSocketState::new(socket.into())?;
+        // Best effort: a smaller buffer drops more of a burst, as a network's queue would.
+        let sized = state
+            .set_recv_buffer_size(socket.into(), SOCKET_BUFFER)
+            .and_then(|()| state.set_send_buffer_size(socket.into(), SOCKET_BUFFER))
+            .and_then(|()| state.recv_buffer_size(socket.into()));
+        tracing::debug!(?sized, "UDP socket receive buffer");
         // A slot holds every segment GRO may coalesce into it (at most a UDP datagram's
         // 64 KiB), and one datagram of the largest size plus a byte, to tell a larger one.
         let slot_len = (state.gro_segments().max(1) * 1500).clamp(MAX_SECURE_DATAGRAM + 1, GRO_MAX);
