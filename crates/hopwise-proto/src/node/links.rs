@@ -251,8 +251,10 @@ impl Node {
         self.next_link_probe_at = self.now;
     }
 
-    /// Notes that traffic for `id` went out now. A link that was idle is probed at once and
-    /// then at the active rate, so that its failure is noticed within a fraction of a second.
+    /// Notes that data went to `id` or came from it now. A link that was idle is probed at once
+    /// and then at the active rate, so that its failure is noticed within a fraction of a
+    /// second, by the receiving end of a one-way stream (a pub/sub tree, a media flow) as well
+    /// as by the sending end.
     pub(super) fn mark_traffic(&mut self, id: NodeId) {
         let now = self.now;
         let Some(link) = self.links.get_mut(&id) else {

@@ -173,6 +173,7 @@ impl Node {
     /// Overlay data that `via` handed to this node.
     pub(super) fn on_data(&mut self, via: NodeId, data: Data) {
         self.learn_source_zone(data.source, data.source_zone);
+        self.mark_traffic(via);
         if data.destination == self.config.id {
             self.deliver(via, data);
         } else if data.ttl <= 1 {
@@ -330,6 +331,7 @@ impl Node {
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += packet.len() as u64;
         self.learn_source_zone(header.source, header.source_zone);
+        self.mark_traffic(header.sender);
         self.stats.data_relayed += 1;
         if !self.links.contains_key(&next_hop) {
             self.ensure_session(next_hop);

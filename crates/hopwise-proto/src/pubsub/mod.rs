@@ -40,6 +40,7 @@ use crate::node::Node;
 use crate::service::{Message as ServiceMessage, Service, ServiceTransmit, ports};
 use crate::{Duration, Instant, NodeId};
 use rendezvous::Rendezvous;
+use tracing::debug;
 use tree::{Accepted, Child, Tree};
 pub use tree::{CATCH_UP, GIVE_UP, RECENT};
 pub use wire::TreeId;
@@ -551,6 +552,17 @@ impl PubSub {
                 if tree.upstream != Some(from) || epoch == 0 {
                     return;
                 }
+                if !tree.acked {
+                    debug!(
+                        topic = format_args!("{:016x}", id.topic),
+                        publisher = %id.publisher,
+                        upstream = %from,
+                        highest,
+                        have = tree.highest,
+                        missing = tree.missing_count(),
+                        "pub/sub join answered"
+                    );
+                }
                 tree.acked = true;
                 tree.heard = now;
                 let news = tree.epoch != epoch;
@@ -679,6 +691,16 @@ impl PubSub {
             }
             .to_bytes()
         });
+        if moved_here {
+            debug!(
+                topic = format_args!("{:016x}", id.topic),
+                publisher = %id.publisher,
+                child = %from,
+                after = highest,
+                count = catch_up.len(),
+                "pub/sub member moved here, catching it up"
+            );
+        }
         for bytes in catch_up {
             self.stats.repairs_sent += 1;
             self.out.send(&mut self.stats, from, bytes);
@@ -821,6 +843,13 @@ impl PubSub {
                 now >= sent + wait
             });
         if moved {
+            debug!(
+                topic = format_args!("{:016x}", id.topic),
+                publisher = %id.publisher,
+                old = ?tree.upstream,
+                new = ?next_hop,
+                "pub/sub tree moves upstream with the route"
+            );
             if let Some(old) = tree.upstream.replace(next_hop.expect("checked")) {
                 self.stats.upstream_moves += 1;
                 self.stats.leaves_sent += 1;
