@@ -98,14 +98,15 @@ impl RoutingLink {
         }
     }
 
-    /// The routing cost of crossing this link: recent RTT, inflated by loss, plus a hop cost.
+    /// The routing cost of crossing this link: recent RTT, inflated by loss beyond a couple of
+    /// isolated probes, plus a hop cost.
     pub fn cost(&self) -> Option<Metric> {
         self.cost
     }
 
     fn update_cost(&mut self) {
         self.cost = self.link.as_ref().map(|link| {
-            let rtt = link.recent_rtt_ms() * (1.0 + 4.0 * link.loss());
+            let rtt = link.recent_rtt_ms() * (1.0 + 4.0 * link.costed_loss());
             Metric::from_ms(rtt).plus(HOP_COST)
         });
     }
