@@ -587,7 +587,7 @@ impl PubSub {
             }
             Message::Leave(id) => {
                 if let Some(tree) = self.trees.get_mut(&id) {
-                    tree.children.swap_remove(&from);
+                    tree.child_left(from, now);
                 }
             }
             Message::Data {
@@ -665,6 +665,12 @@ impl PubSub {
             self.stats.refused += 1;
             return;
         }
+        // A member back moments after it left (its route flapped) had what went to it before.
+        let highest = if renewal {
+            highest
+        } else {
+            tree.returning(from, epoch, highest, now)
+        };
         tree.children.insert(
             from,
             Child {

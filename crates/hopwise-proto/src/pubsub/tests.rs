@@ -203,7 +203,7 @@ fn sent(pubsub: &mut PubSub) -> Vec<(NodeId, String)> {
 }
 
 #[test]
-fn renewed_joins_of_children_that_are_up_to_date_are_not_answered() {
+fn joins_are_answered_only_when_the_child_is_new_behind_or_asks_and_nothing_is_sent_twice() {
     use crate::node::{Config, Node};
     let overlay = Node::new(Config::new(node(2), 1), at(0));
     let mut parent = PubSub::new(node(2), 1_100, 5);
@@ -277,6 +277,22 @@ fn renewed_joins_of_children_that_are_up_to_date_are_not_answered() {
     assert_eq!(
         hear(&mut parent, node(6), join(true, 7, 2), 90),
         vec![(node(6), "Joined".to_string())]
+    );
+    // A member whose route flaps away and straight back is not sent again what went to it
+    // before it left (message 2, still on its way when it said it had 1) ...
+    assert!(hear(&mut parent, node(5), Message::Leave(id), 100).is_empty());
+    assert_eq!(
+        hear(&mut parent, node(5), join(true, 7, 1), 110),
+        vec![(node(5), "Joined".to_string())]
+    );
+    // ... but one that comes back later gets what it says it lacks.
+    assert!(hear(&mut parent, node(5), Message::Leave(id), 120).is_empty());
+    assert_eq!(
+        hear(&mut parent, node(5), join(true, 7, 1), 2_200),
+        vec![
+            (node(5), "Data".to_string()),
+            (node(5), "Joined".to_string())
+        ]
     );
 }
 

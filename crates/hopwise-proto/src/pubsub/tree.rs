@@ -26,6 +26,11 @@ pub const CATCH_UP: u64 = 64;
 const WINDOW: u64 = RECENT as u64;
 /// A missing message not recovered in this long is given up (and counted as lost).
 pub const GIVE_UP: Duration = Duration::from_secs(3);
+/// How long a member that left is remembered with what was sent to it: longer than a message
+/// forwarded just before its leave arrived takes to reach it.
+const DEPARTED_KEPT: Duration = Duration::from_secs(2);
+/// Members remembered so at most, per tree.
+const MAX_DEPARTED: usize = 256;
 
 /// What became of a data message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,14 @@ pub struct Child {
     pub highest: u64,
 }
 
+/// A member that left: everything of publication `epoch` up to `sent` had gone to it.
+#[derive(Debug, Clone, Copy)]
+struct Departed {
+    epoch: u32,
+    sent: u64,
+    until: Instant,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Missing {
     noticed: Instant,
@@ -76,6 +89,8 @@ pub(super) struct Tree {
     pub join_sent: Option<Instant>,
     /// Members joined here.
     pub children: Map<NodeId, Child>,
+    /// Children that left lately (see [`Tree::child_left`]).
+    departed: Map<NodeId, Departed>,
     /// This node subscribes to the topic.
     pub local: bool,
     /// Messages left out of local delivery (given up or no room) not yet reported.
@@ -104,6 +119,7 @@ impl Tree {
             acked: false,
             join_sent: None,
             children: Map::with_hasher(keyed::hash_key(seed)),
+            departed: Map::with_hasher(keyed::hash_key(seed ^ 1)),
             local: false,
             lost_unreported: 0,
             heard: now,
@@ -411,5 +427,34 @@ impl Tree {
     /// Joins that were not renewed in time end.
     pub fn expire_children(&mut self, now: Instant) {
         self.children.retain(|_, child| now < child.until);
+        self.departed.retain(|_, departed| now < departed.until);
+    }
+
+    /// `child` left. What this member had by then went to it (every message is sent to the
+    /// children as it arrives), some of it still on its way: remembered for a while, so that
+    /// if its route flaps straight back here, that is not sent to it again.
+    pub fn child_left(&mut self, child: NodeId, now: Instant) {
+        if self.children.swap_remove(&child).is_none() || self.departed.len() >= MAX_DEPARTED {
+            return;
+        }
+        self.departed.insert(
+            child,
+            Departed {
+                epoch: self.epoch,
+                sent: self.highest,
+                until: now + DEPARTED_KEPT,
+            },
+        );
+    }
+
+    /// How far a member of publication `epoch` that joins here again had got, by what it says
+    /// (`highest`) and by what was sent to it before it left: the more of the two.
+    pub fn returning(&mut self, child: NodeId, epoch: u32, highest: u64, now: Instant) -> u64 {
+        let sent = self
+            .departed
+            .swap_remove(&child)
+            .filter(|departed| departed.epoch == epoch && epoch != 0 && now < departed.until)
+            .map_or(0, |departed| departed.sent);
+        highest.max(sent)
     }
 }
