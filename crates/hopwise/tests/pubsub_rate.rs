@@ -2,9 +2,8 @@
 //! (127.16.0.0/16, the bundled cities' latencies): `hopwise pub` fed from standard input on one
 //! node, `hopwise sub` on the nine others. A relay on a subscriber's path to the publisher is
 //! killed mid-stream; every subscriber that remains gets every message in order, what the dead
-//! relay was carrying arrives afterwards, and the stall is printed and held to two seconds (the
-//! goal is one; on this testbed it is 0.25-0.9 s in most runs and 1.0-1.7 s in some, see
-//! docs/ARCHITECTURE.md). A binary of its
+//! relay was carrying arrives afterwards, and the stall is printed and held to one second (see
+//! docs/ARCHITECTURE.md for what it takes). A binary of its
 //! own, so that its load cannot skew the latency checks of the other real-node tests.
 
 mod common;
@@ -244,8 +243,7 @@ async fn nine_subscribers_get_1000_messages_a_second_in_order_through_a_relay_ki
         );
         assert!(arrivals.iter().all(|a| a.text == a.seq.to_string()));
     }
-    // Those below the dead relay stalled two seconds at most (the goal of one is not met in
-    // every run yet).
+    // Those below the dead relay stalled a second at most.
     for &who in &downstream {
         let stall = stall_after(&got[&who], killed, Duration::from_secs(3));
         println!(
@@ -253,7 +251,7 @@ async fn nine_subscribers_get_1000_messages_a_second_in_order_through_a_relay_ki
             matrix.names()[who]
         );
         assert!(
-            stall <= Duration::from_secs(2),
+            stall <= Duration::from_secs(1),
             "subscriber {who}: {stall:?}"
         );
     }
