@@ -460,3 +460,47 @@ fn a_dead_relay_under_lossy_paths_measured() {
     );
     assert!(over(Duration::from_secs(2)) <= recoveries.len() / 6);
 }
+
+/// A one-way stream: node 1 sends node 2 data every 20 ms through a relay, and node 2 sends
+/// nothing back. When the relay dies, node 2, which only receives through it, moves its route
+/// to node 1 off the relay within a second as well: data received keeps a link watched as
+/// closely as data sent (without that it was probed every 5 s, and the route stayed on the
+/// dead relay for seconds).
+#[test]
+fn the_receiving_end_of_a_one_way_stream_routes_around_its_dead_relay_within_a_second() {
+    const STEP_MS: i64 = 20;
+    for seed in 0..10 {
+        for secure in [false, true] {
+            let config = SimConfig {
+                seed,
+                secure,
+                ..SimConfig::default()
+            };
+            let mut sim = Simulation::new(two_relays(), &config);
+            let start = secs(30);
+            sim.run_until(start);
+            let next_hop_of_2 = |sim: &Simulation| {
+                sim.node(2)
+                    .and_then(|n| n.route(&sim.id_of(1)))
+                    .and_then(|r| sim.index_of_id(&r.next_hop))
+            };
+            let relay = next_hop_of_2(&sim).expect("node 2 has a route to node 1");
+            let mut moved_after = None;
+            for round in 0..150 {
+                let now = start + Duration::from_millis(STEP_MS * round);
+                sim.run_until(now);
+                if round == 50 {
+                    sim.stop_node(relay);
+                }
+                if round > 50 && moved_after.is_none() && next_hop_of_2(&sim) != Some(relay) {
+                    moved_after = Some(Duration::from_millis(STEP_MS * (round - 50)));
+                }
+                sim.send_data(1, 2, vec![0; 100]).expect("a small payload");
+            }
+            assert!(
+                moved_after.is_some_and(|after| after <= Duration::from_secs(1)),
+                "seed {seed} secure {secure}: node 2's route left the dead relay after {moved_after:?}"
+            );
+        }
+    }
+}
