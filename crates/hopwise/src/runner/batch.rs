@@ -36,7 +36,15 @@ impl BatchReceiver {
             .set_recv_buffer_size(socket.into(), SOCKET_BUFFER)
             .and_then(|()| state.set_send_buffer_size(socket.into(), SOCKET_BUFFER))
             .and_then(|()| state.recv_buffer_size(socket.into()));
-        tracing::debug!(?sized, "UDP socket receive buffer");
+        match sized {
+            Ok(bytes) if bytes < SOCKET_BUFFER => tracing::warn!(
+                bytes,
+                asked = SOCKET_BUFFER,
+                "the UDP receive buffer is smaller than asked for (raise net.core.rmem_max)"
+            ),
+            Ok(bytes) => tracing::debug!(bytes, "UDP receive buffer"),
+            Err(error) => tracing::warn!(%error, "the UDP socket buffers could not be sized"),
+        }
         // A slot holds every segment GRO may coalesce into it (at most a UDP datagram's
         // 64 KiB), and one datagram of the largest size plus a byte, to tell a larger one.
         let slot_len = (state.gro_segments().max(1) * 1500).clamp(MAX_SECURE_DATAGRAM + 1, GRO_MAX);
